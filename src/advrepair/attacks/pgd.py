@@ -1,0 +1,90 @@
+"""PGD (Madry et al. 2018): projected gradient ascent from a random start, with restarts."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from advrepair.attacks.base import Attack
+from advrepair.attacks.losses import LOSSES
+from advrepair.engine import projected_gradient, random_start, random_start_numbers
+from advrepair.enums import Norm
+from advrepair.errors import InputError
+from advrepair.seeding import per_image_uniform
+from advrepair.validation import check_positive
+
+
+class PGD(Attack):
+    """Projected gradient descent on a classification loss, L-inf (sign steps) or L2.
+
+    Each restart starts from a random point of the budget (per-image seeded), takes
+    ``steps`` steps of size ``alpha`` and projects onto the ball and [0, 1]. Across
+    restarts an image keeps the first iterate that fools the model, else the one with the
+    highest loss.
+
+    Shapes: images (B, C, H, W) in [0, 1], labels (B,) -> (B, C, H, W).
+
+    Example:
+        >>> adv = PGD(model, eps=8/255, alpha=2/255, steps=10)(images, labels)
+    """
+
+    name = "pgd"
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
+                 alpha: float = 2 / 255, steps: int = 10, random_start: bool = True,
+                 restarts: int = 1, norm: str | Norm = Norm.LINF, loss: str = "ce",
+                 seed: int | None = 0) -> None:
+        super().__init__(model, eps=eps, norm=norm, seed=seed)
+        self.alpha = check_positive(alpha, "alpha")
+        if int(steps) != steps or steps < 0:
+            raise InputError(f"steps must be a non-negative integer, got {steps}")
+        if int(restarts) != restarts or restarts < 1:
+            raise InputError(f"restarts must be an integer >= 1, got {restarts}")
+        if loss not in LOSSES:
+            raise InputError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
+        self.steps, self.restarts, self.random_start = int(steps), int(restarts), bool(random_start)
+        self.loss_name = loss
+        self.loss = LOSSES[loss]
+
+    def _run_once(self, images: torch.Tensor, labels: torch.Tensor, restart: int) -> torch.Tensor:
+        if self.random_start:
+            u = per_image_uniform(images, self.seed, random_start_numbers(images, self.norm),
+                                  stream=f"pgd-start-{restart}")
+            start = random_start(images, self.eps, self.norm, u)
+        else:
+            start = images
+
+        def loss_fn(x: torch.Tensor, _step: int) -> torch.Tensor:
+            self.count_backward(x.shape[0])
+            return self.loss(self.logits(x), labels)
+
+        return projected_gradient(start, loss_fn, center=images, eps=self.eps, step_size=self.alpha,
+                                  steps=self.steps, norm=self.norm, maximize=True)
+
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        best = self._run_once(images, labels, 0)
+        if self.restarts == 1:
+            return best
+        with torch.no_grad():
+            logits = self.logits(best)
+            best_fooled = logits.argmax(1) != labels
+            best_loss = self.loss(logits, labels)
+        for r in range(1, self.restarts):
+            if bool(best_fooled.all()):
+                break
+            cand = self._run_once(images, labels, r)
+            with torch.no_grad():
+                logits = self.logits(cand)
+                fooled = logits.argmax(1) != labels
+                loss = self.loss(logits, labels)
+            take = (~best_fooled) & (fooled | (loss > best_loss))
+            best = torch.where(take.view(-1, 1, 1, 1), cand, best)
+            best_loss = torch.where(take, loss, best_loss)
+            best_fooled = best_fooled | fooled
+        return best
+
+    def params(self) -> dict[str, Any]:
+        p = super().params()
+        p.update(alpha=self.alpha, steps=self.steps, restarts=self.restarts,
+                 random_start=self.random_start, loss=self.loss_name)
+        return p

@@ -1,0 +1,59 @@
+"""Attacks by name, with parameters from strings like ``pgd:eps=0.1,steps=20``."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+
+from advrepair.attacks.base import Attack
+from advrepair.attacks.fgsm import FGSM
+from advrepair.attacks.pgd import PGD
+from advrepair.errors import InputError
+
+ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD}
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"pgd:eps=0.1,steps=20"`` -> ``("pgd", {"eps": 0.1, "steps": 20})``."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise InputError(f"attack parameter {item!r} in {spec!r} is not key=value")
+        params[key.strip()] = _parse_value(value.strip())
+    return name.strip().lower(), params
+
+
+def _parse_value(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    if "/" in value:
+        num, _, den = value.partition("/")
+        try:
+            return float(num) / float(den)
+        except ValueError:
+            pass
+    return value
+
+
+def make_attack(name: str, model: Callable[[torch.Tensor], torch.Tensor], **params: Any) -> Attack:
+    """Build a registered attack; unknown names and parameters give a clear error."""
+    key = name.lower()
+    if key not in ATTACKS:
+        raise InputError(f"unknown attack {name!r}; known attacks: {sorted(ATTACKS)}")
+    cls = ATTACKS[key]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model"}
+    unknown = set(params) - accepted
+    if unknown:
+        raise InputError(f"attack {name!r} has no parameters {sorted(unknown)}; it takes {sorted(accepted)}")
+    return cls(model, **params)

@@ -1,0 +1,144 @@
+"""Self-supervised reverse attack (mao2021, "Adversarial Attacks are Reversible with Natural
+Supervision", Algorithm 1 and Eq. 3-4).
+
+    x' <- x + n                                  (random start inside the eps_v ball)
+    repeat K times:
+        x' <- x' - eta * sign(grad_x' L_s(x'))   (descend the self-supervised loss)
+        x' <- Proj_{B(x, eps_v) ∩ [0,1]}(x')
+    predict F(x')
+
+Paper defaults: eps_v = 2 * eps (the attack's budget), K = 40. The paper's Algorithm 1
+writes a plain gradient step; its code, and we, take signed (L-inf) steps. Choices the
+paper leaves open: the step size (default ``2.5 * eps_v / K``, Madry et al.'s rule, so
+the boundary is reachable from anywhere in the ball), the number of views (4), and the
+random start (uniform in the ball).
+
+Deviations, each on purpose:
+- Negatives come from a fixed seeded bank of clean training images, not from the other
+  test images of the batch (the reference code), so a repair never depends on its batch.
+- All randomness (start, augmentations of every step) is drawn per image from a seed and
+  the image's content: the same image with the same seed gets the same repair.
+- Every network is in eval mode during the repair (BatchNorm statistics are not updated).
+
+``L_s`` may be a weighted sum of several tasks (lawhon: multi-task repair); with one
+contrastive task it is exactly mao2021.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from advrepair.engine import LoopTrace, projected_gradient, random_start, random_start_numbers
+from advrepair.enums import Norm
+from advrepair.models.base import Classifier
+from advrepair.seeding import per_image_uniform
+from advrepair.ssl.task import SelfSupervisedTask
+from advrepair.validation import check_images, check_positive
+
+
+class ReverseAttack(nn.Module):
+    """A defense ``images -> repaired images`` that minimizes self-supervised losses.
+
+    Args:
+        classifier: the frozen classifier whose features the tasks read.
+        tasks: one task, or ``[(task, weight), ...]`` for L = sum_k weight_k * L_k.
+        eps_v: reverse-attack budget (paper: 2 * the attack's eps).
+        steps: K (paper: 40).
+        step_size: eta; default ``2.5 * eps_v / steps``.
+        norm: budget norm ("Linf" as in the paper, or "L2").
+        random_start: start from a random point of the ball (Algorithm 1, line 4).
+        seed: seeds the per-image randomness; ``None`` makes the defense truly random.
+
+    Shapes: (B, C, H, W) in [0, 1] -> (B, C, H, W) in [0, 1].
+
+    Example:
+        >>> defense = ReverseAttack(classifier, task, eps_v=0.2)
+        >>> defended = nn.Sequential(defense, classifier)
+    """
+
+    def __init__(self, classifier: Classifier,
+                 tasks: SelfSupervisedTask | Sequence[tuple[SelfSupervisedTask, float]],
+                 eps_v: float, steps: int = 40, step_size: float | None = None,
+                 norm: str | Norm = Norm.LINF, random_start: bool = True, seed: int | None = 0) -> None:
+        super().__init__()
+        self.classifier = classifier
+        pairs = [(tasks, 1.0)] if isinstance(tasks, SelfSupervisedTask) else list(tasks)
+        if not pairs:
+            raise ValueError("ReverseAttack needs at least one self-supervised task")
+        self.tasks = nn.ModuleList([t for t, _ in pairs])
+        self.weights = [float(w) for _, w in pairs]
+        self.eps_v = check_positive(eps_v, "eps_v", allow_zero=True)
+        if int(steps) != steps or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, got {steps}")
+        self.steps = int(steps)
+        self.step_size = check_positive(step_size, "step_size") if step_size is not None else (
+            2.5 * self.eps_v / max(self.steps, 1))
+        self.norm = Norm.parse(norm)
+        self.random_start = random_start
+        self.seed = seed
+        self.last_trace: LoopTrace | None = None
+
+    def params(self) -> dict[str, Any]:
+        """Name and parameters, as recorded in results.json."""
+        return {"name": "reverse-attack", "eps_v": self.eps_v, "steps": self.steps,
+                "step_size": self.step_size, "norm": self.norm.value, "random_start": self.random_start,
+                "seed": self.seed,
+                "tasks": [{"task": t.name, "weight": w, **t.config()} for t, w in zip(self.tasks, self.weights)]}
+
+    def _draw(self, images: torch.Tensor, steps: int, stream: str) -> list[torch.Tensor]:
+        return [per_image_uniform(images, None if self.seed is None else self.seed + 7919 * i,
+                                  (steps, *task.numbers_per_image), stream=f"{stream}-{task.name}")
+                for i, task in enumerate(self.tasks)]
+
+    def _loss(self, x: torch.Tensor, numbers: list[torch.Tensor], contexts: list[Any]) -> torch.Tensor:
+        total = torch.zeros(x.shape[0], device=x.device)
+        for task, w, u, ctx in zip(self.tasks, self.weights, numbers, contexts):
+            total = total + w * task.per_image_loss(self.classifier, x, u, ctx)
+        return total
+
+    def ssl_loss(self, images: torch.Tensor, stream: str = "measure") -> torch.Tensor:
+        """L_s of each image with fresh per-image views: (B, C, H, W) -> (B,), no gradient."""
+        check_images(images)
+        with _frozen(self), torch.no_grad():
+            contexts = [t.context(self.classifier) for t in self.tasks]
+            numbers = [u[:, 0] for u in self._draw(images, 1, stream)]
+            return self._loss(images, numbers, contexts)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images)
+        if self.steps == 0 or self.eps_v == 0:
+            return images
+        x = images.detach()
+        with _frozen(self):
+            contexts = [t.context(self.classifier) for t in self.tasks]
+            numbers = self._draw(x, self.steps, "reverse-views")
+            if self.random_start:
+                u = per_image_uniform(x, self.seed, random_start_numbers(x, self.norm), "reverse-start")
+                start = random_start(x, self.eps_v, self.norm, u)
+            else:
+                start = x
+            trace = LoopTrace()
+            repaired = projected_gradient(
+                start, lambda z, k: self._loss(z, [u[:, k] for u in numbers], contexts),
+                center=x, eps=self.eps_v, step_size=self.step_size, steps=self.steps,
+                norm=self.norm, maximize=False, trace=trace)
+        self.last_trace = trace
+        return repaired
+
+
+class _frozen:
+    """Eval mode for every network inside a defense while it runs, restored afterwards."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.modes: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> None:
+        self.modes = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.modes:
+            m.train(mode)

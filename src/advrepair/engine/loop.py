@@ -1,0 +1,79 @@
+"""The one projected-gradient loop.
+
+Attacks (maximize a classification loss), the self-supervised reverse attack (minimize a
+self-supervised loss) and the adversarial transformation (a targeted attack on a small
+fixed model) are all this loop with a different loss, sign, budget and step rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from advrepair.engine.projection import project
+from advrepair.engine.steps import StepRule, default_step_rule
+from advrepair.enums import Norm
+
+#: ``loss_fn(x, step) -> per-image loss of shape (B,)``; ``step`` lets a loss draw the
+#: randomness it prepared for that step (augmentations of a reverse attack, say).
+LossFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class LoopTrace:
+    """What the loop saw: per-step mean loss, and per-image loss of every iterate if asked."""
+
+    mean_loss: list[float] = field(default_factory=list)
+    per_image_loss: list[torch.Tensor] = field(default_factory=list)
+    iterates: list[torch.Tensor] = field(default_factory=list)
+    gradient_evaluations: int = 0
+
+
+def projected_gradient(
+    start: torch.Tensor,
+    loss_fn: LossFn,
+    *,
+    center: torch.Tensor,
+    eps: float | torch.Tensor,
+    step_size: float | torch.Tensor,
+    steps: int,
+    norm: Norm = Norm.LINF,
+    maximize: bool = True,
+    step_rule: StepRule | None = None,
+    trace: LoopTrace | None = None,
+    keep_iterates: bool = False,
+) -> torch.Tensor:
+    """Run ``steps`` projected gradient steps from ``start`` inside the ball around ``center``.
+
+    Args:
+        start: (B, C, H, W) first iterate, already inside the budget.
+        loss_fn: per-image loss, shape (B,); its sum is differentiated.
+        center: (B, C, H, W) the ball's center (the clean or the received image).
+        eps: radius of the ball (a float, or a (B,) tensor for per-image budgets).
+        step_size: step length in the norm of the step rule.
+        maximize: ascend (attacks) or descend (reverse attacks, purification).
+        trace: filled with per-step losses (and iterates if ``keep_iterates``).
+
+    Returns:
+        (B, C, H, W) the last iterate, detached, inside the budget and [0, 1].
+    """
+    rule = step_rule or default_step_rule(norm)
+    rule.reset()
+    sign = 1.0 if maximize else -1.0
+    if isinstance(step_size, torch.Tensor):
+        step_size = step_size.view(-1, *([1] * (start.dim() - 1)))
+    x = start.detach()
+    for k in range(steps):
+        x_req = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_fn(x_req, k)
+            (grad,) = torch.autograd.grad(loss.sum(), x_req)
+        if trace is not None:
+            trace.gradient_evaluations += 1
+            trace.mean_loss.append(float(loss.detach().mean()))
+            trace.per_image_loss.append(loss.detach())
+            if keep_iterates:
+                trace.iterates.append(x)
+        x = project(x + sign * step_size * rule.direction(grad), center, eps, norm).detach()
+    return x

@@ -1,0 +1,62 @@
+"""Step rules: how a gradient becomes an update direction."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from advrepair.enums import Norm
+
+
+class StepRule(Protocol):
+    """Maps the gradient at step k to a direction of unit size in the step's norm."""
+
+    def reset(self) -> None: ...
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor: ...
+
+
+def _l2_unit(t: torch.Tensor) -> torch.Tensor:
+    n = t.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return t / n.view(-1, *([1] * (t.dim() - 1)))
+
+
+class SignStep:
+    """``sign(grad)``: steepest ascent under L-inf (FGSM, PGD, BIM)."""
+
+    def reset(self) -> None:
+        pass
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.sign()
+
+
+class L2Step:
+    """``grad / ||grad||_2``: steepest ascent under L2."""
+
+    def reset(self) -> None:
+        pass
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return _l2_unit(grad)
+
+
+class MomentumSignStep:
+    """MI-FGSM (Dong et al. 2018): ``g <- mu * g + grad / ||grad||_1``, direction ``sign(g)``."""
+
+    def __init__(self, decay: float = 1.0) -> None:
+        self.decay = decay
+        self._velocity: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self._velocity = None
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+        g = grad / l1
+        self._velocity = g if self._velocity is None else self.decay * self._velocity + g
+        return self._velocity.sign()
+
+
+def default_step_rule(norm: Norm) -> StepRule:
+    return SignStep() if norm is Norm.LINF else L2Step()

@@ -1,0 +1,67 @@
+"""WideResNet-28-10 (Zagoruyko & Komodakis 2016) for 32x32 color images."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advrepair.models.base import Classifier
+from advrepair.models.preact_resnet import CIFAR10_MEAN, CIFAR10_STD
+
+
+class WideBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
+        return out + skip
+
+
+class WideResNet(Classifier):
+    """WRN-depth-widen; shapes (B, C, 32, 32) -> logits; features (B, 64 * widen)."""
+
+    arch = "wide-resnet"
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
+                 depth: int = 28, widen: int = 10, dropout: float = 0.0,
+                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD) -> None:
+        super().__init__(in_channels=in_channels, num_classes=num_classes, input_size=input_size,
+                         mean=mean, std=std)
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n + 4, got {depth}")
+        self.config.update(depth=depth, widen=widen, dropout=dropout)
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        blocks: list[nn.Module] = []
+        in_planes = widths[0]
+        for group, stride in zip(widths[1:], (1, 2, 2)):
+            for i in range(n):
+                blocks.append(WideBlock(in_planes, group, stride if i == 0 else 1, dropout))
+                in_planes = group
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.feature_dim = in_planes
+        self.head = nn.Linear(in_planes, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.blocks(self.stem(x))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+def wrn_28_10(**kwargs: object) -> WideResNet:
+    return WideResNet(depth=28, widen=10, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,50 @@
+"""Randomness that belongs to an image, not to its batch.
+
+Every stochastic step in advrepair (random starts, augmentations of a reverse attack,
+noise of a randomized defense) draws from a generator seeded by ``(seed, image content,
+stream)``. The same image with the same seed therefore gets the same random numbers
+whatever other images share its batch, however the data is sharded, and after a resume.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch global generators (for training loops)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def image_seeds(images: torch.Tensor, seed: int, stream: str = "") -> list[int]:
+    """One 63-bit seed per image, a hash of the image's bytes, ``seed`` and ``stream``."""
+    data = images.detach().to("cpu", torch.float32).contiguous().numpy()
+    tag = f"{seed}:{stream}".encode()
+    seeds = []
+    for row in data:
+        digest = hashlib.blake2b(row.tobytes(), digest_size=8, key=tag[:64]).digest()
+        seeds.append(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return seeds
+
+
+def per_image_uniform(
+    images: torch.Tensor, seed: int | None, shape: tuple[int, ...], stream: str
+) -> torch.Tensor:
+    """Uniform [0, 1) numbers of shape ``(B, *shape)`` on the images' device.
+
+    With ``seed=None`` the numbers come from torch's global generator (not reproducible).
+    """
+    b = images.shape[0]
+    if seed is None:
+        return torch.rand((b, *shape), device=images.device)
+    out = torch.empty((b, *shape))
+    gen = torch.Generator()
+    for i, s in enumerate(image_seeds(images, seed, stream)):
+        gen.manual_seed(s)
+        out[i] = torch.rand(shape, generator=gen)
+    return out.to(images.device)
