@@ -54,7 +54,7 @@ class ModelCard:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
+def checkpoint_paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     p = Path(stem)
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
@@ -77,7 +77,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(model: nn.Module, stem: str | os.PathLike[str], card: ModelCard) -> Path:
     """Write ``stem.safetensors`` and ``stem.json``; returns the weights path."""
-    weights, card_path = _paths(stem)
+    weights, card_path = checkpoint_paths(stem)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = weights.with_name(weights.name + ".tmp")
@@ -90,7 +90,7 @@ def save_checkpoint(model: nn.Module, stem: str | os.PathLike[str], card: ModelC
 
 def read_card(stem: str | os.PathLike[str]) -> ModelCard:
     """Read and check a checkpoint's card (without loading the weights)."""
-    weights, card_path = _paths(stem)
+    weights, card_path = checkpoint_paths(stem)
     if not card_path.exists():
         raise CheckpointError(f"no model card at {card_path} (a checkpoint is {weights.name} plus {card_path.name})")
     try:
@@ -111,7 +111,7 @@ def load_checkpoint(stem: str | os.PathLike[str], map_location: str | torch.devi
             weights whose hash differs from the card's, or tensors that do not fit the
             architecture.
     """
-    weights, _ = _paths(stem)
+    weights, _ = checkpoint_paths(stem)
     if not weights.exists():
         raise CheckpointError(f"no weights at {weights}")
     with open(weights, "rb") as f:

@@ -1,0 +1,140 @@
+"""Command line: parses arguments, then calls the library. Nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from advrepair.errors import AdvRepairError
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (Fashion-MNIST default: $ADVREPAIR_FASHION_MNIST or "
+                        "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advrepair", description="Test-time adversarial defenses, evaluated honestly.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train or reuse models, attack, repair and report on Fashion-MNIST")
+    demo.add_argument("--out", type=Path, default=Path("reports/demo"))
+    demo.add_argument("--models-dir", type=Path, default=None, help="default: $ADVREPAIR_HOME/models")
+    demo.add_argument("--n-images", type=int, default=500)
+    _add_common(demo)
+
+    train = sub.add_parser("train", help="train a classifier or a self-supervised head")
+    tsub = train.add_subparsers(dest="what", required=True)
+    clf = tsub.add_parser("classifier", help="standard or PGD adversarial training")
+    clf.add_argument("--dataset", default="fashion-mnist")
+    clf.add_argument("--arch", default="small-cnn", help="small-cnn, preact-resnet18 or wide-resnet")
+    clf.add_argument("--out", type=Path, required=True, help="model directory (classifier.safetensors + .json)")
+    clf.add_argument("--epochs", type=int, default=3)
+    clf.add_argument("--batch-size", type=int, default=128)
+    clf.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    clf.add_argument("--lr", type=float, default=1e-3)
+    clf.add_argument("--weight-decay", type=float, default=0.0)
+    clf.add_argument("--adversarial", action="store_true", help="PGD adversarial training (Madry et al.)")
+    clf.add_argument("--eps", type=float, default=0.1)
+    clf.add_argument("--alpha", type=float, default=0.025)
+    clf.add_argument("--steps", type=int, default=7)
+    clf.add_argument("--train-subset", type=int, default=None)
+    _add_common(clf)
+    ssl = tsub.add_parser("ssl", help="train a self-supervised head on a frozen classifier")
+    ssl.add_argument("--model-dir", type=Path, required=True, help="directory holding classifier.safetensors")
+    ssl.add_argument("--task", default="contrastive", choices=["contrastive"])
+    ssl.add_argument("--dataset", default="fashion-mnist")
+    ssl.add_argument("--epochs", type=int, default=2)
+    ssl.add_argument("--batch-size", type=int, default=128)
+    ssl.add_argument("--lr", type=float, default=1e-3)
+    ssl.add_argument("--tau", type=float, default=0.2)
+    ssl.add_argument("--n-views", type=int, default=4)
+    ssl.add_argument("--eps", type=float, default=0.1, help="budget of the PGD probe recorded in the card")
+    ssl.add_argument("--train-subset", type=int, default=None)
+    _add_common(ssl)
+
+    ev = sub.add_parser("eval", help="model x attack matrix, with and without the reverse attack")
+    ev.add_argument("--dataset", default="fashion-mnist")
+    ev.add_argument("--model-dir", type=Path, action="append", required=True,
+                    help="a model directory (repeatable); its name labels the rows")
+    ev.add_argument("--attack", action="append", default=None,
+                    help="name:key=value,... e.g. pgd:eps=0.1,alpha=0.0125,steps=20 (repeatable; 'clean' for none)")
+    ev.add_argument("--defense", choices=["none", "reverse-attack"], default="reverse-attack")
+    ev.add_argument("--eps-v", type=float, default=None, help="reverse-attack budget (default 2x the first attack's eps)")
+    ev.add_argument("--reverse-steps", type=int, default=40)
+    ev.add_argument("--n-views", type=int, default=4)
+    ev.add_argument("--n-images", type=int, default=500)
+    ev.add_argument("--batch-size", type=int, default=250)
+    ev.add_argument("--out", type=Path, required=True)
+    ev.add_argument("--no-resume", action="store_true", help="start results.json afresh")
+    _add_common(ev)
+
+    rep = sub.add_parser("report", help="rewrite report.md and figures from a results folder")
+    rep.add_argument("out", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except AdvRepairError as exc:
+        print(f"advrepair: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("advrepair: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from advrepair import commands
+
+    device = _device(getattr(args, "device", "cpu"))
+    progress = not getattr(args, "no_progress", False)
+    if args.command == "demo":
+        commands.demo(out=args.out, models_dir=args.models_dir, data_root=args.data_root,
+                      n_images=args.n_images, seed=args.seed, device=device, progress=progress)
+    elif args.command == "train" and args.what == "classifier":
+        from advrepair.training import ClassifierRecipe
+
+        recipe = ClassifierRecipe(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                                  lr=args.lr, weight_decay=args.weight_decay, adversarial=args.adversarial,
+                                  eps=args.eps, alpha=args.alpha, steps=args.steps, train_subset=args.train_subset)
+        commands.train_classifier(dataset=args.dataset, data_root=args.data_root, arch=args.arch,
+                                  model_dir=args.out, recipe=recipe, eval_eps=args.eps, seed=args.seed,
+                                  device=device, progress=progress)
+    elif args.command == "train" and args.what == "ssl":
+        from advrepair.training import SSLRecipe
+
+        recipe = SSLRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           train_subset=args.train_subset)
+        commands.train_ssl(dataset=args.dataset, data_root=args.data_root, model_dir=args.model_dir,
+                           recipe=recipe, tau=args.tau, n_views=args.n_views, eval_eps=args.eps,
+                           seed=args.seed, device=device, progress=progress)
+    elif args.command == "eval":
+        commands.evaluate(dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
+                          attack_specs=args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"],
+                          defense=args.defense, eps_v=args.eps_v, reverse_steps=args.reverse_steps,
+                          n_views=args.n_views, n_images=args.n_images, batch_size=args.batch_size,
+                          out=args.out, resume=not args.no_resume, seed=args.seed, device=device,
+                          progress=progress)
+    elif args.command == "report":
+        print(commands.report(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

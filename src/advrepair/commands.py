@@ -1,0 +1,90 @@
+"""What each CLI command does, as plain functions with explicit arguments."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from advrepair.data import balanced_subset, load_dataset
+from advrepair.defenses import ReverseAttack
+from advrepair.errors import InputError
+from advrepair.evaluation import CLEAN, AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
+from advrepair.models import load_checkpoint
+from advrepair.pipeline import (CLASSIFIER_FILE, ensure_classifier, ensure_contrastive_task, load_contrastive_task,
+                                negative_bank)
+from advrepair.report import accuracy_table, write_report
+from advrepair.training import ClassifierRecipe, SSLRecipe
+from advrepair.attacks import make_attack, parse_spec
+
+
+def demo(*, out: Path, models_dir: Path | None, data_root: str | None, n_images: int, seed: int, device: str,
+         progress: bool) -> Path:
+    from advrepair.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=out, data_root=data_root, n_images=n_images, seed=seed, device=device, progress=progress)
+    if models_dir is not None:
+        cfg.models_dir = models_dir
+    return run_demo(cfg)
+
+
+def train_classifier(*, dataset: str, data_root: str | None, arch: str, model_dir: Path, recipe: ClassifierRecipe,
+                     eval_eps: float, seed: int, device: str, progress: bool) -> None:
+    train = load_dataset(dataset, split="train", root=data_root)
+    test = load_dataset(dataset, split="test", root=data_root)
+    ensure_classifier(model_dir, train, test, arch=arch, recipe=recipe, seed=seed, eval_eps=eval_eps,
+                      device=torch.device(device), progress=progress)
+
+
+def train_ssl(*, dataset: str, data_root: str | None, model_dir: Path, recipe: SSLRecipe, tau: float, n_views: int,
+              eval_eps: float, seed: int, device: str, progress: bool) -> None:
+    train = load_dataset(dataset, split="train", root=data_root)
+    test = load_dataset(dataset, split="test", root=data_root)
+    clf, card = load_checkpoint(Path(model_dir) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
+    ensure_contrastive_task(model_dir, clf, card, train, test, recipe=recipe, seed=seed,  # type: ignore[arg-type]
+                            negatives=negative_bank(train, seed=seed), tau=tau, n_views=n_views,
+                            eval_eps=eval_eps, device=torch.device(device), progress=progress)
+
+
+def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path], attack_specs: Sequence[str],
+             defense: str, eps_v: float | None, reverse_steps: int, n_views: int, n_images: int, batch_size: int,
+             out: Path, resume: bool, seed: int, device: str, progress: bool) -> Path:
+    specs = [AttackSpec(*parse_spec(s)) for s in attack_specs]
+    for spec in specs:  # fail on a bad name or parameter before any work is done
+        if spec.name != CLEAN:
+            make_attack(spec.name, torch.nn.Identity(), **spec.params)
+    if defense == "reverse-attack" and eps_v is None:
+        budgets = [s.params.get("eps") for s in specs if s.name != CLEAN]
+        if not budgets or budgets[0] is None:
+            raise InputError("give --eps-v, or an attack with eps=..., to size the reverse attack (eps_v = 2 eps)")
+        if len(set(budgets)) > 1:
+            raise InputError(f"attacks have different budgets {budgets}; give --eps-v explicitly")
+        eps_v = 2 * float(budgets[0])
+    test = load_dataset(dataset, split="test", root=data_root)
+    subset = balanced_subset(test, min(n_images, len(test)), seed=seed)
+    train = load_dataset(dataset, split="train", root=data_root) if defense != "none" else None
+    entries = []
+    for model_dir in model_dirs:
+        clf, card = load_checkpoint(Path(model_dir) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
+        defenses = {}
+        if defense == "reverse-attack":
+            assert train is not None and eps_v is not None
+            task = load_contrastive_task(model_dir, card, negative_bank(train, seed=seed), n_views,
+                                         torch.device(device))
+            defenses["reverse-attack"] = ReverseAttack(clf, task, eps_v=eps_v, steps=reverse_steps,  # type: ignore[arg-type]
+                                                       seed=seed)
+        entries.append(ModelEntry(Path(model_dir).name, clf, card=card.__dict__, defenses=defenses))
+    store = ResultsStore(out, resume=resume)
+    records = evaluate_matrix(subset, entries, specs, store, batch_size=batch_size, device=device,
+                              subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
+    path = write_report(out, title=f"advrepair eval on {dataset}")
+    tqdm.write(accuracy_table(records))
+    tqdm.write(f"report: {path}")
+    return path
+
+
+def report(out: Path) -> Path:
+    if not (Path(out) / "results.json").exists():
+        raise InputError(f"no results.json in {out}")
+    return write_report(out)

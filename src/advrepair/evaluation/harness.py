@@ -1,0 +1,142 @@
+"""The model x attack x defense matrix.
+
+For each model and attack, adversarial images are crafted on the undefended classifier
+(the static threat model of mao2021 Table 1: the attacker ignores the defense), then the
+classifier is scored on them as they are ("standard") and after each defense
+("repaired"). Attacks that see the defense are the adaptive protocol's job.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from advrepair.attacks import Attack, make_attack
+from advrepair.data import ImageDataset
+from advrepair.evaluation.metrics import accuracy_of
+from advrepair.evaluation.store import ResultsStore, record_key
+
+CLEAN = "clean"
+SAMPLES_KEPT = 8
+
+
+@dataclass
+class AttackSpec:
+    """An attack by registry name and parameters; name ``"clean"`` means no attack."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, model: nn.Module) -> Attack | None:
+        return None if self.name == CLEAN else make_attack(self.name, model, **self.params)
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        attack = self.build(model)
+        return {"name": CLEAN} if attack is None else attack.params()
+
+
+@dataclass
+class ModelEntry:
+    """A classifier under evaluation and the defenses to put in front of it."""
+
+    name: str
+    classifier: nn.Module
+    card: dict[str, Any] = field(default_factory=dict)
+    defenses: dict[str, nn.Module] = field(default_factory=dict)
+
+
+def _params_of(module: nn.Module) -> dict[str, Any]:
+    fn: Callable[[], dict[str, Any]] | None = getattr(module, "params", None)
+    return fn() if callable(fn) else {"name": type(module).__name__}
+
+
+def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec],
+                    store: ResultsStore, *, batch_size: int = 250, device: str | torch.device = "cpu",
+                    subset: str = "", progress: bool = True) -> list[dict[str, Any]]:
+    """Fill ``store`` with one record per (model, attack, defense or none); returns them.
+
+    Records already in the store (same dataset, subset, model weights, attack and defense
+    parameters) are skipped, so an interrupted evaluation resumes where it stopped.
+    """
+    device = torch.device(device)
+    out: list[dict[str, Any]] = []
+    for entry in models:
+        clf = entry.classifier.to(device).eval()
+        for spec in attacks:
+            attack_desc = spec.describe(clf)
+            base = dict(dataset=data.name, subset=subset, n_images=len(data), model=entry.name,
+                        model_weights=entry.card.get("weights_sha256", ""), attack=attack_desc)
+            cells = {None: record_key(**base, defense=None)}
+            for dname, dmod in entry.defenses.items():
+                cells[dname] = record_key(**base, defense=_params_of(dmod))
+            if all(store.has(k) for k in cells.values()):
+                out += [store.get(k) for k in cells.values()]  # type: ignore[misc]
+                continue
+            out += _evaluate_cells(data, entry, clf, spec, attack_desc, base, cells, store, batch_size,
+                                   device, progress)
+    return out
+
+
+def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec: AttackSpec,
+                    attack_desc: dict[str, Any], base: dict[str, Any], cells: dict[str | None, str],
+                    store: ResultsStore, batch_size: int, device: torch.device,
+                    progress: bool) -> list[dict[str, Any]]:
+    attack = spec.build(clf)
+    correct: dict[str | None, list[torch.Tensor]] = {k: [] for k in cells}
+    seconds: dict[str | None, float] = {k: 0.0 for k in cells}
+    ssl_in: dict[str, list[torch.Tensor]] = {k: [] for k in entry.defenses}
+    ssl_out: dict[str, list[torch.Tensor]] = {k: [] for k in entry.defenses}
+    samples: dict[str, list[torch.Tensor]] = {"input": [], "clean": [], "labels": []}
+    samples.update({f"repaired_{k}": [] for k in entry.defenses})
+    bar = tqdm(data.batches(batch_size), total=-(-len(data) // batch_size), disable=not progress,
+               desc=f"{entry.name} | {attack_desc['name']}", leave=False)
+    for x, y in bar:
+        x, y = x.to(device), y.to(device)
+        t0 = time.perf_counter()
+        adv = x if attack is None else attack(x, y)
+        seconds[None] += time.perf_counter() - t0
+        with torch.no_grad():
+            correct[None].append((clf(adv).argmax(1) == y).cpu())
+        keep = len(samples["input"]) == 0
+        if keep:
+            samples["input"].append(adv[:SAMPLES_KEPT].cpu())
+            samples["clean"].append(x[:SAMPLES_KEPT].cpu())
+            samples["labels"].append(y[:SAMPLES_KEPT].cpu())
+        for dname, defense in entry.defenses.items():
+            t0 = time.perf_counter()
+            repaired = defense(adv)
+            seconds[dname] += time.perf_counter() - t0
+            with torch.no_grad():
+                correct[dname].append((clf(repaired).argmax(1) == y).cpu())
+            if hasattr(defense, "ssl_loss"):
+                ssl_in[dname].append(defense.ssl_loss(adv).cpu())
+                ssl_out[dname].append(defense.ssl_loss(repaired).cpu())
+            if keep:
+                samples[f"repaired_{dname}"].append(repaired[:SAMPLES_KEPT].cpu())
+    records = []
+    cost = attack.stats.per_image() if attack is not None else {"forward_per_image": 0.0, "backward_per_image": 0.0}
+    for dname, key in cells.items():
+        if store.has(key):
+            records.append(store.get(key))
+            continue
+        acc = accuracy_of(torch.cat(correct[dname]))
+        defense_desc = None if dname is None else {"label": dname, **_params_of(entry.defenses[dname])}
+        record = {**base, "key": key, "defense": defense_desc, "accuracy": acc.value, "stderr": acc.stderr,
+                  "n_correct": acc.correct, "attack_seconds": seconds[None],
+                  "defense_seconds": 0.0 if dname is None else seconds[dname],
+                  "seconds": seconds[None] + (0.0 if dname is None else seconds[dname]),
+                  "attack_cost": cost, "model_card": {k: entry.card.get(k) for k in ("arch", "recipe", "kind")}}
+        arrays: dict[str, np.ndarray] = {"correct": torch.cat(correct[dname]).numpy()}
+        arrays.update({k: torch.cat(v).numpy() for k, v in samples.items() if v and (
+            not k.startswith("repaired_") or k == f"repaired_{dname}")})
+        if dname is not None and ssl_in[dname]:
+            arrays["ssl_loss_input"] = torch.cat(ssl_in[dname]).numpy()
+            arrays["ssl_loss_repaired"] = torch.cat(ssl_out[dname]).numpy()
+        store.add(record, arrays)
+        records.append(store.get(key))
+    return records

@@ -1,0 +1,55 @@
+"""The report folder: tables (markdown) and figures (PNG) from results.json."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from advrepair.evaluation.store import ResultsStore
+from advrepair.report.figures import accuracy_bars, image_grid, ssl_loss_histogram
+from advrepair.report.tables import accuracy_table, attack_label, cost_table
+
+
+def _strongest_attack(records: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    attacked = [r for r in records if r["model"] == model and not r.get("defense") and r["attack"]["name"] != "clean"]
+    return min(attacked, key=lambda r: r["accuracy"]) if attacked else None
+
+
+def write_report(out_dir: str | Path, title: str = "advrepair report") -> Path:
+    """Write ``report.md`` (tables) and PNG figures into ``out_dir``; returns report.md's path."""
+    store = ResultsStore(out_dir, resume=True)
+    records = store.records
+    out = Path(out_dir)
+    parts = [f"# {title}\n", "## Accuracy\n", accuracy_table(records), "\n## Cost\n", cost_table(records)]
+    figures = []
+    if records:
+        figures.append(accuracy_bars(records, out / "accuracy_bars.png"))
+    panels, grid_rows = [], []
+    for model in dict.fromkeys(r["model"] for r in records):
+        worst = _strongest_attack(records, model)
+        if worst is None:
+            continue
+        defended = [r for r in records if r["model"] == model and r.get("defense") and r["attack"] == worst["attack"]]
+        clean = [r for r in records if r["model"] == model and r.get("defense") and r["attack"]["name"] == "clean"]
+        if not defended:
+            continue
+        arr = store.arrays(defended[0])
+        clean_arr = store.arrays(clean[0]) if clean else {}
+        if "ssl_loss_input" in arr:
+            panels.append({"title": model, "attack": attack_label(worst["attack"]),
+                           "clean": clean_arr.get("ssl_loss_input"), "attacked": arr["ssl_loss_input"],
+                           "repaired": arr["ssl_loss_repaired"]})
+        rep_key = next((k for k in arr if k.startswith("repaired_")), None)
+        if rep_key and not grid_rows:
+            grid_rows = [("clean", arr["clean"]), (f"{attack_label(worst['attack'])}", arr["input"]),
+                         ("repaired", arr[rep_key]), ("difference\nrepaired-attacked", arr[rep_key] - arr["input"])]
+            figures.append(image_grid(grid_rows, out / "repair_examples.png",
+                                      f"{model}: clean, attacked, repaired, and the repair's change"))
+    if panels:
+        figures.append(ssl_loss_histogram(panels, out / "ssl_loss_histogram.png"))
+    if figures:
+        parts.append("\n## Figures\n")
+        parts += [f"![{f.stem}]({f.name})\n" for f in figures]
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    (out / "table.md").write_text(accuracy_table(records))
+    return path

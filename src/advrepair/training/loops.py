@@ -1,0 +1,125 @@
+"""Seeded training loops with progress bars, for classifiers and self-supervised heads."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from advrepair.attacks import PGD
+from advrepair.data import ImageDataset
+from advrepair.models.base import Classifier
+from advrepair.seeding import seed_everything
+from advrepair.ssl.task import SelfSupervisedTask
+from advrepair.training.recipe import ClassifierRecipe, SSLRecipe
+
+
+def _epoch_batches(data: ImageDataset, batch_size: int, gen: torch.Generator,
+                   subset: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    n = len(data) if subset is None else min(subset, len(data))
+    order = torch.randperm(len(data), generator=gen)[:n]
+    for start in range(0, n, batch_size):
+        yield data.tensors(order[start : start + batch_size])
+
+
+def _optimizer(params: Any, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; expected 'adam' or 'sgd'")
+
+
+def _lr_factor(schedule: str, progress: float) -> float:
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {schedule!r}; expected 'cosine' or 'constant'")
+
+
+def _run_epochs(params: list[nn.Parameter], data: ImageDataset, *, epochs: int, batch_size: int,
+                subset: int | None, optimizer: str, lr: float, weight_decay: float, schedule: str,
+                seed: int, device: torch.device, desc: str, progress: bool,
+                step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+                on_epoch_start: Callable[[], None] = lambda: None) -> list[dict[str, float]]:
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = _optimizer(params, optimizer, lr, weight_decay)
+    n = len(data) if subset is None else min(subset, len(data))
+    per_epoch = math.ceil(n / batch_size)
+    total, done, history = epochs * per_epoch, 0, []
+    for epoch in range(epochs):
+        on_epoch_start()
+        bar = tqdm(_epoch_batches(data, batch_size, gen, subset), total=per_epoch,
+                   desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        loss_sum, count = 0.0, 0
+        for x, y in bar:
+            for group in opt.param_groups:
+                group["lr"] = lr * _lr_factor(schedule, done / total)
+            loss = step(x.to(device), y.to(device), epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            loss_sum += float(loss.detach()) * x.shape[0]
+            count += x.shape[0]
+            bar.set_postfix(loss=f"{loss_sum / count:.4f}")
+        history.append({"epoch": epoch + 1, "loss": loss_sum / max(count, 1)})
+        if progress:
+            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}")
+    return history
+
+
+def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRecipe, *, seed: int = 0,
+                     device: str | torch.device = "cpu", progress: bool = True) -> list[dict[str, float]]:
+    """Train ``model`` in place (standard or PGD adversarial training); returns per-epoch losses."""
+    device = torch.device(device)
+    model.to(device)
+
+    def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        if recipe.adversarial:
+            model.eval()  # craft in eval mode so BatchNorm statistics see only training inputs
+            x = PGD(model, eps=recipe.eps, alpha=recipe.alpha, steps=recipe.steps,
+                    seed=seed * 1000 + epoch)(x, y)
+        model.train()
+        return F.cross_entropy(model(x), y)
+
+    desc = "adv-train" if recipe.adversarial else "train"
+    history = _run_epochs(list(model.parameters()), data, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                          subset=recipe.train_subset, optimizer=recipe.optimizer, lr=recipe.lr,
+                          weight_decay=recipe.weight_decay, schedule=recipe.schedule, seed=seed,
+                          device=device, desc=desc, progress=progress, step=step)
+    model.eval()
+    return history
+
+
+def train_ssl_task(task: SelfSupervisedTask, backbone: Classifier, data: ImageDataset, recipe: SSLRecipe, *,
+                   seed: int = 0, device: str | torch.device = "cpu",
+                   progress: bool = True) -> list[dict[str, float]]:
+    """Fit a task's head on clean images; the classifier stays frozen in eval mode."""
+    device = torch.device(device)
+    backbone.to(device).eval()
+    task.to(device)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def step(x: torch.Tensor, _y: torch.Tensor, _epoch: int) -> torch.Tensor:
+        u = torch.rand((x.shape[0], *task.training_numbers_per_image), generator=gen).to(device)
+        return task.training_loss(backbone, x, u)
+
+    try:
+        history = _run_epochs([p for p in task.parameters() if p.requires_grad], data, epochs=recipe.epochs,
+                              batch_size=recipe.batch_size, subset=recipe.train_subset, optimizer="adam",
+                              lr=recipe.lr, weight_decay=0.0, schedule="constant", seed=seed, device=device,
+                              desc=f"ssl-{task.name}", progress=progress, step=step,
+                              on_epoch_start=lambda: task.train())
+    finally:
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+    task.eval()
+    return history
