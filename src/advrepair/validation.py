@@ -23,9 +23,10 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
         raise InputError(f"{name} must be NCHW (4 dimensions), got shape {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise InputError(f"{name} is an empty batch")
-    if not torch.isfinite(images).all():
+    values = images.detach()
+    if not torch.isfinite(values).all():
         raise InputError(f"{name} contains NaN or infinite values")
-    lo, hi = float(images.min()), float(images.max())
+    lo, hi = float(values.min()), float(values.max())
     if lo < 0.0 or hi > 1.0:
         raise InputError(
             f"{name} must lie in [0, 1], found values in [{lo:.4g}, {hi:.4g}]; "

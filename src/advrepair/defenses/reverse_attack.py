@@ -110,7 +110,7 @@ class ReverseAttack(nn.Module):
         check_images(images)
         if self.steps == 0 or self.eps_v == 0:
             return images
-        x = images.detach()
+        x = images
         with _frozen(self):
             contexts = [t.context(self.classifier) for t in self.tasks]
             numbers = self._draw(x, self.steps, "reverse-views")

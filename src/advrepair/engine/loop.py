@@ -56,16 +56,23 @@ def projected_gradient(
         trace: filled with per-step losses (and iterates if ``keep_iterates``).
 
     Returns:
-        (B, C, H, W) the last iterate, detached, inside the budget and [0, 1].
+        (B, C, H, W) the last iterate, inside the budget and [0, 1].
+
+    Gradient through the loop: each step's direction is computed on a detached copy, so
+    when ``start`` or ``center`` carry autograd history (and grad mode is on) the result
+    keeps the exact derivative of the procedure as run: sign and normalization steps are
+    piecewise constant, so only the path through the start, the center and the
+    projections remains. Attacks that need more (a smooth surrogate of the step,
+    BPDA, EOT) wrap the defense instead.
     """
     rule = step_rule or default_step_rule(norm)
     rule.reset()
     sign = 1.0 if maximize else -1.0
     if isinstance(step_size, torch.Tensor):
         step_size = step_size.view(-1, *([1] * (start.dim() - 1)))
-    x = start.detach()
+    x = start
     for k in range(steps):
-        x_req = x.clone().requires_grad_(True)
+        x_req = x.detach().requires_grad_(True)
         with torch.enable_grad():
             loss = loss_fn(x_req, k)
             (grad,) = torch.autograd.grad(loss.sum(), x_req)
@@ -74,6 +81,6 @@ def projected_gradient(
             trace.mean_loss.append(float(loss.detach().mean()))
             trace.per_image_loss.append(loss.detach())
             if keep_iterates:
-                trace.iterates.append(x)
-        x = project(x + sign * step_size * rule.direction(grad), center, eps, norm).detach()
+                trace.iterates.append(x.detach())
+        x = project(x + sign * step_size * rule.direction(grad).detach(), center, eps, norm)
     return x
