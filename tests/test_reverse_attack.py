@@ -96,3 +96,14 @@ def test_gradient_through_the_repair_is_the_exact_derivative_of_the_sign_loop(ra
     (g,) = torch.autograd.grad(out.sum(), y)
     assert set(g.unique().tolist()) == {0.0, 1.0}
     assert (g[(out == 0) | (out == 1)] == 0).all()
+
+
+def test_chunk_size_changes_speed_not_the_repair(random_cnn):
+    torch.manual_seed(5)
+    x = torch.rand(7, 1, 28, 28)
+    one_pass = _defense(random_cnn)
+    one_pass.chunk_size = 7
+    chunked = _defense(random_cnn)
+    chunked.chunk_size = 3
+    assert torch.equal(one_pass(x), chunked(x))
+    assert len(chunked.last_trace.per_image_loss[0]) == 7

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train or reuse models, attack, repair and report on Fashion-MNIST")
     demo.add_argument("--out", type=Path, default=Path("reports/demo"))
     demo.add_argument("--models-dir", type=Path, default=None, help="default: $ADVREPAIR_HOME/models")
-    demo.add_argument("--n-images", type=int, default=500)
+    demo.add_argument("--n-images", type=int, default=400, help="test images (400: standard error <= 2.5 points)")
     _add_common(demo)
 
     train = sub.add_parser("train", help="train a classifier or a self-supervised head")

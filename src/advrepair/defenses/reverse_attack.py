@@ -25,6 +25,7 @@ contrastive task it is exactly mao2021.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import torch
@@ -50,6 +51,8 @@ class ReverseAttack(nn.Module):
         norm: budget norm ("Linf" as in the paper, or "L2").
         random_start: start from a random point of the ball (Algorithm 1, line 4).
         seed: seeds the per-image randomness; ``None`` makes the defense truly random.
+        chunk_size: images repaired per pass (their views go through the network
+            together); a speed/memory knob only, the repair is the same for any value.
 
     Shapes: (B, C, H, W) in [0, 1] -> (B, C, H, W) in [0, 1].
 
@@ -61,7 +64,8 @@ class ReverseAttack(nn.Module):
     def __init__(self, classifier: Classifier,
                  tasks: SelfSupervisedTask | Sequence[tuple[SelfSupervisedTask, float]],
                  eps_v: float, steps: int = 40, step_size: float | None = None,
-                 norm: str | Norm = Norm.LINF, random_start: bool = True, seed: int | None = 0) -> None:
+                 norm: str | Norm = Norm.LINF, random_start: bool = True, seed: int | None = 0,
+                 chunk_size: int = 64) -> None:
         super().__init__()
         self.classifier = classifier
         pairs = [(tasks, 1.0)] if isinstance(tasks, SelfSupervisedTask) else list(tasks)
@@ -78,6 +82,9 @@ class ReverseAttack(nn.Module):
         self.norm = Norm.parse(norm)
         self.random_start = random_start
         self.seed = seed
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = int(chunk_size)
         self.last_trace: LoopTrace | None = None
 
     def params(self) -> dict[str, Any]:
@@ -85,7 +92,8 @@ class ReverseAttack(nn.Module):
         return {"name": "reverse-attack", "eps_v": self.eps_v, "steps": self.steps,
                 "step_size": self.step_size, "norm": self.norm.value, "random_start": self.random_start,
                 "seed": self.seed,
-                "tasks": [{"task": t.name, "weight": w, **t.config()} for t, w in zip(self.tasks, self.weights)]}
+                "tasks": [{"task": t.name, "weight": w, "weights_sha1": weights_fingerprint(t), **t.config()}
+                          for t, w in zip(self.tasks, self.weights)]}
 
     def _draw(self, images: torch.Tensor, steps: int, stream: str) -> list[torch.Tensor]:
         return [per_image_uniform(images, None if self.seed is None else self.seed + 7919 * i,
@@ -110,22 +118,43 @@ class ReverseAttack(nn.Module):
         check_images(images)
         if self.steps == 0 or self.eps_v == 0:
             return images
-        x = images
         with _frozen(self):
             contexts = [t.context(self.classifier) for t in self.tasks]
-            numbers = self._draw(x, self.steps, "reverse-views")
-            if self.random_start:
-                u = per_image_uniform(x, self.seed, random_start_numbers(x, self.norm), "reverse-start")
-                start = random_start(x, self.eps_v, self.norm, u)
-            else:
-                start = x
-            trace = LoopTrace()
-            repaired = projected_gradient(
-                start, lambda z, k: self._loss(z, [u[:, k] for u in numbers], contexts),
-                center=x, eps=self.eps_v, step_size=self.step_size, steps=self.steps,
-                norm=self.norm, maximize=False, trace=trace)
-        self.last_trace = trace
+            traces = [LoopTrace() for _ in range(0, images.shape[0], self.chunk_size)]
+            repaired = torch.cat([self._repair(chunk, contexts, trace) for chunk, trace in
+                                  zip(images.split(self.chunk_size), traces)])
+        self.last_trace = _merge(traces)
         return repaired
+
+    def _repair(self, x: torch.Tensor, contexts: list[Any], trace: LoopTrace) -> torch.Tensor:
+        numbers = self._draw(x, self.steps, "reverse-views")
+        if self.random_start:
+            u = per_image_uniform(x, self.seed, random_start_numbers(x, self.norm), "reverse-start")
+            start = random_start(x, self.eps_v, self.norm, u)
+        else:
+            start = x
+        return projected_gradient(
+            start, lambda z, k: self._loss(z, [u[:, k] for u in numbers], contexts),
+            center=x, eps=self.eps_v, step_size=self.step_size, steps=self.steps,
+            norm=self.norm, maximize=False, trace=trace)
+
+
+def _merge(traces: list[LoopTrace]) -> LoopTrace:
+    merged = LoopTrace(gradient_evaluations=sum(t.gradient_evaluations for t in traces))
+    for k in range(len(traces[0].per_image_loss)):
+        losses = torch.cat([t.per_image_loss[k] for t in traces])
+        merged.per_image_loss.append(losses)
+        merged.mean_loss.append(float(losses.mean()))
+    return merged
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """SHA-1 of a module's parameters and buffers, so results name the exact weights they used."""
+    h = hashlib.sha1()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class _frozen:

@@ -1,0 +1,73 @@
+"""The command line and the demo, end to end on generated Fashion-MNIST-format files."""
+import json
+
+import pytest
+
+from advrepair.cli import main
+from fake_data import write_fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def fake_fmnist(tmp_path_factory):
+    return write_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+def test_train_eval_report_and_resume(tmp_path, fake_fmnist, capsys):
+    common = ["--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress"]
+    model = tmp_path / "cnn"
+    assert main(["train", "classifier", "--out", str(model), "--epochs", "1", *common]) == 0
+    card = json.loads((model / "classifier.json").read_text())
+    assert card["recipe"]["epochs"] == 1 and card["metrics"][1]["attack"]["steps"] == 20
+    assert main(["train", "ssl", "--model-dir", str(model), "--epochs", "1", *common]) == 0
+    assert (model / "ssl-contrastive.safetensors").exists()
+    out = tmp_path / "eval"
+    args = ["eval", "--model-dir", str(model), "--attack", "clean", "--attack", "pgd:eps=0.1,alpha=0.05,steps=2",
+            "--n-images", "20", "--reverse-steps", "2", "--out", str(out), *common]
+    assert main(args) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == 4 and {r["n_images"] for r in records} == {20}
+    assert records[-1]["defense"]["eps_v"] == pytest.approx(0.2)
+    assert main(args) == 0  # resumes: nothing new to do
+    assert json.loads((out / "results.json").read_text()) == records
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").exists() and (out / "ssl_loss_histogram.png").exists()
+
+
+def test_demo_runs_end_to_end_on_small_data(tmp_path, fake_fmnist, monkeypatch):
+    from advrepair.demo import DemoConfig, run_demo
+    from advrepair.training import ClassifierRecipe, SSLRecipe
+
+    cfg = DemoConfig(out=tmp_path / "report", models_dir=tmp_path / "models", data_root=str(fake_fmnist),
+                     n_images=20, standard=ClassifierRecipe(epochs=1),
+                     adversarial=ClassifierRecipe(epochs=1, adversarial=True, eps=0.1, alpha=0.05, steps=2),
+                     ssl=SSLRecipe(epochs=1), reverse_steps=2, n_views=2, progress=False)
+    report = run_demo(cfg)
+    records = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert len(records) == 12  # 2 models x 3 attacks x (standard, repaired)
+    assert {r["attack"]["name"] for r in records} == {"clean", "fgsm", "pgd"}
+    assert "FGSM Repaired" in report.read_text()
+    stamp = (tmp_path / "models" / "fmnist-cnn-pgd" / "classifier.safetensors").stat().st_mtime_ns
+    run_demo(cfg)  # second run reuses models and results
+    assert (tmp_path / "models" / "fmnist-cnn-pgd" / "classifier.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, capsys):
+    code = main(["eval", "--model-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--data-root",
+                 str(tmp_path / "nowhere"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dataset-fashion-mnist" in err and "train-images-idx3-ubyte" in err
+
+
+def test_bad_attack_name_fails_before_any_work(tmp_path, capsys):
+    code = main(["eval", "--model-dir", str(tmp_path), "--attack", "deepfool:eps=0.1", "--out", str(tmp_path / "o"),
+                 "--no-progress"])
+    assert code == 2
+    assert "unknown attack 'deepfool'" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, fake_fmnist, capsys):
+    code = main(["eval", "--model-dir", str(tmp_path / "nomodel"), "--out", str(tmp_path / "o"),
+                 "--data-root", str(fake_fmnist), "--no-progress"])
+    assert code == 2
+    assert "no weights at" in capsys.readouterr().err

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+
+from advrepair.defenses import ReverseAttack
+from advrepair.evaluation import AttackSpec, ModelEntry, ResultsStore, evaluate_matrix, images_for_stderr
+from advrepair.report import write_report
+from advrepair.ssl import ContrastiveHead, ContrastiveTask
+
+
+def _entry(model, negatives, fail_after=None):
+    torch.manual_seed(0)
+    task = ContrastiveTask(ContrastiveHead(model.feature_dim, 16, 8), n_views=2, negatives=negatives)
+    defense = ReverseAttack(model, task, eps_v=0.2, steps=2)
+    if fail_after is not None:
+        calls = {"n": 0}
+        original = defense.forward
+
+        def flaky(x):
+            calls["n"] += 1
+            if calls["n"] > fail_after:
+                raise RuntimeError("simulated crash")
+            return original(x)
+
+        defense.forward = flaky
+    return ModelEntry("cnn", model, card={"weights_sha256": "abc"}, defenses={"reverse-attack": defense})
+
+
+ATTACKS = [AttackSpec("clean"), AttackSpec("fgsm", {"eps": 0.1}), AttackSpec("pgd", {"eps": 0.1, "alpha": 0.05, "steps": 2})]
+
+
+def test_records_carry_what_a_reader_needs(tmp_path, trained_cnn, shapes_test):
+    data = shapes_test.subset(torch.arange(40))
+    neg = shapes_test.tensors(torch.arange(100, 116))[0]
+    records = evaluate_matrix(data, [_entry(trained_cnn, neg)], ATTACKS, ResultsStore(tmp_path), batch_size=16,
+                              progress=False)
+    assert len(records) == 6
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert len(on_disk) == 6
+    for r in on_disk:
+        for field in ("dataset", "model", "defense", "attack", "n_images", "accuracy", "stderr", "seconds"):
+            assert field in r
+        assert r["n_images"] == 40
+        p = r["accuracy"]
+        assert r["stderr"] == pytest.approx((p * (1 - p) / 40) ** 0.5)
+    pgd = next(r for r in on_disk if r["attack"]["name"] == "pgd" and r["defense"] is None)
+    assert pgd["attack"]["steps"] == 2 and pgd["attack"]["eps"] == 0.1
+    assert pgd["attack_cost"]["backward_per_image"] == 2.0
+    rep = next(r for r in on_disk if r["attack"]["name"] == "pgd" and r["defense"])
+    assert rep["defense"]["eps_v"] == 0.2 and rep["defense"]["steps"] == 2
+    clean = next(r for r in on_disk if r["attack"]["name"] == "clean" and r["defense"] is None)
+    with torch.no_grad():
+        x, y = data.tensors()
+        expected = (trained_cnn(x).argmax(1) == y).float().mean().item()
+    assert clean["accuracy"] == pytest.approx(expected)
+
+
+def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, trained_cnn, shapes_test):
+    data = shapes_test.subset(torch.arange(32))
+    neg = shapes_test.tensors(torch.arange(100, 116))[0]
+    full = evaluate_matrix(data, [_entry(trained_cnn, neg)], ATTACKS, ResultsStore(tmp_path / "a"), batch_size=16,
+                           progress=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        evaluate_matrix(data, [_entry(trained_cnn, neg, fail_after=3)], ATTACKS, ResultsStore(tmp_path / "b"),
+                        batch_size=16, progress=False)
+    partial = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert 0 < len(partial) < 6
+    resumed = evaluate_matrix(data, [_entry(trained_cnn, neg)], ATTACKS, ResultsStore(tmp_path / "b"),
+                              batch_size=16, progress=False)
+
+    def strip(rs):
+        return sorted((r["key"], r["accuracy"], r["n_correct"]) for r in rs)
+
+    assert strip(resumed) == strip(full)
+    # nothing already stored was evaluated again
+    assert all(r in json.loads((tmp_path / "b" / "results.json").read_text()) for r in partial)
+
+
+def test_report_writes_tables_and_figures(tmp_path, trained_cnn, shapes_test):
+    data = shapes_test.subset(torch.arange(24))
+    neg = shapes_test.tensors(torch.arange(100, 116))[0]
+    evaluate_matrix(data, [_entry(trained_cnn, neg)], ATTACKS, ResultsStore(tmp_path), batch_size=24, progress=False)
+    path = write_report(tmp_path)
+    text = path.read_text()
+    assert "PGD-2 Standard" in text and "PGD-2 Repaired" in text and "24 test images" in text
+    assert "eps_v=0.2" in text
+    for png in ("accuracy_bars.png", "ssl_loss_histogram.png", "repair_examples.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_images_for_stderr():
+    assert images_for_stderr(0.025) == 400
+    assert images_for_stderr(0.05) == 100
