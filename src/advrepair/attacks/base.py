@@ -69,8 +69,10 @@ class Attack(ABC):
         self.stats.backward += n_images
 
     # -- the contract ----------------------------------------------------------------
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         check_images(images)
+        if labels is None and not self.uses_labels:  # label-free attacks (SSP) accept None
+            labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
         check_labels(labels, images.shape[0])
         if self.uses_labels:
             with torch.no_grad():
