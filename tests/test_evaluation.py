@@ -92,3 +92,11 @@ def test_report_writes_tables_and_figures(tmp_path, trained_cnn, shapes_test):
 def test_images_for_stderr():
     assert images_for_stderr(0.025) == 400
     assert images_for_stderr(0.05) == 100
+
+
+def test_results_are_strict_json_even_with_infinite_budgets(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.add({"key": "k", "attack": {"name": "cw", "eps": float("inf")}, "accuracy": float("nan")})
+    text = (tmp_path / "results.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text)[0]["attack"]["eps"] == "inf"

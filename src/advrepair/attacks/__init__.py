@@ -1,7 +1,14 @@
 """Attacks with the torchattacks call shape: ``Attack(model, eps=...)(images, labels)``."""
 from advrepair.attacks.base import Attack, AttackStats
+from advrepair.attacks.bim import BIM
+from advrepair.attacks.cw import CW, CWPGD
+from advrepair.attacks.difgsm import DIFGSM
 from advrepair.attacks.fgsm import FGSM
+from advrepair.attacks.mifgsm import MIFGSM
 from advrepair.attacks.pgd import PGD
 from advrepair.attacks.registry import ATTACKS, make_attack, parse_spec
+from advrepair.attacks.ssp import SSP
+from advrepair.attacks.tifgsm import TIFGSM
 
-__all__ = ["Attack", "AttackStats", "FGSM", "PGD", "ATTACKS", "make_attack", "parse_spec"]
+__all__ = ["Attack", "AttackStats", "BIM", "CW", "CWPGD", "DIFGSM", "FGSM", "MIFGSM", "PGD", "SSP", "TIFGSM",
+           "ATTACKS", "make_attack", "parse_spec"]

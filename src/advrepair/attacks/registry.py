@@ -7,11 +7,20 @@ from typing import Any, Callable
 import torch
 
 from advrepair.attacks.base import Attack
+from advrepair.attacks.bim import BIM
+from advrepair.attacks.cw import CW, CWPGD
+from advrepair.attacks.difgsm import DIFGSM
 from advrepair.attacks.fgsm import FGSM
+from advrepair.attacks.mifgsm import MIFGSM
 from advrepair.attacks.pgd import PGD
+from advrepair.attacks.ssp import SSP
+from advrepair.attacks.tifgsm import TIFGSM
 from advrepair.errors import InputError
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD}
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM, "pgd": PGD, "bim": BIM, "mifgsm": MIFGSM, "difgsm": DIFGSM, "tifgsm": TIFGSM,
+    "cw": CW, "cw-pgd": CWPGD, "ssp": SSP,
+}
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:

@@ -13,8 +13,23 @@ import numpy as np
 
 def record_key(**parts: Any) -> str:
     """A stable key for one (dataset, model, attack, defense) cell of the matrix."""
-    blob = json.dumps(parts, sort_keys=True, default=str)
+    blob = json.dumps(jsonable(parts), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def jsonable(value: Any) -> Any:
+    """Strict JSON: infinities become the strings "inf"/"-inf", NaN becomes null."""
+    if isinstance(value, float):
+        if value != value:
+            return None
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -57,8 +72,8 @@ class ResultsStore:
             np.savez_compressed(tmp, **arrays)
             os.replace(tmp, self.out_dir / name)
             record = {**record, "arrays": name}
-        self.records = [r for r in self.records if r.get("key") != record["key"]] + [record]
-        atomic_write_text(self.path, json.dumps(self.records, indent=1, sort_keys=True) + "\n")
+        self.records = [r for r in self.records if r.get("key") != record["key"]] + [jsonable(record)]
+        atomic_write_text(self.path, json.dumps(self.records, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
     def arrays(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
         if "arrays" not in record:
