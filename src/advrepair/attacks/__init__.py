@@ -1,4 +1,7 @@
 """Attacks with the torchattacks call shape: ``Attack(model, eps=...)(images, labels)``."""
+from advrepair.attacks.apgd import APGD, APGDCE, APGDDLR
+from advrepair.attacks.apgd_t import APGDT
+from advrepair.attacks.autoattack import AutoAttack
 from advrepair.attacks.base import Attack, AttackStats
 from advrepair.attacks.bim import BIM
 from advrepair.attacks.cw import CW, CWPGD
@@ -10,5 +13,5 @@ from advrepair.attacks.registry import ATTACKS, make_attack, parse_spec
 from advrepair.attacks.ssp import SSP
 from advrepair.attacks.tifgsm import TIFGSM
 
-__all__ = ["Attack", "AttackStats", "BIM", "CW", "CWPGD", "DIFGSM", "FGSM", "MIFGSM", "PGD", "SSP", "TIFGSM",
+__all__ = ["APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "Attack", "AttackStats", "BIM", "CW", "CWPGD", "DIFGSM", "FGSM", "MIFGSM", "PGD", "SSP", "TIFGSM",
            "ATTACKS", "make_attack", "parse_spec"]

@@ -6,6 +6,9 @@ from typing import Any, Callable
 
 import torch
 
+from advrepair.attacks.apgd import APGD, APGDCE, APGDDLR
+from advrepair.attacks.apgd_t import APGDT
+from advrepair.attacks.autoattack import AutoAttack
 from advrepair.attacks.base import Attack
 from advrepair.attacks.bim import BIM
 from advrepair.attacks.cw import CW, CWPGD
@@ -19,7 +22,8 @@ from advrepair.errors import InputError
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM, "pgd": PGD, "bim": BIM, "mifgsm": MIFGSM, "difgsm": DIFGSM, "tifgsm": TIFGSM,
-    "cw": CW, "cw-pgd": CWPGD, "ssp": SSP,
+    "cw": CW, "cw-pgd": CWPGD, "ssp": SSP, "apgd": APGD, "apgd-ce": APGDCE, "apgd-dlr": APGDDLR,
+    "apgd-t": APGDT, "autoattack": AutoAttack,
 }
 
 
