@@ -5,6 +5,7 @@ import torch
 import torchattacks
 from torch import nn
 
+from advrepair.attacks import registry
 from advrepair.attacks.apgd import APGD, APGDCE, APGDDLR, checkpoints, dlr_loss, targeted_dlr_loss
 from advrepair.attacks.apgd_t import APGDT
 from advrepair.attacks.autoattack import AutoAttack
