@@ -14,9 +14,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from advrepair.attacks.losses import cross_entropy
 from advrepair.engine import project
 from advrepair.enums import Norm
 from advrepair.errors import InputError
+from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_images, check_labels, check_positive
 
 
@@ -46,6 +48,9 @@ class Attack(ABC):
 
     name = "attack"
     uses_labels = True
+    #: whether ``set_target_mode`` applies (the attack's loss goes through ``objective``)
+    supports_targets = False
+    TARGET_MODES = ("given", "random", "least-likely")
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], *, eps: float,
                  norm: str | Norm = Norm.LINF, seed: int | None = 0) -> None:
@@ -55,6 +60,54 @@ class Attack(ABC):
         self.seed = seed
         self.stats = AttackStats()
         self._checked_output = False
+        self.target_mode: str | None = None
+        #: the target class of each image during a targeted call, else None
+        self.targets: torch.Tensor | None = None
+
+    # -- targeted modes (torchattacks' set_mode_targeted_* in one place) ------------------
+    def set_target_mode(self, mode: str | None) -> "Attack":
+        """``None`` (untargeted), ``"given"`` (targets passed to the call), ``"random"`` (a
+        seeded class other than the label) or ``"least-likely"`` (the clean image's
+        lowest logit). Returns the attack, for chaining."""
+        if mode is not None and mode not in self.TARGET_MODES:
+            raise InputError(f"unknown target mode {mode!r}; expected None or one of {self.TARGET_MODES}")
+        if mode is not None and not self.supports_targets:
+            raise InputError(f"attack {self.name!r} has no targeted mode")
+        self.target_mode = mode
+        return self
+
+    def objective(self, logits: torch.Tensor, labels: torch.Tensor,
+                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy) -> torch.Tensor:
+        """Per-image value the attack maximizes: ``loss(logits, labels)``, or in a targeted
+        call ``-loss(logits, targets)`` (move toward the target class)."""
+        if self.targets is None:
+            return loss(logits, labels)
+        return -loss(logits, self.targets)
+
+    def succeeded(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B,) booleans: misclassified, or in a targeted call classified as the target."""
+        pred = logits.argmax(1)
+        return pred != labels if self.targets is None else pred == self.targets
+
+    def _choose_targets(self, images: torch.Tensor, labels: torch.Tensor,
+                        targets: torch.Tensor | None, num_classes: int) -> torch.Tensor | None:
+        if self.target_mode is None:
+            if targets is not None:
+                raise InputError("targets were given but the attack is untargeted; call set_target_mode('given')")
+            return None
+        if self.target_mode == "given":
+            if targets is None:
+                raise InputError("target mode 'given' needs targets: attack(images, labels, targets)")
+            check_labels(targets, images.shape[0], num_classes)
+            return targets.to(labels.device)
+        if num_classes < 2:
+            raise InputError("a targeted attack needs at least 2 classes")
+        if self.target_mode == "random":
+            u = per_image_uniform(images, self.seed, (), "targets")
+            offset = (u * (num_classes - 1)).long().clamp(max=num_classes - 2)
+            return torch.where(offset >= labels, offset + 1, offset)
+        with torch.no_grad():
+            return self.model(images).argmin(1)
 
     # -- what attacks call -------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,20 +122,24 @@ class Attack(ABC):
         self.stats.backward += n_images
 
     # -- the contract ----------------------------------------------------------------
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None,
+                 targets: torch.Tensor | None = None) -> torch.Tensor:
         check_images(images)
         if labels is None and not self.uses_labels:  # label-free attacks (SSP) accept None
             labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
         check_labels(labels, images.shape[0])
-        if self.uses_labels:
-            with torch.no_grad():
-                check_labels(labels, images.shape[0], self.model(images[:1]).shape[-1])
         was_training = isinstance(self.model, nn.Module) and self.model.training
         if isinstance(self.model, nn.Module):
             self.model.eval()
         try:
+            if self.uses_labels:
+                with torch.no_grad():
+                    num_classes = self.model(images[:1]).shape[-1]
+                check_labels(labels, images.shape[0], num_classes)
+                self.targets = self._choose_targets(images, labels, targets, num_classes)
             adv = self.perturb(images.detach(), labels)
         finally:
+            self.targets = None
             if isinstance(self.model, nn.Module):
                 self.model.train(was_training)
         self.stats.images += images.shape[0]
@@ -96,7 +153,10 @@ class Attack(ABC):
 
     def params(self) -> dict[str, Any]:
         """The attack's name and parameters, as recorded in results.json."""
-        return {"name": self.name, "eps": self.eps, "norm": self.norm.value, "seed": self.seed}
+        p = {"name": self.name, "eps": self.eps, "norm": self.norm.value, "seed": self.seed}
+        if self.target_mode is not None:
+            p["target"] = self.target_mode
+        return p
 
     def _check_output(self, out: torch.Tensor) -> None:
         self._checked_output = True

@@ -6,7 +6,6 @@ from typing import Any, Callable
 import torch
 
 from advrepair.attacks.base import Attack
-from advrepair.attacks.losses import cross_entropy
 
 
 class FGSM(Attack):
@@ -19,6 +18,7 @@ class FGSM(Attack):
     """
 
     name = "fgsm"
+    supports_targets = True
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
                  seed: int | None = 0) -> None:
@@ -27,7 +27,7 @@ class FGSM(Attack):
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = images.clone().requires_grad_(True)
         with torch.enable_grad():
-            loss = cross_entropy(self.logits(x), labels).sum()
+            loss = self.objective(self.logits(x), labels).sum()
             (grad,) = torch.autograd.grad(loss, x)
         self.count_backward(images.shape[0])
         return images + self.eps * grad.sign()

@@ -7,7 +7,6 @@ from typing import Any, Callable
 import torch
 
 from advrepair.attacks.base import Attack
-from advrepair.attacks.losses import cross_entropy
 from advrepair.engine import MomentumSignStep, StepRule, projected_gradient
 from advrepair.enums import Norm
 from advrepair.errors import InputError
@@ -50,6 +49,7 @@ class MIFGSM(Attack):
     """
 
     name = "mifgsm"
+    supports_targets = True
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
                  alpha: float = 2 / 255, steps: int = 10, decay: float = 1.0,
@@ -78,7 +78,7 @@ class MIFGSM(Attack):
         def loss_fn(x: torch.Tensor, step: int) -> torch.Tensor:
             self.count_backward(x.shape[0])
             seen = x if transform is None else transform(x, step)
-            return cross_entropy(self.logits(seen), labels)
+            return self.objective(self.logits(seen), labels)
 
         return projected_gradient(start, loss_fn, center=images, eps=self.eps, step_size=self.alpha,
                                   steps=self.steps, norm=Norm.LINF, maximize=True,

@@ -29,6 +29,7 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    supports_targets = True
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
                  alpha: float = 2 / 255, steps: int = 10, random_start: bool = True,
@@ -56,7 +57,7 @@ class PGD(Attack):
 
         def loss_fn(x: torch.Tensor, _step: int) -> torch.Tensor:
             self.count_backward(x.shape[0])
-            return self.loss(self.logits(x), labels)
+            return self.objective(self.logits(x), labels, self.loss)
 
         return projected_gradient(start, loss_fn, center=images, eps=self.eps, step_size=self.alpha,
                                   steps=self.steps, norm=self.norm, maximize=True)
@@ -67,16 +68,16 @@ class PGD(Attack):
             return best
         with torch.no_grad():
             logits = self.logits(best)
-            best_fooled = logits.argmax(1) != labels
-            best_loss = self.loss(logits, labels)
+            best_fooled = self.succeeded(logits, labels)
+            best_loss = self.objective(logits, labels, self.loss)
         for r in range(1, self.restarts):
             if bool(best_fooled.all()):
                 break
             cand = self._run_once(images, labels, r)
             with torch.no_grad():
                 logits = self.logits(cand)
-                fooled = logits.argmax(1) != labels
-                loss = self.loss(logits, labels)
+                fooled = self.succeeded(logits, labels)
+                loss = self.objective(logits, labels, self.loss)
             take = (~best_fooled) & (fooled | (loss > best_loss))
             best = torch.where(take.view(-1, 1, 1, 1), cand, best)
             best_loss = torch.where(take, loss, best_loss)
