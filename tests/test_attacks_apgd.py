@@ -217,3 +217,16 @@ def test_bad_arguments(random_cnn):
     two = nn.Sequential(nn.Flatten(), nn.Linear(784, 2))
     with pytest.raises(InputError, match="3 classes"):
         APGD(two, loss="dlr", steps=2)(x, y)
+
+
+def test_standard_autoattack_runs_all_four_members(trained_cnn, shapes_test):
+    x, y = shapes_test.tensors(torch.arange(24))
+    attack = AutoAttack(trained_cnn, eps=0.16, version="standard")
+    adv = attack(x, y)
+    assert [r["attack"] for r in attack.report] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    accs = [r["robust_accuracy"] for r in attack.report]
+    assert accs == sorted(accs, reverse=True)  # a cascade only removes survivors
+    with torch.no_grad():
+        final = (trained_cnn(adv).argmax(1) == y).float().mean().item()
+    assert final == pytest.approx(accs[-1])
+    assert (adv - x).abs().max() <= 0.16 + 1e-6

@@ -48,3 +48,21 @@ def per_image_uniform(
         gen.manual_seed(s)
         out[i] = torch.rand(shape, generator=gen)
     return out.to(images.device)
+
+
+def image_generators(images: torch.Tensor, seed: int | None, stream: str) -> list[torch.Generator]:
+    """One CPU generator per image, seeded from the image's content (``seed=None``: from torch).
+
+    Stateful generators let an attack draw an unknown number of random numbers per image in
+    a fixed per-image order, so an image's draws never depend on its batch-mates.
+    """
+    if seed is None:
+        seeds = torch.randint(0, 2**62, (images.shape[0],)).tolist()
+    else:
+        seeds = image_seeds(images, seed, stream)
+    gens = []
+    for s in seeds:
+        g = torch.Generator()
+        g.manual_seed(int(s))
+        gens.append(g)
+    return gens

@@ -1,6 +1,8 @@
 """Checks at the public boundary: images are float NCHW in [0, 1], labels are class indices."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from advrepair.errors import InputError
@@ -64,3 +66,10 @@ def check_positive(value: float, name: str, allow_zero: bool = False) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise InputError(f"{name} must be {bound}, got {value}")
     return float(value)
+
+
+def check_int_at_least(value: Any, name: str, low: int) -> int:
+    """``value`` as an int if it is an integral number >= ``low``, else a clear InputError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)

@@ -6,12 +6,15 @@ from advrepair.attacks.base import Attack, AttackStats
 from advrepair.attacks.bim import BIM
 from advrepair.attacks.cw import CW, CWPGD
 from advrepair.attacks.difgsm import DIFGSM
+from advrepair.attacks.fab import FAB, FABT
 from advrepair.attacks.fgsm import FGSM
+from advrepair.attacks.hopskipjump import HopSkipJump
 from advrepair.attacks.mifgsm import MIFGSM
 from advrepair.attacks.pgd import PGD
 from advrepair.attacks.registry import ATTACKS, make_attack, parse_spec
+from advrepair.attacks.square import Square
 from advrepair.attacks.ssp import SSP
 from advrepair.attacks.tifgsm import TIFGSM
 
 __all__ = ["APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "Attack", "AttackStats", "BIM", "CW", "CWPGD", "DIFGSM", "FGSM", "MIFGSM", "PGD", "SSP", "TIFGSM",
-           "ATTACKS", "make_attack", "parse_spec"]
+           "ATTACKS", "make_attack", "parse_spec", "FAB", "FABT", "HopSkipJump", "Square"]

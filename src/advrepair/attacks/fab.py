@@ -6,6 +6,7 @@ from typing import Any, Callable
 import torch
 
 from advrepair.attacks.base import Attack
+from advrepair.validation import check_int_at_least
 from advrepair.engine import project
 from advrepair.enums import Norm
 from advrepair.errors import InputError
@@ -86,9 +87,9 @@ class FAB(Attack):
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
                  targeted: bool = False, n_target_classes: int = 9, seed: int | None = 0) -> None:
         super().__init__(model, eps=eps, norm=norm, seed=seed)
-        for value, label in ((steps, "steps"), (n_restarts, "n_restarts"), (n_target_classes, "n_target_classes")):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise InputError(f"{label} must be an integer >= 1, got {value}")
+        self.steps = check_int_at_least(steps, "steps", 1)
+        self.n_restarts = check_int_at_least(n_restarts, "n_restarts", 1)
+        self.n_target_classes = check_int_at_least(n_target_classes, "n_target_classes", 1)
         check_positive(alpha_max, "alpha_max", allow_zero=True)
         if alpha_max > 1:
             raise InputError(f"alpha_max must be in [0, 1], got {alpha_max}")
@@ -96,8 +97,6 @@ class FAB(Attack):
             raise InputError(f"eta must be >= 1 (it extrapolates past the boundary), got {eta}")
         if not 0 < check_positive(beta, "beta") < 1:
             raise InputError(f"beta must be in (0, 1), got {beta}")
-        self.steps, self.n_restarts = int(steps), int(n_restarts)
-        self.n_target_classes = int(n_target_classes)
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
         self.targeted = bool(targeted)
 

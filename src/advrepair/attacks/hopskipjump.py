@@ -7,19 +7,14 @@ from typing import Any, Callable
 import torch
 
 from advrepair.attacks.base import Attack
-from advrepair.attacks.square import image_generators
+from advrepair.seeding import image_generators
+from advrepair.validation import check_int_at_least
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.validation import check_positive
 
 _STEP_HALVINGS = 20  # geometric step-size search gives up (takes no step) after this many
 _ROWS_PER_PASS = 1 << 22  # floats per batched forward when estimating gradients (memory bound)
-
-
-def _int_at_least(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < low:
-        raise InputError(f"{name} must be an integer >= {low}, got {value}")
-    return int(value)
 
 
 class HopSkipJump(Attack):
@@ -54,11 +49,11 @@ class HopSkipJump(Attack):
                  init_num_evals: int = 100, max_num_evals: int = 10000, init_size: int = 100,
                  gamma: float = 1.0, seed: int | None = 0) -> None:
         super().__init__(model, eps=eps, norm=norm, seed=seed)
-        self.steps = _int_at_least(steps, "steps", 0)
-        self.max_queries = _int_at_least(max_queries, "max_queries", 1)
-        self.init_num_evals = _int_at_least(init_num_evals, "init_num_evals", 1)
-        self.max_num_evals = _int_at_least(max_num_evals, "max_num_evals", 1)
-        self.init_size = _int_at_least(init_size, "init_size", 1)
+        self.steps = check_int_at_least(steps, "steps", 0)
+        self.max_queries = check_int_at_least(max_queries, "max_queries", 1)
+        self.init_num_evals = check_int_at_least(init_num_evals, "init_num_evals", 1)
+        self.max_num_evals = check_int_at_least(max_num_evals, "max_num_evals", 1)
+        self.init_size = check_int_at_least(init_size, "init_size", 1)
         if self.max_num_evals < self.init_num_evals:
             raise InputError(f"max_num_evals ({max_num_evals}) must be >= init_num_evals ({init_num_evals})")
         self.gamma = check_positive(gamma, "gamma")
@@ -76,7 +71,10 @@ class HopSkipJump(Attack):
         return flat.abs().amax(1) if self.norm is Norm.LINF else flat.norm(dim=1)
 
     def _toward(self, x: torch.Tensor, adv: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """L2: the blend at ``level`` in [0, 1]; L-inf: ``adv`` clipped to an L-inf box of radius ``level``."""
+        """L2: the blend at ``level`` in [0, 1]; L-inf: ``adv`` clipped to the L-inf box of radius ``level``.
+
+        Both shrink toward ``x`` as ``level`` falls, so a binary search on ``level`` finds the boundary.
+        """
         lv = level.view(-1, *([1] * (x.dim() - 1)))
         if self.norm is Norm.L2:
             return (1 - lv) * x + lv * adv
@@ -118,8 +116,11 @@ class HopSkipJump(Attack):
             probes = (moved - base) / dl  # the probe actually applied after the box clamp
             k = moved.shape[0]
             queries[idx[part]] += n_evals
+            flat = moved.view(k * n_evals, *boundary.shape[1:])
+            chunk = max(1, _ROWS_PER_PASS // d)
             with torch.no_grad():
-                fooled = self.logits(moved.view(k * n_evals, *boundary.shape[1:])).argmax(1)
+                fooled = torch.cat([self.logits(flat[i:i + chunk]).argmax(1)
+                                    for i in range(0, flat.shape[0], chunk)])
             sign = (fooled.view(k, n_evals) != y[part, None]).float() * 2 - 1
             mean = sign.mean(1, keepdim=True)
             # the mean sign is a baseline that reduces variance; when all probes agree there is

@@ -13,9 +13,12 @@ from advrepair.attacks.base import Attack
 from advrepair.attacks.bim import BIM
 from advrepair.attacks.cw import CW, CWPGD
 from advrepair.attacks.difgsm import DIFGSM
+from advrepair.attacks.fab import FAB, FABT
 from advrepair.attacks.fgsm import FGSM
+from advrepair.attacks.hopskipjump import HopSkipJump
 from advrepair.attacks.mifgsm import MIFGSM
 from advrepair.attacks.pgd import PGD
+from advrepair.attacks.square import Square
 from advrepair.attacks.ssp import SSP
 from advrepair.attacks.tifgsm import TIFGSM
 from advrepair.errors import InputError
@@ -23,7 +26,8 @@ from advrepair.errors import InputError
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM, "pgd": PGD, "bim": BIM, "mifgsm": MIFGSM, "difgsm": DIFGSM, "tifgsm": TIFGSM,
     "cw": CW, "cw-pgd": CWPGD, "ssp": SSP, "apgd": APGD, "apgd-ce": APGDCE, "apgd-dlr": APGDDLR,
-    "apgd-t": APGDT, "autoattack": AutoAttack,
+    "apgd-t": APGDT, "autoattack": AutoAttack, "square": Square, "fab": FAB, "fab-t": FABT,
+    "hopskipjump": HopSkipJump,
 }
 
 
