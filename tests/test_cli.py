@@ -31,6 +31,14 @@ def test_train_eval_report_and_resume(tmp_path, fake_fmnist, capsys):
     assert json.loads((out / "results.json").read_text()) == records
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").exists() and (out / "ssl_loss_histogram.png").exists()
+    transfer = tmp_path / "transfer"
+    assert main(["eval", "--model-dir", str(model), "--transfer-from", str(model), "--attack", "fgsm:eps=0.1",
+                 "--defense", "none", "--n-images", "20", "--out", str(transfer), *common]) == 0
+    (record,) = json.loads((transfer / "results.json").read_text())
+    assert record["attack"]["name"] == "transfer" and record["attack"]["attack"]["name"] == "fgsm"
+    fgsm = next(r for r in records if r["attack"]["name"] == "pgd" and r["defense"] is None)
+    assert 0 <= record["accuracy"] <= 1 and fgsm["n_images"] == record["n_images"]
+    assert "FGSM from cnn" in (transfer / "report.md").read_text()
 
 
 def test_demo_runs_end_to_end_on_small_data(tmp_path, fake_fmnist, monkeypatch):

@@ -48,7 +48,7 @@ def train_ssl(*, dataset: str, data_root: str | None, model_dir: Path, recipe: S
 
 
 def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path], attack_specs: Sequence[str],
-             defense: str, eps_v: float | None, reverse_steps: int, n_views: int, n_images: int, batch_size: int,
+             defense: str, eps_v: float | None, reverse_steps: int, transfer_from: Path | None = None, n_views: int, n_images: int, batch_size: int,
              out: Path, resume: bool, seed: int, device: str, progress: bool) -> Path:
     specs = [AttackSpec(*parse_spec(s)) for s in attack_specs]
     for spec in specs:  # fail on a bad name or parameter before any work is done
@@ -61,6 +61,11 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
         if len(set(budgets)) > 1:
             raise InputError(f"attacks have different budgets {budgets}; give --eps-v explicitly")
         eps_v = 2 * float(budgets[0])
+    if transfer_from is not None:
+        source, _ = load_checkpoint(Path(transfer_from) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
+        specs = [s if s.name == CLEAN else AttackSpec("transfer", {"source": source, "attack": s.name,
+                                                                   "source_name": Path(transfer_from).name, **s.params})
+                 for s in specs]
     test = load_dataset(dataset, split="test", root=data_root)
     subset = balanced_subset(test, min(n_images, len(test)), seed=seed)
     train = load_dataset(dataset, split="train", root=data_root) if defense != "none" else None

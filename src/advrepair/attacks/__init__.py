@@ -15,6 +15,7 @@ from advrepair.attacks.registry import ATTACKS, make_attack, parse_spec
 from advrepair.attacks.square import Square
 from advrepair.attacks.ssp import SSP
 from advrepair.attacks.tifgsm import TIFGSM
+from advrepair.attacks.transfer import Transfer
 
 __all__ = ["APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "Attack", "AttackStats", "BIM", "CW", "CWPGD", "DIFGSM", "FGSM", "MIFGSM", "PGD", "SSP", "TIFGSM",
-           "ATTACKS", "make_attack", "parse_spec", "FAB", "FABT", "HopSkipJump", "Square"]
+           "ATTACKS", "make_attack", "parse_spec", "FAB", "FABT", "HopSkipJump", "Square", "Transfer"]

@@ -21,13 +21,14 @@ from advrepair.attacks.pgd import PGD
 from advrepair.attacks.square import Square
 from advrepair.attacks.ssp import SSP
 from advrepair.attacks.tifgsm import TIFGSM
+from advrepair.attacks.transfer import Transfer
 from advrepair.errors import InputError
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM, "pgd": PGD, "bim": BIM, "mifgsm": MIFGSM, "difgsm": DIFGSM, "tifgsm": TIFGSM,
     "cw": CW, "cw-pgd": CWPGD, "ssp": SSP, "apgd": APGD, "apgd-ce": APGDCE, "apgd-dlr": APGDDLR,
     "apgd-t": APGDT, "autoattack": AutoAttack, "square": Square, "fab": FAB, "fab-t": FABT,
-    "hopskipjump": HopSkipJump,
+    "hopskipjump": HopSkipJump, "transfer": Transfer,
 }
 
 

@@ -9,6 +9,8 @@ def attack_label(attack: dict[str, Any]) -> str:
     name = attack.get("name", "?")
     if name == "clean":
         return "Clean"
+    if name == "transfer":
+        return f"{attack_label(attack.get('attack', {}))} from {attack.get('source')}"
     steps = attack.get("steps")
     label = name.upper()
     return f"{label}-{steps}" if name != "fgsm" and steps else label

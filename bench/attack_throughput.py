@@ -1,0 +1,116 @@
+"""Attack throughput, ours against torchattacks in the same run, with robust accuracy beside it.
+
+Models: the Fashion-MNIST CNN (the demo's adversarially trained one when it exists under
+$ADVREPAIR_HOME/models, else a briefly trained one) on balanced test images, and a
+PreAct-ResNet-18 at 32x32 (random weights, random images, labels = its own predictions so
+every image starts correctly classified: a throughput measurement only).
+
+    python bench/attack_throughput.py [--n-cnn 200] [--n-resnet 16] [--out FILE]
+
+Output: JSON with images/second for each (model, attack, library), the ratio ours/theirs
+(> 1: ours is faster) and the robust accuracy each produced.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torchattacks
+
+from advrepair.attacks import APGD, FGSM, PGD, AutoAttack, Square
+from advrepair.models import PreActResNet18, SmallCNN, load_checkpoint
+
+HOME = Path(os.environ.get("ADVREPAIR_HOME", Path.home() / ".cache" / "advrepair"))
+
+
+def fashion_cnn(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
+    from advrepair.data import balanced_subset, load_dataset
+
+    test = load_dataset("fashion-mnist", split="test")
+    x, y = balanced_subset(test, n, seed=0).tensors()
+    stem = HOME / "models" / "fmnist-cnn-pgd" / "classifier"
+    if stem.with_suffix(".safetensors").exists():
+        model, _ = load_checkpoint(stem)
+        return model, x, y, str(stem) + ".safetensors"
+    from advrepair.training import ClassifierRecipe, train_classifier
+
+    model = SmallCNN()
+    train_classifier(model, load_dataset("fashion-mnist", split="train"),
+                     ClassifierRecipe(epochs=1, train_subset=20000), progress=False)
+    return model.eval(), x, y, "small-cnn, 1 epoch standard training on 20000 images"
+
+
+def resnet(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
+    torch.manual_seed(0)
+    model = PreActResNet18().eval()
+    x = torch.rand(n, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y, "preact-resnet18, random weights, labels = own predictions"
+
+
+def pairs(eps: float, n_classes: int, fast: bool) -> list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]]:
+    alpha = 2.5 * eps / 20
+    out = [
+        ("fgsm", lambda m: FGSM(m, eps=eps), lambda m: torchattacks.FGSM(m, eps=eps)),
+        ("pgd-20", lambda m: PGD(m, eps=eps, alpha=alpha, steps=20),
+         lambda m: torchattacks.PGD(m, eps=eps, alpha=alpha, steps=20)),
+        ("apgd-ce-100", lambda m: APGD(m, eps=eps, steps=100), lambda m: torchattacks.APGD(m, eps=eps, steps=100)),
+        ("square-1000", lambda m: Square(m, eps=eps, n_queries=1000),
+         lambda m: torchattacks.Square(m, eps=eps, n_queries=1000)),
+    ]
+    if not fast:
+        out.append(("autoattack-standard", lambda m: AutoAttack(m, eps=eps, version="standard"),
+                    lambda m: torchattacks.AutoAttack(m, eps=eps, version="standard", n_classes=n_classes, seed=0)))
+    return out
+
+
+def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, make: Callable[[Any], Any]) -> dict[str, float]:
+    attack = make(model)
+    start = time.perf_counter()
+    adv = attack(x, y)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        robust = (model(adv).argmax(1) == y).float().mean().item()
+    return {"seconds": seconds, "images_per_second": len(x) / seconds, "robust_accuracy": robust}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n-cnn", type=int, default=200)
+    parser.add_argument("--n-resnet", type=int, default=16)
+    parser.add_argument("--eps-cnn", type=float, default=0.1)
+    parser.add_argument("--eps-resnet", type=float, default=8 / 255)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/attack_throughput.json"))
+    args = parser.parse_args()
+    rows = []
+    setups = [("fashion-cnn", fashion_cnn(args.n_cnn), args.eps_cnn, False),
+              ("preact-resnet18-32x32", resnet(args.n_resnet), args.eps_resnet, False)]
+    for name, (model, x, y, desc), eps, fast in setups:
+        with torch.no_grad():
+            clean = (model(x).argmax(1) == y).float().mean().item()
+        for attack_name, ours, theirs in pairs(eps, 10, fast):
+            a, b = measure(model, x, y, ours), measure(model, x, y, theirs)
+            row = {"model": name, "model_source": desc, "attack": attack_name, "eps": eps, "n_images": len(x),
+                   "clean_accuracy": clean, "ours": a, "torchattacks": b,
+                   "speed_ratio_ours_over_torchattacks": a["images_per_second"] / b["images_per_second"],
+                   "robust_accuracy_difference": a["robust_accuracy"] - b["robust_accuracy"]}
+            rows.append(row)
+            print(f"{name:24s} {attack_name:20s} ours {a['images_per_second']:8.1f} img/s "
+                  f"(robust {a['robust_accuracy']:.3f})  torchattacks {b['images_per_second']:8.1f} img/s "
+                  f"(robust {b['robust_accuracy']:.3f})  ratio {row['speed_ratio_ours_over_torchattacks']:.2f}",
+                  flush=True)
+    result = {"benchmark": "attack_throughput", "device": "cpu", "torch_threads": torch.get_num_threads(),
+              "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
