@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("reports/demo"))
     demo.add_argument("--models-dir", type=Path, default=None, help="default: $ADVREPAIR_HOME/models")
     demo.add_argument("--n-images", type=int, default=400, help="test images (400: standard error <= 2.5 points)")
+    demo.add_argument("--autoattack", action="store_true", help="add AutoAttack (standard) to the table; slow on CPU")
     _add_common(demo)
 
     train = sub.add_parser("train", help="train a classifier or a self-supervised head")
@@ -108,7 +109,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     progress = not getattr(args, "no_progress", False)
     if args.command == "demo":
         commands.demo(out=args.out, models_dir=args.models_dir, data_root=args.data_root,
-                      n_images=args.n_images, seed=args.seed, device=device, progress=progress)
+                      n_images=args.n_images, autoattack=args.autoattack, seed=args.seed, device=device,
+                      progress=progress)
     elif args.command == "train" and args.what == "classifier":
         from advrepair.training import ClassifierRecipe
 

@@ -19,11 +19,12 @@ from advrepair.training import ClassifierRecipe, SSLRecipe
 from advrepair.attacks import make_attack, parse_spec
 
 
-def demo(*, out: Path, models_dir: Path | None, data_root: str | None, n_images: int, seed: int, device: str,
-         progress: bool) -> Path:
+def demo(*, out: Path, models_dir: Path | None, data_root: str | None, n_images: int, autoattack: bool, seed: int,
+         device: str, progress: bool) -> Path:
     from advrepair.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=out, data_root=data_root, n_images=n_images, seed=seed, device=device, progress=progress)
+    cfg = DemoConfig(out=out, data_root=data_root, n_images=n_images, autoattack=autoattack, seed=seed,
+                     device=device, progress=progress)
     if models_dir is not None:
         cfg.models_dir = models_dir
     return run_demo(cfg)

@@ -42,6 +42,8 @@ class DemoConfig:
     ssl: SSLRecipe = field(default_factory=lambda: SSLRecipe(epochs=1))
     reverse_steps: int = 40
     n_views: int = 4
+    #: add AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square-5000) to the attacks; slow on CPU
+    autoattack: bool = False
     progress: bool = True
 
 
@@ -66,6 +68,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     subset = balanced_subset(test, cfg.n_images, seed=cfg.seed)
     attacks = [AttackSpec("clean"), AttackSpec("fgsm", {"eps": cfg.eps}),
                AttackSpec("pgd", {"eps": cfg.eps, "alpha": 2.5 * cfg.eps / 20, "steps": 20})]
+    if cfg.autoattack:
+        attacks.append(AttackSpec("autoattack", {"eps": cfg.eps, "version": "standard"}))
     store = ResultsStore(cfg.out, resume=True)
     tqdm.write(f"evaluating {len(entries)} models x {len(attacks)} attacks on {len(subset)} test images "
                f"(standard error <= {100 * (0.25 / len(subset)) ** 0.5:.2f} points at any accuracy)")
