@@ -8,27 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advrepair.models.base import Classifier
-from advrepair.models.preact_resnet import CIFAR10_MEAN, CIFAR10_STD
-
-
-class WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
-        return out + skip
+from advrepair.models.preact_resnet import CIFAR10_MEAN, CIFAR10_STD, PreActBlock
 
 
 class WideResNet(Classifier):
@@ -51,7 +31,7 @@ class WideResNet(Classifier):
         in_planes = widths[0]
         for group, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
-                blocks.append(WideBlock(in_planes, group, stride if i == 0 else 1, dropout))
+                blocks.append(PreActBlock(in_planes, group, stride if i == 0 else 1, dropout))
                 in_planes = group
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(in_planes)

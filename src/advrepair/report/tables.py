@@ -77,8 +77,8 @@ def accuracy_table(records: list[dict[str, Any]], defense_label: str | None = No
         lines.append("| " + " | ".join(row) + " |")
     notes = [f"Accuracy in % ± binomial standard error, on {', '.join(map(str, sorted(ns)))} test images "
              f"of {records[0]['dataset']} ({records[0].get('subset') or 'in order'})."]
-    notes.append("Attacks are crafted on the undefended classifier (static threat model, mao2021 Table 1); "
-                 "adaptive attacks that see the defense are reported separately.")
+    notes.append("Attacks are crafted on the undefended classifier (static threat model, mao2021 Table 1). "
+                 "No attack here sees the defense: 'Repaired' is not robustness against an adaptive attacker.")
     for a, desc in attacks.items():
         notes.append(f"- {a}: {attack_description(desc)}")
     if label:
