@@ -67,6 +67,11 @@ def main() -> None:
     batched, t_batched = timed(defense, images)
     loop_images = images[: args.loop_images]
     looped, t_loop = timed(one_view_at_a_time, defense, loop_images)
+    # Correctness: after one step the two agree exactly; over K steps the loop's different
+    # gradient summation order (views summed by autograd one by one) gives float-level
+    # differences that sign steps can amplify, so the K-step gap is reported, not asserted.
+    one_step = ReverseAttack(model, task, eps_v=0.2, steps=1, seed=0)
+    one_step_gap = float((one_step(loop_images) - one_view_at_a_time(one_step, loop_images)).abs().max())
     passes = args.steps * args.views
     result = {
         "benchmark": "reverse_attack_throughput",
@@ -80,7 +85,10 @@ def main() -> None:
         "one_view_loop": {"images": args.loop_images, "seconds": t_loop,
                           "images_per_second": args.loop_images / t_loop, "forward_backward_per_image": passes},
         "speedup_batched_over_loop": (args.images / t_batched) / (args.loop_images / t_loop),
-        "max_abs_difference_on_shared_images": float((batched[: args.loop_images] - looped).abs().max()),
+        "max_abs_difference_after_one_step": one_step_gap,
+        "max_abs_difference_after_all_steps": float((batched[: args.loop_images] - looped).abs().max()),
+        "fraction_of_pixels_differing_after_all_steps": float(
+            (batched[: args.loop_images] - looped).abs().gt(1e-6).float().mean()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -89,13 +89,16 @@ def test_autoattack_cascade_is_worst_case_and_attacks_only_survivors(trained_cnn
     survivors = round(first["robust_accuracy"] * len(y))
     assert 0 < survivors < clean_correct
     assert first["n_images"] == clean_correct and second["n_images"] == survivors
-    # batches of one are label checks (AutoAttack's, then each member's); every model call
-    # after the second member's covers survivors only: its counted passes plus AutoAttack's
-    # check of its output
-    start = [i for i, s in enumerate(rec.sizes) if s == 1][2]
-    later = rec.sizes[start + 1:]
+    # the last model calls are the second member's counted passes plus AutoAttack's check of
+    # its output; walking back from the end they must add up exactly, each on survivors only
+    total, later = 0, []
+    for size in reversed(rec.sizes):
+        if total == second["forward"] + survivors:
+            break
+        total += size
+        later.append(size)
+    assert total == second["forward"] + survivors
     assert max(later) == survivors
-    assert sum(later) == second["forward"] + survivors
     assert second["forward"] <= survivors * (STEPS + 2)
 
 

@@ -60,6 +60,7 @@ class Attack(ABC):
         self.seed = seed
         self.stats = AttackStats()
         self._checked_output = False
+        self._unchecked_labels: torch.Tensor | None = None
         self.target_mode: str | None = None
         #: the target class of each image during a targeted call, else None
         self.targets: torch.Tensor | None = None
@@ -116,6 +117,10 @@ class Attack(ABC):
         out = self.model(x)
         if not self._checked_output:
             self._check_output(out)
+        if self._unchecked_labels is not None:
+            # the label range is checked on the attack's first forward, which costs no extra pass
+            labels, self._unchecked_labels = self._unchecked_labels, None
+            check_labels(labels, labels.shape[0], out.shape[-1])
         return out
 
     def count_backward(self, n_images: int) -> None:
@@ -132,14 +137,17 @@ class Attack(ABC):
         if isinstance(self.model, nn.Module):
             self.model.eval()
         try:
-            if self.uses_labels:
+            if self.uses_labels and (self.target_mode is not None or targets is not None):
                 with torch.no_grad():
                     num_classes = self.model(images[:1]).shape[-1]
                 check_labels(labels, images.shape[0], num_classes)
                 self.targets = self._choose_targets(images, labels, targets, num_classes)
+            elif self.uses_labels:
+                self._unchecked_labels = labels
             adv = self.perturb(images.detach(), labels)
         finally:
             self.targets = None
+            self._unchecked_labels = None
             if isinstance(self.model, nn.Module):
                 self.model.train(was_training)
         self.stats.images += images.shape[0]
