@@ -1,5 +1,6 @@
 """The command line and the demo, end to end on generated Fashion-MNIST-format files."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,13 +13,20 @@ def fake_fmnist(tmp_path_factory):
     return write_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
-def test_train_eval_report_and_resume(tmp_path, fake_fmnist, capsys):
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory, fake_fmnist):
+    model = tmp_path_factory.mktemp("models") / "cnn"
     common = ["--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress"]
-    model = tmp_path / "cnn"
     assert main(["train", "classifier", "--out", str(model), "--epochs", "1", *common]) == 0
+    assert main(["train", "ssl", "--model-dir", str(model), "--epochs", "1", *common]) == 0
+    return model
+
+
+def test_train_eval_report_and_resume(tmp_path, fake_fmnist, trained_dir, capsys):
+    common = ["--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress"]
+    model = trained_dir
     card = json.loads((model / "classifier.json").read_text())
     assert card["recipe"]["epochs"] == 1 and card["metrics"][1]["attack"]["steps"] == 20
-    assert main(["train", "ssl", "--model-dir", str(model), "--epochs", "1", *common]) == 0
     assert (model / "ssl-contrastive.safetensors").exists()
     out = tmp_path / "eval"
     args = ["eval", "--model-dir", str(model), "--attack", "clean", "--attack", "pgd:eps=0.1,alpha=0.05,steps=2",
@@ -57,6 +65,18 @@ def test_demo_runs_end_to_end_on_small_data(tmp_path, fake_fmnist, monkeypatch):
     stamp = (tmp_path / "models" / "fmnist-cnn-pgd" / "classifier.safetensors").stat().st_mtime_ns
     run_demo(cfg)  # second run reuses models and results
     assert (tmp_path / "models" / "fmnist-cnn-pgd" / "classifier.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_readme_python_example_runs_as_written(trained_dir, fake_fmnist, monkeypatch, capsys):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    default = 'Path.home() / ".cache/advrepair/models/fmnist-cnn-pgd"'
+    assert default in code, "the README example's model path changed; update this test"
+    monkeypatch.setenv("ADVREPAIR_FASHION_MNIST", str(fake_fmnist))
+    code = code.replace(default, f"Path({str(trained_dir)!r})").replace("40)", "3)").replace(", 200)", ", 20)")
+    exec(compile(code, "README.md", "exec"), {"Path": Path})
+    out = capsys.readouterr().out
+    assert "standard:" in out and "repaired:" in out
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path, capsys):
