@@ -5,6 +5,11 @@ from collections import OrderedDict
 from typing import Any
 
 
+DISPLAY_NAMES = {"autoattack": "AutoAttack", "apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR", "apgd-t": "APGD-T",
+                 "fab-t": "FAB-T", "square": "Square", "hopskipjump": "HopSkipJump", "cw-pgd": "C&W",
+                 "mifgsm": "MI-FGSM", "difgsm": "DI-FGSM", "tifgsm": "TI-FGSM"}
+
+
 def attack_label(attack: dict[str, Any]) -> str:
     name = attack.get("name", "?")
     if name == "clean":
@@ -12,8 +17,8 @@ def attack_label(attack: dict[str, Any]) -> str:
     if name == "transfer":
         return f"{attack_label(attack.get('attack', {}))} from {attack.get('source')}"
     steps = attack.get("steps")
-    label = name.upper()
-    return f"{label}-{steps}" if name != "fgsm" and steps else label
+    label = DISPLAY_NAMES.get(name, name.upper())
+    return f"{label}-{steps}" if name not in ("fgsm", "autoattack") and steps else label
 
 
 def attack_description(attack: dict[str, Any]) -> str:
