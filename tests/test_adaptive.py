@@ -70,3 +70,46 @@ def test_eot_averages_the_gradient_over_batched_draws():
     assert many.max() < 0.2  # ~ 1/sqrt(400) * 2 standard deviations
     with pytest.raises(InputError, match="draws"):
         EOT(Noisy(), draws=0)
+
+
+@pytest.fixture()
+def small_defense(trained_cnn, shapes_train):
+    from advrepair.ssl import ContrastiveHead, ContrastiveTask
+    from advrepair.training import SSLRecipe, train_ssl_task
+
+    torch.manual_seed(0)
+    task = ContrastiveTask(ContrastiveHead(trained_cnn.feature_dim, 32, 16), n_views=2,
+                           negatives=shapes_train.tensors(torch.arange(32))[0])
+    train_ssl_task(task, trained_cnn, shapes_train.subset(torch.arange(512)), SSLRecipe(epochs=1), progress=False)
+    return ReverseAttack(trained_cnn, task, eps_v=0.2, steps=3)
+
+
+def test_defense_aware_pgd_with_lambda_zero_is_pgd(trained_cnn, shapes_test, small_defense):
+    from advrepair.adaptive import DefenseAwarePGD
+
+    x, y = shapes_test.tensors(torch.arange(32))
+    plain = PGD(trained_cnn, eps=0.16, alpha=0.02, steps=5)(x, y)
+    aware = DefenseAwarePGD(trained_cnn, small_defense, lambda_s=0.0, eps=0.16, alpha=0.02, steps=5)
+    assert torch.equal(aware(x, y), plain)
+    assert aware.params()["lambda_s"] == 0.0 and aware.params()["defense"] == "reverse-attack"
+
+
+def test_defense_aware_pgd_keeps_the_ssl_loss_low(trained_cnn, shapes_test, small_defense):
+    from advrepair.adaptive import DefenseAwarePGD
+
+    x, y = shapes_test.tensors(torch.arange(64))
+    plain = DefenseAwarePGD(trained_cnn, small_defense, lambda_s=0.0, eps=0.16, alpha=0.02, steps=10)(x, y)
+    aware = DefenseAwarePGD(trained_cnn, small_defense, lambda_s=1.0, eps=0.16, alpha=0.02, steps=10)(x, y)
+    diff = small_defense.ssl_loss(plain) - small_defense.ssl_loss(aware)
+    assert diff.mean() > 3 * diff.std() / len(diff) ** 0.5
+
+
+def test_lambda_sweep_rows_and_figure(tmp_path, trained_cnn, shapes_test, small_defense):
+    from advrepair.adaptive import lambda_sweep
+    from advrepair.report.figures import lambda_sweep_figure
+
+    x, y = shapes_test.tensors(torch.arange(24))
+    rows = lambda_sweep(trained_cnn, small_defense, x, y, [0.0, 1.0], eps=0.16, alpha=0.04, steps=3)
+    assert [r["lambda_s"] for r in rows] == [0.0, 1.0] and all(r["n_images"] == 24 for r in rows)
+    assert all(0 <= r["accuracy_repaired"] <= 1 for r in rows)
+    assert lambda_sweep_figure(rows, tmp_path / "fig4.png").stat().st_size > 1000

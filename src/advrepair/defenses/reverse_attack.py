@@ -106,12 +106,17 @@ class ReverseAttack(nn.Module):
             total = total + w * task.per_image_loss(self.classifier, x, u, ctx)
         return total
 
-    def ssl_loss(self, images: torch.Tensor, stream: str = "measure") -> torch.Tensor:
-        """L_s of each image with fresh per-image views: (B, C, H, W) -> (B,), no gradient."""
+    def ssl_loss(self, images: torch.Tensor, stream: str = "measure", differentiable: bool = False) -> torch.Tensor:
+        """L_s of each image with per-image views: (B, C, H, W) -> (B,).
+
+        ``differentiable=True`` keeps the graph to ``images`` (the defense-aware attack of
+        mao2021 Eq. 8 differentiates it); the views are still drawn per image.
+        """
         check_images(images)
-        with _frozen(self), torch.no_grad():
-            contexts = [t.context(self.classifier) for t in self.tasks]
-            numbers = [u[:, 0] for u in self._draw(images, 1, stream)]
+        with _frozen(self), torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            with torch.no_grad():
+                contexts = [t.context(self.classifier) for t in self.tasks]
+            numbers = [u[:, 0] for u in self._draw(images.detach(), 1, stream)]
             return self._loss(images, numbers, contexts)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -90,3 +90,23 @@ def image_grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str = "") 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def lambda_sweep_figure(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """mao2021 Figure 4: robust accuracy against lambda_s, without and with the defense."""
+    lam = [r["lambda_s"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for key, style, label in (("standard", "--", "standard (no defense)"), ("repaired", "-", "with reverse attack")):
+        acc = np.array([100 * r[f"accuracy_{key}"] for r in rows])
+        err = np.array([100 * r[f"stderr_{key}"] for r in rows])
+        ax.errorbar(lam, acc, yerr=err, fmt=style + "o", capsize=3, label=label)
+    attack = rows[0]["attack"] if rows else {}
+    ax.set_xlabel(r"$\lambda_s$ of the defense-aware attack $L_c - \lambda_s L_s$")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_title(title or f"defense-aware PGD-{attack.get('steps')} eps={attack.get('eps')}, "
+                          f"n={rows[0]['n_images'] if rows else 0}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
