@@ -97,7 +97,7 @@ def test_defense_aware_pgd_with_lambda_zero_is_pgd(trained_cnn, shapes_test, sma
 def test_defense_aware_pgd_keeps_the_ssl_loss_low(trained_cnn, shapes_test, small_defense):
     from advrepair.adaptive import DefenseAwarePGD
 
-    x, y = shapes_test.tensors(torch.arange(64))
+    x, y = shapes_test.tensors()  # 200 images: single-draw L_s values are noisy per image
     plain = DefenseAwarePGD(trained_cnn, small_defense, lambda_s=0.0, eps=0.16, alpha=0.02, steps=10)(x, y)
     aware = DefenseAwarePGD(trained_cnn, small_defense, lambda_s=1.0, eps=0.16, alpha=0.02, steps=10)(x, y)
     diff = small_defense.ssl_loss(plain) - small_defense.ssl_loss(aware)
