@@ -100,3 +100,23 @@ def test_results_are_strict_json_even_with_infinite_budgets(tmp_path):
     text = (tmp_path / "results.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text)[0]["attack"]["eps"] == "inf"
+
+
+def test_worst_case_is_at_most_every_member(tmp_path, trained_cnn, shapes_test):
+    from advrepair.evaluation import worst_case
+
+    data = shapes_test.subset(torch.arange(40))
+    neg = shapes_test.tensors(torch.arange(100, 116))[0]
+    store = ResultsStore(tmp_path)
+    attacks = [AttackSpec("fgsm", {"eps": 0.16}), AttackSpec("pgd", {"eps": 0.16, "alpha": 0.04, "steps": 5}),
+               AttackSpec("square", {"eps": 0.16, "n_queries": 50})]
+    records = [r for r in evaluate_matrix(data, [_entry(trained_cnn, neg)], attacks, store, batch_size=40,
+                                          progress=False) if r["defense"] is None]
+    acc = worst_case(store, records)
+    assert acc.n == 40
+    assert all(acc.value <= r["accuracy"] for r in records)
+    per_image = [store.arrays(r)["correct"] for r in records]
+    assert acc.correct == int((per_image[0] & per_image[1] & per_image[2]).sum())
+    assert "Per-image worst case" in write_report(tmp_path).read_text()
+    with pytest.raises(ValueError, match="different images"):
+        worst_case(store, records + [{**records[0], "n_images": 7}])

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from advrepair.evaluation.store import ResultsStore
+from advrepair.evaluation.worst_case import worst_case
 from advrepair.report.figures import accuracy_bars, image_grid, ssl_loss_histogram
 from advrepair.report.tables import accuracy_table, attack_label, cost_table
 
@@ -14,12 +15,34 @@ def _strongest_attack(records: list[dict[str, Any]], model: str) -> dict[str, An
     return min(attacked, key=lambda r: r["accuracy"]) if attacked else None
 
 
+def _worst_case_section(store: ResultsStore, records: list[dict[str, Any]]) -> str:
+    """Per model and defense: the per-image worst case over every attack in the results."""
+    lines = []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if r["attack"].get("name") != "clean":
+            groups.setdefault((r["model"], (r.get("defense") or {}).get("label", "none")), []).append(r)
+    for (model, defense), rs in groups.items():
+        try:
+            acc = worst_case(store, rs)
+        except ValueError:
+            continue
+        names = ", ".join(attack_label(r["attack"]) for r in rs)
+        lines.append(f"| {model} | {defense} | {100 * acc.value:.1f} ± {100 * acc.stderr:.1f} | {acc.n} | {names} |")
+    if not lines:
+        return ""
+    head = ["\n### Per-image worst case over the attacks above\n",
+            "| Model | Defense | Accuracy (%) | Images | Attacks |", "|---|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n"
+
+
 def write_report(out_dir: str | Path, title: str = "advrepair report") -> Path:
     """Write ``report.md`` (tables) and PNG figures into ``out_dir``; returns report.md's path."""
     store = ResultsStore(out_dir, resume=True)
     records = store.records
     out = Path(out_dir)
-    parts = [f"# {title}\n", "## Accuracy\n", accuracy_table(records), "\n## Cost\n", cost_table(records)]
+    parts = [f"# {title}\n", "## Accuracy\n", accuracy_table(records), _worst_case_section(store, records),
+             "\n## Cost\n", cost_table(records)]
     figures = []
     if records:
         figures.append(accuracy_bars(records, out / "accuracy_bars.png"))

@@ -1,0 +1,31 @@
+"""Per-image worst case across attack runs: an image counts as robust only if every run
+left it correctly classified. Computed from the per-image correctness each record stores."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from advrepair.evaluation.metrics import Accuracy
+from advrepair.evaluation.store import ResultsStore
+
+
+def worst_case(store: ResultsStore, records: list[dict[str, Any]]) -> Accuracy:
+    """Accuracy of the per-image AND of ``records``' correctness (same images, same order).
+
+    Raises:
+        ValueError: if the records cover different image counts or lack per-image arrays.
+    """
+    if not records:
+        raise ValueError("worst_case needs at least one record")
+    sizes = {r["n_images"] for r in records}
+    subsets = {r.get("subset") for r in records}
+    if len(sizes) != 1 or len(subsets) != 1:
+        raise ValueError(f"records cover different images (n={sorted(sizes)}, subsets={sorted(map(str, subsets))})")
+    correct = np.ones(sizes.pop(), dtype=bool)
+    for r in records:
+        arrays = store.arrays(r)
+        if "correct" not in arrays:
+            raise ValueError(f"record {r.get('key')} has no per-image correctness")
+        correct &= arrays["correct"].astype(bool)
+    return Accuracy(int(correct.sum()), int(correct.size))
