@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Callable, TypeVar
 
 from advrepair.errors import InputError
 from advrepair.validation import check_positive
@@ -16,13 +17,7 @@ class Norm(str, Enum):
 
     @classmethod
     def parse(cls, value: "str | Norm") -> "Norm":
-        if isinstance(value, Norm):
-            return value
-        key = str(value).strip().lower().replace("_", "")
-        for member in cls:
-            if member.value.lower() == key or member.name.lower() == key:
-                return member
-        raise InputError(f"unknown norm {value!r}; expected one of {[m.value for m in cls]}")
+        return _parse(cls, value, "norm", value_key=lambda v: v.lower().replace("_", ""), by_name=True)
 
 
 class DatasetName(str, Enum):
@@ -36,16 +31,24 @@ class DatasetName(str, Enum):
 
     @classmethod
     def parse(cls, value: "str | DatasetName") -> "DatasetName":
-        if isinstance(value, DatasetName):
-            return value
-        key = str(value).strip().lower().replace("_", "-")
         aliases = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
                    "cifar-10": "cifar10", "cifar-100": "cifar100"}
-        key = aliases.get(key, key)
-        for member in cls:
-            if member.value == key:
-                return member
-        raise InputError(f"unknown dataset {value!r}; expected one of {[m.value for m in cls]}")
+        return _parse(cls, value, "dataset", value_key=lambda v: aliases.get(v.lower().replace("_", "-"),
+                                                                  v.lower().replace("_", "-")))
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def _parse(cls: type[E], value: "str | E", what: str, value_key: Callable[[str], str], by_name: bool = False) -> E:
+    """The member of ``cls`` that ``value`` names (case-insensitive), or a clear InputError."""
+    if isinstance(value, cls):
+        return value
+    key = value_key(str(value).strip())
+    for member in cls:
+        if value_key(str(member.value)) == key or (by_name and member.name.lower() == key):
+            return member
+    raise InputError(f"unknown {what} {value!r}; expected one of {[m.value for m in cls]}")
 
 
 @dataclass(frozen=True)
