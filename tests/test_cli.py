@@ -67,6 +67,18 @@ def test_demo_runs_end_to_end_on_small_data(tmp_path, fake_fmnist, monkeypatch):
     assert (tmp_path / "models" / "fmnist-cnn-pgd" / "classifier.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_eval_through_the_defense_with_bpda(tmp_path, fake_fmnist, trained_dir):
+    out = tmp_path / "adaptive"
+    args = ["eval", "--model-dir", str(trained_dir), "--attack", "pgd:eps=0.1,alpha=0.05,steps=2", "--through", "bpda",
+            "--n-images", "20", "--reverse-steps", "2", "--out", str(out), "--data-root", str(fake_fmnist),
+            "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    records = json.loads((out / "results.json").read_text())
+    adaptive = [r for r in records if r["attack"].get("through") == "bpda"]
+    assert len(records) == 3 and len(adaptive) == 1 and adaptive[0]["defense"]["name"] == "reverse-attack"
+    assert "PGD-2 through BPDA" in (out / "report.md").read_text()
+
+
 def test_readme_python_example_runs_as_written(trained_dir, fake_fmnist, monkeypatch, capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]

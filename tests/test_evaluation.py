@@ -120,3 +120,35 @@ def test_worst_case_is_at_most_every_member(tmp_path, trained_cnn, shapes_test):
     assert "Per-image worst case" in write_report(tmp_path).read_text()
     with pytest.raises(ValueError, match="different images"):
         worst_case(store, records + [{**records[0], "n_images": 7}])
+
+
+class _PassThrough(torch.nn.Module):
+    """A defense that changes nothing: attacking through it must equal attacking the classifier."""
+
+    def forward(self, x):
+        return x * 1.0
+
+    def params(self):
+        return {"name": "pass-through"}
+
+
+@pytest.mark.parametrize("through", ["bpda", "full"])
+def test_attacks_through_a_defense(tmp_path, trained_cnn, shapes_test, through):
+    data = shapes_test.subset(torch.arange(40))
+    entry = ModelEntry("cnn", trained_cnn, card={"weights_sha256": "abc"}, defenses={"noop": _PassThrough()})
+    pgd = {"eps": 0.16, "alpha": 0.04, "steps": 5}
+    store = ResultsStore(tmp_path)
+    records = evaluate_matrix(data, [entry], [AttackSpec("pgd", pgd), AttackSpec("pgd", pgd, through=through)],
+                              store, batch_size=40, progress=False)
+    static = next(r for r in records if r["defense"] is None)
+    adaptive = next(r for r in records if r["attack"].get("through") == through)
+    assert adaptive["defense"]["label"] == "noop" and len(records) == 3
+    assert adaptive["accuracy"] == pytest.approx(static["accuracy"])
+    assert f"PGD-5 through" in write_report(tmp_path).read_text()
+
+
+def test_through_needs_a_known_mode_and_an_attack():
+    with pytest.raises(ValueError, match="through"):
+        AttackSpec("pgd", {}, through="magic")
+    with pytest.raises(ValueError, match="clean"):
+        AttackSpec("clean", through="bpda")

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="name:key=value,... e.g. pgd:eps=0.1,alpha=0.0125,steps=20 (repeatable; 'clean' for none)")
     ev.add_argument("--transfer-from", type=Path, default=None,
                     help="craft every attack on this model directory's classifier instead (transfer attack)")
+    ev.add_argument("--through", choices=["bpda", "full"], default=None,
+                    help="also craft every attack through the defense: BPDA (identity gradient) or the "
+                         "defense's own autograd graph (adaptive attacks)")
     ev.add_argument("--defense", choices=["none", "reverse-attack"], default="reverse-attack")
     ev.add_argument("--eps-v", type=float, default=None, help="reverse-attack budget (default 2x the first attack's eps)")
     ev.add_argument("--reverse-steps", type=int, default=40)
@@ -131,7 +134,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         commands.evaluate(dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
                           attack_specs=args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"],
-                          transfer_from=args.transfer_from, defense=args.defense, eps_v=args.eps_v, reverse_steps=args.reverse_steps,
+                          transfer_from=args.transfer_from, through=args.through, defense=args.defense,
+                          eps_v=args.eps_v, reverse_steps=args.reverse_steps,
                           n_views=args.n_views, n_images=args.n_images, batch_size=args.batch_size,
                           out=args.out, resume=not args.no_resume, seed=args.seed, device=device,
                           progress=progress)

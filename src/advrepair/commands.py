@@ -49,7 +49,8 @@ def train_ssl(*, dataset: str, data_root: str | None, model_dir: Path, recipe: S
 
 
 def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path], attack_specs: Sequence[str],
-             defense: str, eps_v: float | None, reverse_steps: int, transfer_from: Path | None = None, n_views: int, n_images: int, batch_size: int,
+             defense: str, eps_v: float | None, reverse_steps: int, transfer_from: Path | None = None,
+             through: str | None = None, n_views: int, n_images: int, batch_size: int,
              out: Path, resume: bool, seed: int, device: str, progress: bool) -> Path:
     specs = [AttackSpec(*parse_spec(s)) for s in attack_specs]
     for spec in specs:  # fail on a bad name or parameter before any work is done
@@ -67,6 +68,10 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
         specs = [s if s.name == CLEAN else AttackSpec("transfer", {"source": source, "attack": s.name,
                                                                    "source_name": Path(transfer_from).name, **s.params})
                  for s in specs]
+    if through is not None:
+        if defense == "none":
+            raise InputError("--through needs a defense to attack through")
+        specs += [AttackSpec(s.name, s.params, through=through) for s in specs if s.name != CLEAN]
     test = load_dataset(dataset, split="test", root=data_root)
     subset = balanced_subset(test, min(n_images, len(test)), seed=seed)
     train = load_dataset(dataset, split="train", root=data_root) if defense != "none" else None

@@ -25,12 +25,27 @@ CLEAN = "clean"
 SAMPLES_KEPT = 8
 
 
+THROUGH = ("bpda", "full")
+
+
 @dataclass
 class AttackSpec:
-    """An attack by registry name and parameters; name ``"clean"`` means no attack."""
+    """An attack by registry name and parameters; name ``"clean"`` means no attack.
+
+    ``through`` crafts the attack on ``Sequential(defense, classifier)`` for each defense
+    instead of on the classifier alone: ``"bpda"`` with the identity as the defense's
+    gradient (BPDA), ``"full"`` with the defense's own autograd graph.
+    """
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    through: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.through is not None and self.through not in THROUGH:
+            raise ValueError(f"through must be None or one of {THROUGH}, got {self.through!r}")
+        if self.through is not None and self.name == CLEAN:
+            raise ValueError("the clean spec has no attack to craft through a defense")
 
     def build(self, model: nn.Module) -> Attack | None:
         return None if self.name == CLEAN else make_attack(self.name, model, **self.params)
@@ -68,6 +83,9 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
     for entry in models:
         clf = entry.classifier.to(device).eval()
         for spec in attacks:
+            if spec.through is not None:
+                out += _evaluate_through(data, entry, clf, spec, store, batch_size, device, subset, progress)
+                continue
             attack_desc = spec.describe(clf)
             base = dict(dataset=data.name, subset=subset, n_images=len(data), model=entry.name,
                         model_weights=entry.card.get("weights_sha256", ""), attack=attack_desc)
@@ -82,13 +100,35 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
     return out
 
 
+def _evaluate_through(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec: AttackSpec,
+                      store: ResultsStore, batch_size: int, device: torch.device, subset: str,
+                      progress: bool) -> list[dict[str, Any]]:
+    """One record per defense: the attack sees ``Sequential(defense or BPDA(defense), clf)``."""
+    from advrepair.adaptive import BPDA
+
+    out = []
+    for dname, dmod in entry.defenses.items():
+        target = nn.Sequential(BPDA(dmod) if spec.through == "bpda" else dmod, clf)
+        attack_desc = {**spec.describe(target), "through": spec.through}
+        base = dict(dataset=data.name, subset=subset, n_images=len(data), model=entry.name,
+                    model_weights=entry.card.get("weights_sha256", ""), attack=attack_desc)
+        cells: dict[str | None, str] = {dname: record_key(**base, defense=_params_of(dmod))}
+        if store.has(cells[dname]):
+            out.append(store.get(cells[dname]))
+            continue
+        single = ModelEntry(entry.name, clf, card=entry.card, defenses={dname: dmod})
+        out += _evaluate_cells(data, single, clf, spec, attack_desc, base, cells, store, batch_size, device,
+                               progress, attack_model=target)
+    return out
+
+
 def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec: AttackSpec,
                     attack_desc: dict[str, Any], base: dict[str, Any], cells: dict[str | None, str],
                     store: ResultsStore, batch_size: int, device: torch.device,
-                    progress: bool) -> list[dict[str, Any]]:
-    attack = spec.build(clf)
-    correct: dict[str | None, list[torch.Tensor]] = {k: [] for k in cells}
-    seconds: dict[str | None, float] = {k: 0.0 for k in cells}
+                    progress: bool, attack_model: nn.Module | None = None) -> list[dict[str, Any]]:
+    attack = spec.build(attack_model if attack_model is not None else clf)
+    correct: dict[str | None, list[torch.Tensor]] = {k: [] for k in (None, *entry.defenses)}
+    seconds: dict[str | None, float] = {k: 0.0 for k in (None, *entry.defenses)}
     ssl_in: dict[str, list[torch.Tensor]] = {k: [] for k in entry.defenses}
     ssl_out: dict[str, list[torch.Tensor]] = {k: [] for k in entry.defenses}
     samples: dict[str, list[torch.Tensor]] = {"input": [], "clean": [], "labels": []}

@@ -18,13 +18,15 @@ def attack_label(attack: dict[str, Any]) -> str:
         return f"{attack_label(attack.get('attack', {}))} from {attack.get('source')}"
     steps = attack.get("steps")
     label = DISPLAY_NAMES.get(name, name.upper())
-    return f"{label}-{steps}" if name not in ("fgsm", "autoattack") and steps else label
+    label = f"{label}-{steps}" if name not in ("fgsm", "autoattack") and steps else label
+    through = attack.get("through")
+    return f"{label} through {through.upper() if through == 'bpda' else 'the defense'}" if through else label
 
 
 def attack_description(attack: dict[str, Any]) -> str:
     if attack.get("name") == "clean":
         return "no attack"
-    skip = {"name", "seed"}
+    skip = {"name", "seed", "through"}
     return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(attack.items()) if k not in skip)
 
 
