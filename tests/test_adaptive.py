@@ -113,3 +113,52 @@ def test_lambda_sweep_rows_and_figure(tmp_path, trained_cnn, shapes_test, small_
     assert [r["lambda_s"] for r in rows] == [0.0, 1.0] and all(r["n_images"] == 24 for r in rows)
     assert all(0 <= r["accuracy_repaired"] <= 1 for r in rows)
     assert lambda_sweep_figure(rows, tmp_path / "fig4.png").stat().st_size > 1000
+
+
+class RandomOutput(nn.Module):
+    """A defended model with random output: the randomness flag must fire."""
+
+    def __init__(self, model, noise=0.3):
+        super().__init__()
+        self.model, self.noise = model, noise
+
+    def forward(self, x):
+        return self.model((x + self.noise * torch.randn_like(x)).clamp(0, 1))
+
+
+def test_randomness_flag_fires_only_on_a_random_model(random_cnn):
+    from advrepair.adaptive import randomness_flag
+
+    x = torch.rand(4, 1, 28, 28)
+    assert randomness_flag(RandomOutput(random_cnn), x)["fired"]
+    assert not randomness_flag(random_cnn, x)["fired"]
+
+
+def test_gradient_flag_fires_on_a_zero_gradient_defense(random_cnn):
+    from advrepair.adaptive import gradient_flag
+
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    fired = gradient_flag(nn.Sequential(Quantize(), random_cnn), x, y)
+    assert fired["fired"] and "4 of 4" in fired["detail"]
+    assert not gradient_flag(random_cnn, x, y)["fired"]
+    assert not gradient_flag(nn.Sequential(BPDA(Quantize()), random_cnn), x, y)["fired"]
+
+
+def test_black_box_and_monotonicity_flags():
+    from advrepair.adaptive import black_box_flag, monotonicity_flag
+
+    assert black_box_flag({"pgd": 0.6, "apgd-ce": 0.55}, {"square": 0.40})["fired"]
+    assert not black_box_flag({"pgd": 0.3}, {"square": 0.40})["fired"]
+    assert monotonicity_flag([(10, 0.5), (20, 0.45), (40, 0.52)])["fired"]
+    assert not monotonicity_flag([(10, 0.5), (20, 0.45), (40, 0.40)])["fired"]
+
+
+def test_randomized_accuracy_any_draw_is_stricter(trained_cnn, shapes_test):
+    from advrepair.adaptive import randomized_accuracy
+
+    torch.manual_seed(0)
+    x, y = shapes_test.tensors()
+    scores = randomized_accuracy(RandomOutput(trained_cnn, noise=0.6), x, y, draws=8)
+    assert scores["all_draws_accuracy"] < scores["mean_accuracy"] < 1.0
+    fixed = randomized_accuracy(trained_cnn, x, y, draws=3)
+    assert fixed["mean_accuracy"] == fixed["all_draws_accuracy"]
