@@ -152,3 +152,25 @@ def test_through_needs_a_known_mode_and_an_attack():
         AttackSpec("pgd", {}, through="magic")
     with pytest.raises(ValueError, match="clean"):
         AttackSpec("clean", through="bpda")
+
+
+class _Blur(torch.nn.Module):
+    """A differentiable toy defense: a 3x3 box blur. Its exact gradient is known to autograd."""
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+    def params(self):
+        return {"name": "blur"}
+
+
+def test_full_gradient_is_at_least_as_strong_as_bpda_on_a_differentiable_defense(tmp_path, trained_cnn, shapes_test):
+    data = shapes_test
+    entry = ModelEntry("cnn", trained_cnn, card={"weights_sha256": "abc"}, defenses={"blur": _Blur()})
+    pgd = {"eps": 0.16, "alpha": 0.02, "steps": 20}
+    records = evaluate_matrix(data, [entry], [AttackSpec("pgd", pgd, through="full"),
+                                              AttackSpec("pgd", pgd, through="bpda")],
+                              ResultsStore(tmp_path), batch_size=200, progress=False)
+    full = next(r for r in records if r["attack"]["through"] == "full")
+    bpda = next(r for r in records if r["attack"]["through"] == "bpda")
+    assert full["accuracy"] <= bpda["accuracy"], (full["accuracy"], bpda["accuracy"])
