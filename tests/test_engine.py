@@ -55,3 +55,27 @@ def test_momentum_accumulates_normalized_gradients():
     d = rule.direction(g2)
     # velocity = g1/4 + g2/2.1 = [0.25 - 0.952, -0.75 + 0.0476]
     assert torch.equal(d, torch.tensor([[[[-1.0, -1.0]]]]))
+
+
+def test_surrogate_keeps_the_sign_step_and_differentiates_through_tanh():
+    from advrepair.engine import tanh_surrogate
+
+    # one descent step on L = sum(w x^2): x1 = x0 - eta * sign(2 w x0); with the surrogate,
+    # d x1 / d x0 = 1 - eta * (1 - tanh(2 w x0 / t)^2) * 2 w / t (inside the ball and box)
+    torch.manual_seed(0)
+    w = torch.rand(1, 1, 4, 4) + 0.5
+    x0 = (0.3 + 0.4 * torch.rand(1, 1, 4, 4)).requires_grad_(True)
+    eta, t = 0.01, 0.5
+
+    def loss(x, _k):
+        return (w * x**2).flatten(1).sum(1)
+
+    x1 = projected_gradient(x0, loss, center=x0.detach(), eps=0.5, step_size=eta, steps=1, maximize=False,
+                            surrogate=tanh_surrogate(t))
+    assert torch.allclose(x1, x0 - eta * torch.sign(2 * w * x0))
+    (g,) = torch.autograd.grad(x1.sum(), x0)
+    expected = 1 - eta * (1 - torch.tanh(2 * w * x0 / t) ** 2) * 2 * w / t
+    assert torch.allclose(g, expected.detach(), atol=1e-6)
+    plain = projected_gradient(x0, loss, center=x0.detach(), eps=0.5, step_size=eta, steps=1, maximize=False)
+    (g_plain,) = torch.autograd.grad(plain.sum(), x0)
+    assert torch.equal(g_plain, torch.ones_like(g_plain))  # sign' = 0: only the identity path

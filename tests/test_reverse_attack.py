@@ -107,3 +107,21 @@ def test_chunk_size_changes_speed_not_the_repair(random_cnn):
     chunked.chunk_size = 3
     assert torch.equal(one_pass(x), chunked(x))
     assert len(chunked.last_trace.per_image_loss[0]) == 7
+
+
+def test_surrogate_changes_the_gradient_not_the_repair(random_cnn):
+    from advrepair.engine import tanh_surrogate
+
+    torch.manual_seed(0)
+    x = (0.35 + 0.3 * torch.rand(2, 1, 28, 28)).requires_grad_(True)
+    exact = _defense(random_cnn, eps_v=0.3, steps=3)
+    smooth = _defense(random_cnn, eps_v=0.3, steps=3)
+    smooth.surrogate = tanh_surrogate(1e-3)
+    out_exact, out_smooth = exact(x), smooth(x)
+    assert torch.equal(out_exact, out_smooth)
+    (g_exact,) = torch.autograd.grad(out_exact.sum(), x)
+    (g_smooth,) = torch.autograd.grad(out_smooth.sum(), x)
+    assert torch.equal(g_exact, torch.ones_like(g_exact))
+    assert torch.isfinite(g_smooth).all() and not torch.allclose(g_smooth, g_exact)
+    with torch.no_grad():  # without gradient tracking the surrogate costs nothing
+        assert torch.equal(smooth(x.detach()), out_exact.detach())

@@ -26,7 +26,7 @@ contrastive task it is exactly mao2021.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +53,10 @@ class ReverseAttack(nn.Module):
         seed: seeds the per-image randomness; ``None`` makes the defense truly random.
         chunk_size: images repaired per pass (their views go through the network
             together); a speed/memory knob only, the repair is the same for any value.
+        surrogate: for attacks that differentiate through the repair: each sign step
+            keeps its value but differentiates as this smooth function of the gradient
+            (``engine.tanh_surrogate(t)`` or ``soft_sign_surrogate(t)``); ``None`` leaves
+            the exact derivative (sign' = 0). Needs memory for K second-order steps.
 
     Shapes: (B, C, H, W) in [0, 1] -> (B, C, H, W) in [0, 1].
 
@@ -65,7 +69,8 @@ class ReverseAttack(nn.Module):
                  tasks: SelfSupervisedTask | Sequence[tuple[SelfSupervisedTask, float]],
                  eps_v: float, steps: int = 40, step_size: float | None = None,
                  norm: str | Norm = Norm.LINF, random_start: bool = True, seed: int | None = 0,
-                 chunk_size: int = 64) -> None:
+                 chunk_size: int = 64,
+                 surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.classifier = classifier
         pairs = [(tasks, 1.0)] if isinstance(tasks, SelfSupervisedTask) else list(tasks)
@@ -85,6 +90,7 @@ class ReverseAttack(nn.Module):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = int(chunk_size)
+        self.surrogate = surrogate
         self.last_trace: LoopTrace | None = None
 
     def params(self) -> dict[str, Any]:
@@ -141,7 +147,7 @@ class ReverseAttack(nn.Module):
         return projected_gradient(
             start, lambda z, k: self._loss(z, [u[:, k] for u in numbers], contexts),
             center=x, eps=self.eps_v, step_size=self.step_size, steps=self.steps,
-            norm=self.norm, maximize=False, trace=trace)
+            norm=self.norm, maximize=False, trace=trace, surrogate=self.surrogate)
 
 
 def _merge(traces: list[LoopTrace]) -> LoopTrace:

@@ -1,10 +1,11 @@
 """The projected-gradient engine shared by attacks, reverse attacks and transformations."""
 from advrepair.engine.loop import LoopTrace, LossFn, projected_gradient
 from advrepair.engine.projection import project, random_start, random_start_numbers
-from advrepair.engine.steps import L2Step, MomentumSignStep, SignStep, StepRule, default_step_rule
+from advrepair.engine.steps import (L2Step, MomentumSignStep, SignStep, StepRule, default_step_rule,
+                                    soft_sign_surrogate, tanh_surrogate)
 
 __all__ = [
     "LoopTrace", "LossFn", "projected_gradient", "project", "random_start",
     "random_start_numbers", "L2Step", "MomentumSignStep", "SignStep", "StepRule",
-    "default_step_rule",
+    "default_step_rule", "soft_sign_surrogate", "tanh_surrogate",
 ]

@@ -43,6 +43,7 @@ def projected_gradient(
     step_rule: StepRule | None = None,
     trace: LoopTrace | None = None,
     keep_iterates: bool = False,
+    surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run ``steps`` projected gradient steps from ``start`` inside the ball around ``center``.
 
@@ -62,8 +63,10 @@ def projected_gradient(
     when ``start`` or ``center`` carry autograd history (and grad mode is on) the result
     keeps the exact derivative of the procedure as run: sign and normalization steps are
     piecewise constant, so only the path through the start, the center and the
-    projections remains. Attacks that need more (a smooth surrogate of the step,
-    BPDA, EOT) wrap the defense instead.
+    projections remains. With ``surrogate`` (e.g. ``tanh_surrogate``) and an input that
+    carries history, each step's direction keeps its forward value (the step rule's) but
+    differentiates as ``surrogate(grad)``, with the gradient itself differentiated
+    (second order): the full-gradient attack through an unrolled sign-PGD defense.
     """
     rule = step_rule or default_step_rule(norm)
     rule.reset()
@@ -72,15 +75,23 @@ def projected_gradient(
         step_size = step_size.view(-1, *([1] * (start.dim() - 1)))
     x = start
     for k in range(steps):
-        x_req = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = loss_fn(x_req, k)
-            (grad,) = torch.autograd.grad(loss.sum(), x_req)
+        if surrogate is not None and torch.is_grad_enabled() and x.requires_grad:
+            loss = loss_fn(x, k)
+            (grad,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
+            smooth = surrogate(grad)
+            # forward: the real step; backward: the surrogate's derivative (straight-through)
+            direction = rule.direction(grad.detach()) + (smooth - smooth.detach())
+        else:
+            x_req = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = loss_fn(x_req, k)
+                (grad,) = torch.autograd.grad(loss.sum(), x_req)
+            direction = rule.direction(grad).detach()
         if trace is not None:
             trace.gradient_evaluations += 1
             trace.mean_loss.append(float(loss.detach().mean()))
             trace.per_image_loss.append(loss.detach())
             if keep_iterates:
                 trace.iterates.append(x.detach())
-        x = project(x + sign * step_size * rule.direction(grad).detach(), center, eps, norm)
+        x = project(x + sign * step_size * direction, center, eps, norm)
     return x

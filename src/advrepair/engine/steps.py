@@ -1,7 +1,7 @@
 """Step rules: how a gradient becomes an update direction."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -60,3 +60,13 @@ class MomentumSignStep:
 
 def default_step_rule(norm: Norm) -> StepRule:
     return SignStep() if norm is Norm.LINF else L2Step()
+
+
+def tanh_surrogate(temperature: float = 1.0) -> "Callable[[torch.Tensor], torch.Tensor]":
+    """``g -> tanh(g / temperature)``: a smooth stand-in for ``sign(g)`` in backward passes."""
+    return lambda g: torch.tanh(g / temperature)
+
+
+def soft_sign_surrogate(temperature: float = 1.0) -> "Callable[[torch.Tensor], torch.Tensor]":
+    """``g -> g / (|g| + temperature)``: the soft-sign stand-in for ``sign(g)``."""
+    return lambda g: g / (g.abs() + temperature)
