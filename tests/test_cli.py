@@ -79,6 +79,22 @@ def test_eval_through_the_defense_with_bpda(tmp_path, fake_fmnist, trained_dir):
     assert "PGD-2 through BPDA" in (out / "report.md").read_text()
 
 
+def test_eval_adaptive_runs_the_protocol_and_reports_it(tmp_path, fake_fmnist, trained_dir, capsys):
+    out = tmp_path / "adaptive"
+    args = ["eval", "--model-dir", str(trained_dir), "--attack", "pgd:eps=0.1,alpha=0.05,steps=2", "--adaptive",
+            "--adaptive-steps", "2", "--eot-draws", "2", "--unroll-steps", "1", "--lambdas", "0,2",
+            "--square-queries", "3", "--n-images", "10", "--reverse-steps", "2", "--out", str(out),
+            "--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    records = json.loads((out / "results.json").read_text())
+    summary = next(r for r in records if r.get("kind") == "adaptive-summary")
+    assert summary["config"]["eps"] == 0.1 and summary["n_images"] == 10
+    assert "randomness" in capsys.readouterr().out  # flags are printed
+    report = (out / "report.md").read_text()
+    assert "Adaptive evaluation" in report and "BPDA + EOT" in report and "Per-image worst case" in report
+    assert main([*args[:-1], "--no-progress", "--lambdas", "x"]) == 2
+
+
 def test_readme_python_example_runs_as_written(trained_dir, fake_fmnist, monkeypatch, capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]

@@ -86,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--out", type=Path, required=True)
     ev.add_argument("--no-resume", action="store_true", help="start results.json afresh")
+    ad = ev.add_argument_group("adaptive protocol (--adaptive): static, transfer, BPDA, BPDA+EOT, full gradient, "
+                                "defense-aware lambda sweep, Square, per-image worst case, flags, cost")
+    ad.add_argument("--adaptive", action="store_true", help="also run the adaptive protocol against the defense")
+    ad.add_argument("--adaptive-eps", type=float, default=None, help="budget (default: the attacks' eps)")
+    ad.add_argument("--adaptive-steps", type=int, default=20, help="PGD steps of every gradient row")
+    ad.add_argument("--adaptive-alpha", type=float, default=None, help="PGD step size (default eps/4)")
+    ad.add_argument("--eot-draws", type=int, default=4)
+    ad.add_argument("--unroll-steps", type=int, default=5, help="defense steps differentiated by the full-gradient row")
+    ad.add_argument("--surrogate", default="relative-tanh", choices=["relative-tanh", "tanh", "soft-sign"])
+    ad.add_argument("--surrogate-temperature", type=float, default=1.0)
+    ad.add_argument("--lambdas", default="0,1,4,16", help="lambda_s values of the defense-aware sweep")
+    ad.add_argument("--square-queries", type=int, default=200)
     _add_common(ev)
 
     rep = sub.add_parser("report", help="rewrite report.md and figures from a results folder")
@@ -132,7 +144,17 @@ def _dispatch(args: argparse.Namespace) -> int:
                            recipe=recipe, tau=args.tau, n_views=args.n_views, eval_eps=args.eps,
                            seed=args.seed, device=device, progress=progress)
     elif args.command == "eval":
-        commands.evaluate(dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
+        adaptive = None
+        if args.adaptive:
+            try:
+                lambdas = tuple(float(v) for v in args.lambdas.split(",") if v.strip())
+            except ValueError:
+                raise AdvRepairError(f"--lambdas must be comma-separated numbers, got {args.lambdas!r}") from None
+            adaptive = dict(eps=args.adaptive_eps, steps=args.adaptive_steps, alpha=args.adaptive_alpha,
+                            eot_draws=args.eot_draws, unroll_steps=args.unroll_steps, surrogate=args.surrogate,
+                            surrogate_temperature=args.surrogate_temperature, lambdas=lambdas,
+                            square_queries=args.square_queries, seed=args.seed)
+        commands.evaluate(adaptive=adaptive, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
                           attack_specs=args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"],
                           transfer_from=args.transfer_from, through=args.through, defense=args.defense,
                           eps_v=args.eps_v, reverse_steps=args.reverse_steps,

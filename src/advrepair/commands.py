@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -11,6 +11,7 @@ from advrepair.data import balanced_subset, load_dataset
 from advrepair.defenses import ReverseAttack
 from advrepair.errors import InputError
 from advrepair.evaluation import CLEAN, AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
+from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
 from advrepair.models import load_checkpoint
 from advrepair.pipeline import (CLASSIFIER_FILE, ensure_classifier, ensure_contrastive_task, load_contrastive_task,
                                 negative_bank)
@@ -51,8 +52,19 @@ def train_ssl(*, dataset: str, data_root: str | None, model_dir: Path, recipe: S
 def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path], attack_specs: Sequence[str],
              defense: str, eps_v: float | None, reverse_steps: int, transfer_from: Path | None = None,
              through: str | None = None, n_views: int, n_images: int, batch_size: int,
-             out: Path, resume: bool, seed: int, device: str, progress: bool) -> Path:
+             out: Path, resume: bool, seed: int, device: str, progress: bool,
+             adaptive: dict[str, Any] | None = None) -> Path:
     specs = [AttackSpec(*parse_spec(s)) for s in attack_specs]
+    adaptive_config = None
+    if adaptive is not None:
+        if defense == "none":
+            raise InputError("--adaptive needs a defense to attack")
+        if adaptive.get("eps") is None:
+            budgets = {s.params.get("eps") for s in specs if s.name != CLEAN} - {None}
+            if len(budgets) != 1:
+                raise InputError(f"give --adaptive-eps: the attacks' budgets {sorted(budgets)} do not name one eps")
+            adaptive = {**adaptive, "eps": float(budgets.pop())}
+        adaptive_config = AdaptiveConfig(**adaptive)
     for spec in specs:  # fail on a bad name or parameter before any work is done
         if spec.name != CLEAN:
             make_attack(spec.name, torch.nn.Identity(), **spec.params)
@@ -89,6 +101,12 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
     store = ResultsStore(out, resume=resume)
     records = evaluate_matrix(subset, entries, specs, store, batch_size=batch_size, device=device,
                               subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
+    if adaptive_config is not None:
+        for entry in entries:
+            for label, module in entry.defenses.items():
+                run_adaptive(subset, entry, DefenseUnderTest.reverse_attack(module, adaptive_config, label),
+                             adaptive_config, store, batch_size=batch_size, device=device,
+                             subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
     path = write_report(out, title=f"advrepair eval on {dataset}")
     tqdm.write(accuracy_table(records))
     tqdm.write(f"report: {path}")

@@ -56,7 +56,8 @@ class ReverseAttack(nn.Module):
         surrogate: for attacks that differentiate through the repair: each sign step
             keeps its value but differentiates as this smooth function of the gradient
             (``engine.tanh_surrogate(t)`` or ``soft_sign_surrogate(t)``); ``None`` leaves
-            the exact derivative (sign' = 0). Needs memory for K second-order steps.
+            the exact derivative (sign' = 0). Needs memory for K second-order steps,
+            or one step with ``checkpoint=True`` (each step recomputed in the backward).
 
     Shapes: (B, C, H, W) in [0, 1] -> (B, C, H, W) in [0, 1].
 
@@ -70,7 +71,8 @@ class ReverseAttack(nn.Module):
                  eps_v: float, steps: int = 40, step_size: float | None = None,
                  norm: str | Norm = Norm.LINF, random_start: bool = True, seed: int | None = 0,
                  chunk_size: int = 64,
-                 surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 checkpoint: bool = False) -> None:
         super().__init__()
         self.classifier = classifier
         pairs = [(tasks, 1.0)] if isinstance(tasks, SelfSupervisedTask) else list(tasks)
@@ -91,6 +93,8 @@ class ReverseAttack(nn.Module):
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = int(chunk_size)
         self.surrogate = surrogate
+        self.checkpoint = bool(checkpoint)
+        self._keep_iterates = False
         self.last_trace: LoopTrace | None = None
 
     def params(self) -> dict[str, Any]:
@@ -147,11 +151,37 @@ class ReverseAttack(nn.Module):
         return projected_gradient(
             start, lambda z, k: self._loss(z, [u[:, k] for u in numbers], contexts),
             center=x, eps=self.eps_v, step_size=self.step_size, steps=self.steps,
-            norm=self.norm, maximize=False, trace=trace, surrogate=self.surrogate)
+            norm=self.norm, maximize=False, trace=trace, surrogate=self.surrogate,
+            checkpoint=self.checkpoint, keep_iterates=self._keep_iterates)
+
+    def variant(self, **overrides: Any) -> "ReverseAttack":
+        """The same repair (same classifier, tasks and weights) with some options changed,
+        e.g. ``variant(seed=None)`` for EOT or ``variant(steps=5, surrogate=..., checkpoint=True)``
+        for a shortened, differentiable unroll. The step size follows ``steps`` unless given."""
+        options: dict[str, Any] = dict(eps_v=self.eps_v, steps=self.steps, norm=self.norm,
+                                       random_start=self.random_start, seed=self.seed, chunk_size=self.chunk_size,
+                                       surrogate=self.surrogate, checkpoint=self.checkpoint)
+        if "steps" not in overrides:
+            options["step_size"] = self.step_size
+        options.update(overrides)
+        return ReverseAttack(self.classifier, list(zip(self.tasks, self.weights)), **options)
+
+    def trajectory(self, images: torch.Tensor) -> torch.Tensor:
+        """Every iterate of the repair: (B, C, H, W) -> (K + 1, B, C, H, W); the first is the
+        (random) start, the last the repaired image ``forward`` returns."""
+        self._keep_iterates = True
+        try:
+            with torch.no_grad():
+                final = self(images)
+            assert self.last_trace is not None
+            return torch.stack([*self.last_trace.iterates, final]) if self.steps and self.eps_v else final[None]
+        finally:
+            self._keep_iterates = False
 
 
 def _merge(traces: list[LoopTrace]) -> LoopTrace:
     merged = LoopTrace(gradient_evaluations=sum(t.gradient_evaluations for t in traces))
+    merged.iterates = [torch.cat([t.iterates[k] for t in traces]) for k in range(len(traces[0].iterates))]
     for k in range(len(traces[0].per_image_loss)):
         losses = torch.cat([t.per_image_loss[k] for t in traces])
         merged.per_image_loss.append(losses)

@@ -2,10 +2,10 @@
 from advrepair.engine.loop import LoopTrace, LossFn, projected_gradient
 from advrepair.engine.projection import project, random_start, random_start_numbers
 from advrepair.engine.steps import (L2Step, MomentumSignStep, SignStep, StepRule, default_step_rule,
-                                    soft_sign_surrogate, tanh_surrogate)
+                                    relative_tanh_surrogate, soft_sign_surrogate, tanh_surrogate)
 
 __all__ = [
     "LoopTrace", "LossFn", "projected_gradient", "project", "random_start",
     "random_start_numbers", "L2Step", "MomentumSignStep", "SignStep", "StepRule",
-    "default_step_rule", "soft_sign_surrogate", "tanh_surrogate",
+    "default_step_rule", "relative_tanh_surrogate", "soft_sign_surrogate", "tanh_surrogate",
 ]

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.utils.checkpoint
 
 from advrepair.engine.projection import project
-from advrepair.engine.steps import StepRule, default_step_rule
+from advrepair.engine.steps import MomentumSignStep, StepRule, default_step_rule
 from advrepair.enums import Norm
 
 #: ``loss_fn(x, step) -> per-image loss of shape (B,)``; ``step`` lets a loss draw the
@@ -44,6 +45,7 @@ def projected_gradient(
     trace: LoopTrace | None = None,
     keep_iterates: bool = False,
     surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    checkpoint: bool = False,
 ) -> torch.Tensor:
     """Run ``steps`` projected gradient steps from ``start`` inside the ball around ``center``.
 
@@ -67,6 +69,10 @@ def projected_gradient(
     carries history, each step's direction keeps its forward value (the step rule's) but
     differentiates as ``surrogate(grad)``, with the gradient itself differentiated
     (second order): the full-gradient attack through an unrolled sign-PGD defense.
+    ``checkpoint=True`` then recomputes each step in the backward pass instead of keeping
+    its second-order graph (torch.utils.checkpoint): memory of one step instead of all K,
+    for about one more forward-backward per step; the derivative is unchanged. Needs a
+    stateless step rule (sign or L2), since a recomputed step must not advance momentum.
     """
     rule = step_rule or default_step_rule(norm)
     rule.reset()
@@ -74,24 +80,34 @@ def projected_gradient(
     if isinstance(step_size, torch.Tensor):
         step_size = step_size.view(-1, *([1] * (start.dim() - 1)))
     x = start
+    if checkpoint and isinstance(rule, MomentumSignStep):
+        raise ValueError("checkpoint=True needs a stateless step rule (sign or L2), not momentum")
     for k in range(steps):
         if surrogate is not None and torch.is_grad_enabled() and x.requires_grad:
-            loss = loss_fn(x, k)
-            (grad,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
-            smooth = surrogate(grad)
-            # forward: the real step; backward: the surrogate's derivative (straight-through)
-            direction = rule.direction(grad.detach()) + (smooth - smooth.detach())
+            def unrolled_step(z: torch.Tensor, k: int = k) -> tuple[torch.Tensor, torch.Tensor]:
+                loss = loss_fn(z, k)
+                (grad,) = torch.autograd.grad(loss.sum(), z, create_graph=True)
+                smooth = surrogate(grad)
+                # forward: the real step; backward: the surrogate's derivative (straight-through)
+                direction = rule.direction(grad.detach()) + (smooth - smooth.detach())
+                return project(z + sign * step_size * direction, center, eps, norm), loss.detach()
+
+            if checkpoint:
+                x_next, loss = torch.utils.checkpoint.checkpoint(unrolled_step, x, use_reentrant=False)
+            else:
+                x_next, loss = unrolled_step(x)
         else:
             x_req = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 loss = loss_fn(x_req, k)
                 (grad,) = torch.autograd.grad(loss.sum(), x_req)
             direction = rule.direction(grad).detach()
+            x_next = project(x + sign * step_size * direction, center, eps, norm)
         if trace is not None:
             trace.gradient_evaluations += 1
             trace.mean_loss.append(float(loss.detach().mean()))
             trace.per_image_loss.append(loss.detach())
             if keep_iterates:
                 trace.iterates.append(x.detach())
-        x = project(x + sign * step_size * direction, center, eps, norm)
+        x = x_next
     return x

@@ -70,3 +70,18 @@ def tanh_surrogate(temperature: float = 1.0) -> "Callable[[torch.Tensor], torch.
 def soft_sign_surrogate(temperature: float = 1.0) -> "Callable[[torch.Tensor], torch.Tensor]":
     """``g -> g / (|g| + temperature)``: the soft-sign stand-in for ``sign(g)``."""
     return lambda g: g / (g.abs() + temperature)
+
+
+def relative_tanh_surrogate(temperature: float = 1.0) -> "Callable[[torch.Tensor], torch.Tensor]":
+    """``g -> tanh(g / (temperature * mean|g|))`` with the mean per image and held constant.
+
+    Input gradients of real networks are tiny and vary by orders of magnitude between
+    models and images, so a fixed temperature is either linear (T >> |g|: the surrogate
+    is a rescaled gradient) or saturated (T << |g|: its derivative vanishes like sign's).
+    Scaling by each image's mean |g| keeps ``temperature`` meaningful on any model:
+    about 1 means a typical coordinate sits where tanh bends.
+    """
+    def surrogate(g: torch.Tensor) -> torch.Tensor:
+        scale = g.detach().abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
+        return torch.tanh(g / (temperature * scale))
+    return surrogate

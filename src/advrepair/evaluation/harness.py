@@ -125,8 +125,16 @@ def _evaluate_through(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spe
 def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec: AttackSpec,
                     attack_desc: dict[str, Any], base: dict[str, Any], cells: dict[str | None, str],
                     store: ResultsStore, batch_size: int, device: torch.device,
-                    progress: bool, attack_model: nn.Module | None = None) -> list[dict[str, Any]]:
-    attack = spec.build(attack_model if attack_model is not None else clf)
+                    progress: bool, attack_model: nn.Module | None = None, attack: Attack | None = None,
+                    extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Craft ``spec`` (or the prebuilt ``attack``) batch by batch, score the classifier on the
+    result and after each defense, and store one record per cell. A defense with a
+    ``trajectory`` method is scored on every iterate of its own optimization too (the
+    record's ``iterate_accuracy`` and ``worst_over_iterates``): the final output is the
+    last iterate, so this costs classifier passes only."""
+    if attack is None:
+        attack = spec.build(attack_model if attack_model is not None else clf)
+    by_iterate: dict[str, list[torch.Tensor]] = {k: [] for k in entry.defenses}
     correct: dict[str | None, list[torch.Tensor]] = {k: [] for k in (None, *entry.defenses)}
     seconds: dict[str | None, float] = {k: 0.0 for k in (None, *entry.defenses)}
     ssl_in: dict[str, list[torch.Tensor]] = {k: [] for k in entry.defenses}
@@ -149,10 +157,17 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
             samples["labels"].append(y[:SAMPLES_KEPT].cpu())
         for dname, defense in entry.defenses.items():
             t0 = time.perf_counter()
-            repaired = defense(adv)
+            trajectory = getattr(defense, "trajectory", None)
+            if callable(trajectory):
+                iterates = trajectory(adv)
+                repaired = iterates[-1]
+            else:
+                repaired = defense(adv)
             seconds[dname] += time.perf_counter() - t0
             with torch.no_grad():
                 correct[dname].append((clf(repaired).argmax(1) == y).cpu())
+                if callable(trajectory):
+                    by_iterate[dname].append(torch.stack([clf(z).argmax(1) == y for z in iterates]).cpu())
             if hasattr(defense, "ssl_loss"):
                 ssl_in[dname].append(defense.ssl_loss(adv).cpu())
                 ssl_out[dname].append(defense.ssl_loss(repaired).cpu())
@@ -177,6 +192,13 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
         if dname is not None and ssl_in[dname]:
             arrays["ssl_loss_input"] = torch.cat(ssl_in[dname]).numpy()
             arrays["ssl_loss_repaired"] = torch.cat(ssl_out[dname]).numpy()
+        if dname is not None and by_iterate[dname]:
+            per_iterate = torch.cat(by_iterate[dname], 1)  # (K + 1, N)
+            arrays["correct_iterates"] = per_iterate.numpy()
+            record["iterate_accuracy"] = per_iterate.float().mean(1).tolist()
+            record["worst_over_iterates"] = accuracy_of(per_iterate.all(0)).value
+        if extra:
+            record.update(extra)
         store.add(record, arrays)
         records.append(store.get(key))
     return records

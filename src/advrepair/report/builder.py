@@ -6,8 +6,9 @@ from typing import Any
 
 from advrepair.evaluation.store import ResultsStore
 from advrepair.evaluation.worst_case import worst_case
-from advrepair.report.figures import accuracy_bars, image_grid, ssl_loss_histogram
-from advrepair.report.tables import accuracy_table, attack_label, cost_table
+from advrepair.report.figures import (accuracy_bars, image_grid, iterate_accuracy_figure, lambda_sweep_figure,
+                                      ssl_loss_histogram)
+from advrepair.report.tables import accuracy_table, adaptive_table, attack_label, cost_table
 
 
 def _strongest_attack(records: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
@@ -36,14 +37,43 @@ def _worst_case_section(store: ResultsStore, records: list[dict[str, Any]]) -> s
     return "\n".join(head + lines) + "\n"
 
 
+def _adaptive_section(store: ResultsStore, out: Path) -> tuple[list[str], list[Path]]:
+    """One table per adaptive-protocol summary, its lambda sweep (mao2021 Figure 4) and the
+    accuracy along the defense's iterates."""
+    summaries = [r for r in store.records if r.get("kind") == "adaptive-summary"]
+    if not summaries:
+        return [], []
+    parts = ["\n## Adaptive evaluation: attacks that see the defense\n",
+             "Each row attacks the same images with the same budget; the per-image worst case counts an image as "
+             "robust only if it survived every row. This, not the static table above, is the defense's robustness "
+             "under the strongest attack we ran.\n"]
+    figures: list[Path] = []
+    for summary in summaries:
+        rows = {name: [r for k in keys if (r := store.get(k)) is not None] for name, keys in summary["rows"].items()}
+        rows = {name: rs for name, rs in rows.items() if rs}
+        parts.append(adaptive_table(summary, rows))
+        slug = f"{summary['model']}".replace("/", "_")
+        if summary.get("lambda_sweep"):
+            figures.append(lambda_sweep_figure(summary["lambda_sweep"], out / f"lambda_sweep_{slug}.png",
+                                               f"{summary['model']}: defense-aware PGD, n={summary['n_images']}"))
+        curves = [(name, d["iterate_accuracy"]) for name, rs in rows.items() for d in rs if d.get("iterate_accuracy")
+                  and not name.startswith("defense-aware") and name != "bpda-short"]
+        if curves:
+            figures.append(iterate_accuracy_figure(curves, out / f"defense_iterates_{slug}.png",
+                                                   f"{summary['model']} + {summary['defense']['label']}: accuracy "
+                                                   f"along the defense's iterates, n={summary['n_images']}"))
+    return parts, figures
+
+
 def write_report(out_dir: str | Path, title: str = "advrepair report") -> Path:
     """Write ``report.md`` (tables) and PNG figures into ``out_dir``; returns report.md's path."""
     store = ResultsStore(out_dir, resume=True)
-    records = store.records
+    records = [r for r in store.records if "kind" not in r and "protocol" not in r]
     out = Path(out_dir)
     parts = [f"# {title}\n", "## Accuracy\n", accuracy_table(records), _worst_case_section(store, records),
              "\n## Cost\n", cost_table(records)]
-    figures = []
+    adaptive_parts, figures = _adaptive_section(store, out)
+    parts += adaptive_parts
     if records:
         figures.append(accuracy_bars(records, out / "accuracy_bars.png"))
     panels, grid_rows = [], []

@@ -110,3 +110,18 @@ def lambda_sweep_figure(rows: list[dict[str, Any]], path: Path, title: str = "")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def iterate_accuracy_figure(curves: list[tuple[str, list[float]]], path: Path, title: str = "") -> Path:
+    """Accuracy of the classifier at each iterate of the defense's optimization, one curve per attack."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for label, acc in curves:
+        ax.plot(range(len(acc)), [100 * a for a in acc], marker=".", label=label)
+    ax.set_xlabel("iterate of the defense (0 = start)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

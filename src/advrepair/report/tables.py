@@ -105,3 +105,55 @@ def cost_table(records: list[dict[str, Any]]) -> str:
                      f"| {r['attack_seconds'] / n:.4f} | {r['defense_seconds'] / n:.4f} "
                      f"| {cost.get('forward_per_image', 0):.1f} | {cost.get('backward_per_image', 0):.1f} |")
     return "\n".join(lines) + "\n"
+
+
+ADAPTIVE_ROW_TITLES = {
+    "clean": "Clean (no attack)",
+    "static": "Static: PGD on the classifier, transferred into the defense",
+    "bpda": "BPDA (identity backward)",
+    "bpda-short": "BPDA, fewer steps",
+    "bpda-eot": "BPDA + EOT",
+    "full-gradient": "Full gradient through the unrolled defense",
+    "square": "Square (scores only)",
+}
+
+
+def adaptive_table(summary: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> str:
+    """The adaptive protocol's table for one model and defense: each row's attack, its
+    parameters, accuracy without and with the defense, the worst case over the defense's
+    iterates, and the cost; then the per-image worst case and the reliability flags."""
+    lines = [f"#### {summary['model']} + {summary['defense']['label']} ({summary['n_images']} images)\n",
+             "| Attack | Crafted on | Parameters | No defense (%) | With defense (%) | Worst over defense iterates (%) "
+             "| s/img | fwd/img | bwd/img |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, recs in rows.items():
+        base = next((r for r in recs if not r.get("defense")), None)
+        defended = next(r for r in recs if r.get("defense"))
+        attack = defended["attack"]
+        title = ADAPTIVE_ROW_TITLES.get(name, f"Defense-aware PGD, lambda_s = {defended.get('lambda_s', '?')}"
+                                        if name.startswith("defense-aware") else name)
+        params = attack_description({k: v for k, v in attack.items() if k not in ("adaptive_row", "crafted_on")})
+        it = defended.get("worst_over_iterates")
+        n = max(defended["n_images"], 1)
+        cost = defended.get("attack_cost", {})
+        lines.append(f"| {title} | {attack.get('crafted_on', '-')} | {params} | {_cell(base) if base else '-'} "
+                     f"| {_cell(defended)} | {'-' if it is None else f'{100 * it:.1f}'} "
+                     f"| {defended['seconds'] / n:.3f} | {cost.get('forward_per_image', 0):.0f} "
+                     f"| {cost.get('backward_per_image', 0):.0f} |")
+    wc, wi = summary["worst_case"], summary["worst_over_iterates"]
+    lines.append(f"| **Per-image worst case** | all rows above | - | - | **{100 * wc['accuracy']:.1f} ± "
+                 f"{100 * wc['stderr']:.1f}** | {100 * wi['accuracy']:.1f} ± {100 * wi['stderr']:.1f} "
+                 f"| {summary['seconds'] / max(summary['n_images'], 1):.3f} | | |")
+    notes = ["", f"Accuracy in % ± binomial standard error on {summary['n_images']} images of {summary['dataset']} "
+                 f"({summary.get('subset') or 'in order'}). The 'With defense' column scores the deployed "
+                 "(seeded) defense once per image."]
+    rnd = summary.get("randomized_clean")
+    if rnd:
+        notes.append(f"Clean accuracy of the unseeded defense over {rnd['draws']} draws: mean "
+                     f"{100 * rnd['mean_accuracy']:.1f}%, correct on every draw {100 * rnd['all_draws_accuracy']:.1f}%.")
+    notes.append("Worst over defense iterates: an image counts as correct only if the classifier is right at every "
+                 "iterate of the defense's own optimization (what an attacker gets if the defense may stop early).")
+    notes.append(f"Defense: {defense_description(summary['defense'])}")
+    notes += [f"Note: {n_}" for n_ in summary.get("notes", [])]
+    notes.append("\nReliability flags:\n")
+    notes += [f"- {'**FIRED**' if f['fired'] else 'ok'} {f['flag']}: {f['detail']}" for f in summary["flags"]]
+    return "\n".join(lines + notes) + "\n"
