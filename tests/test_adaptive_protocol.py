@@ -116,3 +116,30 @@ def test_protocol_runs_every_row_records_flags_and_resumes(trained_cnn, shapes_t
     report = write_report(tmp_path).read_text()
     assert "Adaptive evaluation" in report and "worst case" in report.lower()
     assert (tmp_path / "lambda_sweep_cnn.png").exists()
+
+
+def test_build_derives_the_attackers_variants_from_any_defense():
+    from advrepair.defenses import DifferentiableJPEG, JPEGCompression, MedianFilter, RandomResizePad
+
+    config = AdaptiveConfig(eps=0.1)
+    pad = RandomResizePad(seed=3)
+    target = DefenseUnderTest.build("rp", pad, config)
+    assert target.randomized is not None and target.randomized.seed is None and pad.seed == 3
+    x = torch.rand(2, 1, 28, 28)
+    assert not torch.equal(target.randomized(x), target.randomized(x))  # EOT gets fresh draws
+    jpeg = DefenseUnderTest.build("jpeg", JPEGCompression(75), config)
+    assert isinstance(jpeg.unrolled, DifferentiableJPEG) and jpeg.randomized is None
+    median = DefenseUnderTest.build("median", MedianFilter(3), config)
+    assert median.unrolled is None and any("BPDA+EOT skipped" in n for n in median.notes)
+
+
+def test_protocol_on_a_baseline_skips_what_does_not_apply(trained_cnn, shapes_test, tmp_path):
+    from advrepair.defenses import MedianFilter
+
+    config = AdaptiveConfig(eps=0.1, steps=2, square_queries=3)
+    summary = run_adaptive(shapes_test.subset(range(8)), ModelEntry("cnn", trained_cnn), DefenseUnderTest.build(
+        "median", MedianFilter(3), config), config, ResultsStore(tmp_path), progress=False)
+    assert "bpda-eot" not in summary["rows"] and not summary["lambda_sweep"]
+    assert {"static", "bpda", "full-gradient", "square"} <= set(summary["rows"])
+    # a median filter is differentiable almost everywhere: the exact gradient is not zero
+    assert not next(f for f in summary["flags"] if f["flag"].endswith("(full-gradient path)"))["fired"]

@@ -95,6 +95,15 @@ def test_eval_adaptive_runs_the_protocol_and_reports_it(tmp_path, fake_fmnist, t
     assert main([*args[:-1], "--no-progress", "--lambdas", "x"]) == 2
 
 
+def test_eval_a_baseline_defense_needs_no_training_set(tmp_path, fake_fmnist, trained_dir):
+    out = tmp_path / "jpeg"
+    args = ["eval", "--model-dir", str(trained_dir), "--attack", "fgsm:eps=0.1", "--defense", "jpeg",
+            "--n-images", "10", "--out", str(out), "--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {(r.get("defense") or {}).get("name") for r in records} == {None, "jpeg"}
+
+
 def test_readme_python_example_runs_as_written(trained_dir, fake_fmnist, monkeypatch, capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]

@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--through", choices=["bpda", "full"], default=None,
                     help="also craft every attack through the defense: BPDA (identity gradient) or the "
                          "defense's own autograd graph (adaptive attacks)")
-    ev.add_argument("--defense", choices=["none", "reverse-attack"], default="reverse-attack")
+    ev.add_argument("--defense", choices=["none", "reverse-attack", "jpeg", "tv", "median", "bit-depth", "resize-pad"],
+                    default="reverse-attack", help="the defense in front of the classifier (baselines: JPEG q75, "
+                    "TV split-Bregman with pixel dropout, 3x3 median, 4-bit depth, random resize-and-pad)")
     ev.add_argument("--eps-v", type=float, default=None, help="reverse-attack budget (default 2x the first attack's eps)")
     ev.add_argument("--reverse-steps", type=int, default=40)
     ev.add_argument("--n-views", type=int, default=4)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from advrepair.data import balanced_subset, load_dataset
-from advrepair.defenses import ReverseAttack
+from advrepair.defenses import (BitDepthReduction, JPEGCompression, MedianFilter, RandomResizePad, ReverseAttack,
+                                TotalVariation)
 from advrepair.errors import InputError
 from advrepair.evaluation import CLEAN, AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
@@ -18,6 +19,16 @@ from advrepair.pipeline import (CLASSIFIER_FILE, ensure_classifier, ensure_contr
 from advrepair.report import accuracy_table, write_report
 from advrepair.training import ClassifierRecipe, SSLRecipe
 from advrepair.attacks import make_attack, parse_spec
+
+
+#: input-transformation baselines by CLI name (parameters: the papers' common settings)
+BASELINES: dict[str, Callable[[int], torch.nn.Module]] = {
+    "jpeg": lambda seed: JPEGCompression(quality=75),
+    "tv": lambda seed: TotalVariation(weight=0.03, solver="bregman", keep_prob=0.5, seed=seed),
+    "median": lambda seed: MedianFilter(kernel_size=3),
+    "bit-depth": lambda seed: BitDepthReduction(bits=4),
+    "resize-pad": lambda seed: RandomResizePad(seed=seed),
+}
 
 
 def demo(*, out: Path, models_dir: Path | None, data_root: str | None, n_images: int, autoattack: bool, seed: int,
@@ -86,12 +97,14 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
         specs += [AttackSpec(s.name, s.params, through=through) for s in specs if s.name != CLEAN]
     test = load_dataset(dataset, split="test", root=data_root)
     subset = balanced_subset(test, min(n_images, len(test)), seed=seed)
-    train = load_dataset(dataset, split="train", root=data_root) if defense != "none" else None
+    train = load_dataset(dataset, split="train", root=data_root) if defense == "reverse-attack" else None
     entries = []
     for model_dir in model_dirs:
         clf, card = load_checkpoint(Path(model_dir) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
-        defenses = {}
-        if defense == "reverse-attack":
+        defenses: dict[str, torch.nn.Module] = {}
+        if defense in BASELINES:
+            defenses[defense] = BASELINES[defense](seed)
+        elif defense == "reverse-attack":
             assert train is not None and eps_v is not None
             task = load_contrastive_task(model_dir, card, negative_bank(train, seed=seed), n_views,
                                          torch.device(device))
@@ -104,7 +117,7 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
     if adaptive_config is not None:
         for entry in entries:
             for label, module in entry.defenses.items():
-                run_adaptive(subset, entry, DefenseUnderTest.reverse_attack(module, adaptive_config, label),
+                run_adaptive(subset, entry, DefenseUnderTest.build(label, module, adaptive_config),
                              adaptive_config, store, batch_size=batch_size, device=device,
                              subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
     path = write_report(out, title=f"advrepair eval on {dataset}")

@@ -1,4 +1,10 @@
 """Defenses: nn.Modules mapping images to images, so nn.Sequential(defense, classifier) is the defended model."""
+from advrepair.defenses.bit_depth import BitDepthReduction
+from advrepair.defenses.jpeg import DifferentiableJPEG, JPEGCompression
+from advrepair.defenses.median import MedianFilter
+from advrepair.defenses.resize_pad import RandomResizePad
 from advrepair.defenses.reverse_attack import ReverseAttack
+from advrepair.defenses.total_variation import TotalVariation
 
-__all__ = ["ReverseAttack"]
+__all__ = ["BitDepthReduction", "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "RandomResizePad",
+           "ReverseAttack", "TotalVariation"]

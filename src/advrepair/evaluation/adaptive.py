@@ -27,6 +27,7 @@ goes into results.json (one record per row, plus one ``adaptive-summary`` record
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -100,6 +101,31 @@ class DefenseUnderTest:
     unrolled: nn.Module | None = None
     ssl_loss: Any = None
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, label: str, defense: nn.Module, config: AdaptiveConfig) -> "DefenseUnderTest":
+        """What an adaptive attacker builds from any defense module: the reverse attack's
+        variants if it is one (``variant`` + ``ssl_loss``); else its ``bpda_surrogate()``
+        (e.g. differentiable JPEG) as the unroll if it offers one, and an unseeded copy
+        for EOT if it has a ``seed``."""
+        if callable(getattr(defense, "variant", None)) and callable(getattr(defense, "ssl_loss", None)):
+            return cls.reverse_attack(defense, config, label)
+        notes = []
+        surrogate = getattr(defense, "bpda_surrogate", None)
+        unrolled = surrogate() if callable(surrogate) else None
+        notes.append("full gradient through the defense's differentiable approximation "
+                     f"{_params_of(unrolled)}" if unrolled is not None else
+                     "full gradient: the defense's own autograd graph")
+        randomized = None
+        if getattr(defense, "seed", None) is not None:
+            randomized = copy.copy(defense)
+            randomized.seed = None
+        elif hasattr(defense, "seed"):
+            randomized = defense
+        else:
+            notes.append("deterministic defense: BPDA+EOT skipped (it would equal BPDA)")
+        ssl = defense if callable(getattr(defense, "ssl_loss", None)) else None
+        return cls(label, defense, randomized=randomized, unrolled=unrolled, ssl_loss=ssl, notes=notes)
 
     @classmethod
     def reverse_attack(cls, defense: Any, config: AdaptiveConfig, label: str = "reverse-attack") -> "DefenseUnderTest":
