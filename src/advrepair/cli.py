@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--models-dir", type=Path, default=None, help="default: $ADVREPAIR_HOME/models")
     demo.add_argument("--n-images", type=int, default=400, help="test images (400: standard error <= 2.5 points)")
     demo.add_argument("--autoattack", action="store_true", help="add AutoAttack (standard) to the table; slow on CPU")
+    demo.add_argument("--adaptive-images", type=int, default=100,
+                      help="images for the adaptive protocol against the reverse attack (0 skips it)")
     _add_common(demo)
 
     train = sub.add_parser("train", help="train a classifier or a self-supervised head")
@@ -126,7 +128,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     progress = not getattr(args, "no_progress", False)
     if args.command == "demo":
         commands.demo(out=args.out, models_dir=args.models_dir, data_root=args.data_root,
-                      n_images=args.n_images, autoattack=args.autoattack, seed=args.seed, device=device,
+                      n_images=args.n_images, autoattack=args.autoattack, adaptive_images=args.adaptive_images,
+                      seed=args.seed, device=device,
                       progress=progress)
     elif args.command == "train" and args.what == "classifier":
         from advrepair.training import ClassifierRecipe

@@ -31,12 +31,15 @@ BASELINES: dict[str, Callable[[int], torch.nn.Module]] = {
 }
 
 
-def demo(*, out: Path, models_dir: Path | None, data_root: str | None, n_images: int, autoattack: bool, seed: int,
+def demo(*, out: Path, models_dir: Path | None, data_root: str | None, n_images: int, autoattack: bool,
+         adaptive_images: int, seed: int,
          device: str, progress: bool) -> Path:
     from advrepair.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=out, data_root=data_root, n_images=n_images, autoattack=autoattack, seed=seed,
-                     device=device, progress=progress)
+                     device=device, progress=progress, adaptive_images=adaptive_images)
+    if adaptive_images == 0:
+        cfg.adaptive = None
     if models_dir is not None:
         cfg.models_dir = models_dir
     return run_demo(cfg)
