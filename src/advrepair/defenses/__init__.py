@@ -1,4 +1,6 @@
 """Defenses: nn.Modules mapping images to images, so nn.Sequential(defense, classifier) is the defended model."""
+from advrepair.defenses.adversarial_transformation import (AdversarialTransformation, BPDASurrogate,
+                                                           selection_statistic)
 from advrepair.defenses.bit_depth import BitDepthReduction
 from advrepair.defenses.jpeg import DifferentiableJPEG, JPEGCompression
 from advrepair.defenses.median import MedianFilter
@@ -6,5 +8,5 @@ from advrepair.defenses.resize_pad import RandomResizePad
 from advrepair.defenses.reverse_attack import ReverseAttack
 from advrepair.defenses.total_variation import TotalVariation
 
-__all__ = ["BitDepthReduction", "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "RandomResizePad",
+__all__ = ["AdversarialTransformation", "BPDASurrogate", "selection_statistic", "BitDepthReduction", "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "RandomResizePad",
            "ReverseAttack", "TotalVariation"]

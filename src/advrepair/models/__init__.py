@@ -4,14 +4,16 @@ from advrepair.models.checkpoint import ModelCard, load_checkpoint, read_card, s
 from advrepair.models.preact_resnet import PreActResNet18
 from advrepair.models.registry import available_architectures, build_model, register_architecture
 from advrepair.models.small_cnn import SmallCNN
+from advrepair.models.vgg import SmallVGG
 from advrepair.models.wide_resnet import WideResNet, wrn_28_10
 
 register_architecture(SmallCNN.arch, SmallCNN)
 register_architecture(PreActResNet18.arch, PreActResNet18)
 register_architecture(WideResNet.arch, WideResNet)
+register_architecture(SmallVGG.arch, SmallVGG)
 
 __all__ = [
     "Classifier", "Normalize", "ModelCard", "load_checkpoint", "read_card", "save_checkpoint",
-    "PreActResNet18", "SmallCNN", "WideResNet", "wrn_28_10", "available_architectures",
+    "PreActResNet18", "SmallCNN", "SmallVGG", "WideResNet", "wrn_28_10", "available_architectures",
     "build_model", "register_architecture",
 ]
