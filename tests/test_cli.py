@@ -111,6 +111,23 @@ def test_eval_a_baseline_defense_needs_no_training_set(tmp_path, fake_fmnist, tr
     assert {(r.get("defense") or {}).get("name") for r in records} == {None, "jpeg"}
 
 
+def test_multi_task_repair_from_the_command_line(tmp_path, fake_fmnist, trained_dir):
+    common = ["--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress"]
+    for task in ("rotation", "inpainting"):
+        assert main(["train", "ssl", "--task", task, "--model-dir", str(trained_dir), "--epochs", "1",
+                     "--train-subset", "256", *common]) == 0
+        card = json.loads((trained_dir / f"ssl-{task}.json").read_text())
+        assert card["kind"] == f"ssl-{task}" and card["metrics"][0]["metric"] == "mean_ssl_loss_clean"
+    out = tmp_path / "multi"
+    args = ["eval", "--model-dir", str(trained_dir), "--attack", "fgsm:eps=0.1", "--n-images", "10",
+            "--reverse-steps", "2", "--ssl-tasks", "contrastive:1,rotation:50,inpainting:10", "--out", str(out), *common]
+    assert main(args) == 0
+    defended = next(r for r in json.loads((out / "results.json").read_text()) if r.get("defense"))
+    assert [(t["task"], t["weight"]) for t in defended["defense"]["tasks"]] == [
+        ("contrastive", 1.0), ("rotation", 50.0), ("inpainting", 10.0)]
+    assert main([*args[:-len(common) - 2], "--ssl-tasks", "jigsaw:1", "--out", str(out), *common]) == 2
+
+
 def test_readme_python_example_runs_as_written(trained_dir, fake_fmnist, monkeypatch, capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]

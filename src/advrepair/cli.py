@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(clf)
     ssl = tsub.add_parser("ssl", help="train a self-supervised head on a frozen classifier")
     ssl.add_argument("--model-dir", type=Path, required=True, help="directory holding classifier.safetensors")
-    ssl.add_argument("--task", default="contrastive", choices=["contrastive"])
+    ssl.add_argument("--task", default="contrastive", choices=["contrastive", "rotation", "inpainting"])
+    ssl.add_argument("--mask", default="center", choices=["center", "random"], help="inpainting mask (lawhon)")
     ssl.add_argument("--dataset", default="fashion-mnist")
     ssl.add_argument("--epochs", type=int, default=2)
     ssl.add_argument("--batch-size", type=int, default=128)
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "TV split-Bregman with pixel dropout, 3x3 median, 4-bit depth, random resize-and-pad)")
     ev.add_argument("--eps-v", type=float, default=None, help="reverse-attack budget (default 2x the first attack's eps)")
     ev.add_argument("--reverse-steps", type=int, default=40)
+    ev.add_argument("--ssl-tasks", default="contrastive",
+                    help="self-supervised tasks of the reverse attack with weights, e.g. "
+                         "contrastive:1,rotation:50,inpainting:10 (lawhon multi-task repair; train each first)")
     ev.add_argument("--n-views", type=int, default=4)
     ev.add_argument("--n-images", type=int, default=500)
     ev.add_argument("--batch-size", type=int, default=250)
@@ -147,7 +151,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                            train_subset=args.train_subset)
         commands.train_ssl(dataset=args.dataset, data_root=args.data_root, model_dir=args.model_dir,
                            recipe=recipe, tau=args.tau, n_views=args.n_views, eval_eps=args.eps,
-                           seed=args.seed, device=device, progress=progress)
+                           seed=args.seed, device=device, progress=progress, task=args.task, mask=args.mask)
     elif args.command == "eval":
         adaptive = None
         if args.adaptive:
@@ -159,7 +163,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                             eot_draws=args.eot_draws, unroll_steps=args.unroll_steps, surrogate=args.surrogate,
                             surrogate_temperature=args.surrogate_temperature, lambdas=lambdas,
                             square_queries=args.square_queries, seed=args.seed)
-        commands.evaluate(adaptive=adaptive, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
+        commands.evaluate(adaptive=adaptive, ssl_tasks=args.ssl_tasks, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
                           attack_specs=args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"],
                           transfer_from=args.transfer_from, through=args.through, defense=args.defense,
                           eps_v=args.eps_v, reverse_steps=args.reverse_steps,

@@ -14,8 +14,9 @@ from advrepair.errors import InputError
 from advrepair.evaluation import CLEAN, AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
 from advrepair.models import load_checkpoint
-from advrepair.pipeline import (CLASSIFIER_FILE, ensure_classifier, ensure_contrastive_task, load_contrastive_task,
-                                negative_bank)
+from advrepair.pipeline import (CLASSIFIER_FILE, ensure_classifier, ensure_ssl_task, load_contrastive_task,
+                                load_ssl_task, negative_bank)
+from advrepair.ssl import check_task_name
 from advrepair.report import accuracy_table, write_report
 from advrepair.training import ClassifierRecipe, SSLRecipe
 from advrepair.attacks import make_attack, parse_spec
@@ -54,21 +55,44 @@ def train_classifier(*, dataset: str, data_root: str | None, arch: str, model_di
 
 
 def train_ssl(*, dataset: str, data_root: str | None, model_dir: Path, recipe: SSLRecipe, tau: float, n_views: int,
-              eval_eps: float, seed: int, device: str, progress: bool) -> None:
+              eval_eps: float, seed: int, device: str, progress: bool, task: str = "contrastive",
+              mask: str = "center") -> None:
+    check_task_name(task)
     train = load_dataset(dataset, split="train", root=data_root)
     test = load_dataset(dataset, split="test", root=data_root)
     clf, card = load_checkpoint(Path(model_dir) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
-    ensure_contrastive_task(model_dir, clf, card, train, test, recipe=recipe, seed=seed,  # type: ignore[arg-type]
-                            negatives=negative_bank(train, seed=seed), tau=tau, n_views=n_views,
-                            eval_eps=eval_eps, device=torch.device(device), progress=progress)
+    options: dict[str, Any] = {"tau": tau, "n_views": n_views} if task == "contrastive" else (
+        {"mask": mask} if task == "inpainting" else {})
+    ensure_ssl_task(model_dir, task, clf, card, train, test, recipe=recipe, seed=seed,  # type: ignore[arg-type]
+                    negatives=negative_bank(train, seed=seed), task_options=options, eval_eps=eval_eps,
+                    device=torch.device(device), progress=progress)
+
+
+def parse_ssl_tasks(spec: str) -> list[tuple[str, float]]:
+    """``"contrastive:1,rotation:50,inpainting:10"`` -> [(name, weight), ...] (weight 1 if omitted)."""
+    pairs = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _, weight = part.partition(":")
+        check_task_name(name)
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise InputError(f"the weight of {name} in --ssl-tasks must be a number, got {weight!r}") from None
+        if w < 0:
+            raise InputError(f"the weight of {name} in --ssl-tasks must be >= 0, got {w}")
+        pairs.append((name, w))
+    if not pairs:
+        raise InputError("--ssl-tasks names no task")
+    return pairs
 
 
 def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path], attack_specs: Sequence[str],
              defense: str, eps_v: float | None, reverse_steps: int, transfer_from: Path | None = None,
              through: str | None = None, n_views: int, n_images: int, batch_size: int,
              out: Path, resume: bool, seed: int, device: str, progress: bool,
-             adaptive: dict[str, Any] | None = None) -> Path:
+             adaptive: dict[str, Any] | None = None, ssl_tasks: str = "contrastive") -> Path:
     specs = [AttackSpec(*parse_spec(s)) for s in attack_specs]
+    parse_ssl_tasks(ssl_tasks)
     adaptive_config = None
     if adaptive is not None:
         if defense == "none":
@@ -109,9 +133,11 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
             defenses[defense] = BASELINES[defense](seed)
         elif defense == "reverse-attack":
             assert train is not None and eps_v is not None
-            task = load_contrastive_task(model_dir, card, negative_bank(train, seed=seed), n_views,
-                                         torch.device(device))
-            defenses["reverse-attack"] = ReverseAttack(clf, task, eps_v=eps_v, steps=reverse_steps,  # type: ignore[arg-type]
+            negatives = negative_bank(train, seed=seed)
+            tasks = [(load_contrastive_task(model_dir, card, negatives, n_views, torch.device(device))
+                      if name == "contrastive" else load_ssl_task(model_dir, name, card, device=torch.device(device)),
+                      weight) for name, weight in parse_ssl_tasks(ssl_tasks)]
+            defenses["reverse-attack"] = ReverseAttack(clf, tasks, eps_v=eps_v, steps=reverse_steps,  # type: ignore[arg-type]
                                                        seed=seed)
         entries.append(ModelEntry(Path(model_dir).name, clf, card=card.__dict__, defenses=defenses))
     store = ResultsStore(out, resume=resume)

@@ -3,13 +3,14 @@
 A model directory holds one classifier and the self-supervised heads trained on it:
 
     <dir>/classifier.safetensors + classifier.json
-    <dir>/ssl-contrastive.safetensors + ssl-contrastive.json
+    <dir>/ssl-<task>.safetensors + ssl-<task>.json      (contrastive, rotation, inpainting)
 
 ``ensure_*`` reuse a checkpoint whose card records the same recipe, seed and parent, and
 train (then measure and save) otherwise.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from advrepair.evaluation.metrics import accuracy_of
 from advrepair.models import Classifier, ModelCard, build_model, load_checkpoint, read_card, save_checkpoint
 from advrepair.models.checkpoint import checkpoint_paths
 from advrepair.errors import CheckpointError
-from advrepair.ssl import AugmentConfig, ContrastiveHead, ContrastiveTask
+from advrepair.ssl import (AugmentConfig, ContrastiveHead, ContrastiveTask, SelfSupervisedTask, build_task,
+                          check_task_name, task_from_checkpoint_parts)
 from advrepair.training import ClassifierRecipe, SSLRecipe, train_classifier, train_ssl_task
 
 CLASSIFIER_FILE = "classifier"
@@ -149,7 +151,64 @@ def ensure_contrastive_task(model_dir: str | Path, classifier: Classifier, class
     return task.eval()
 
 
-def contrastive_metrics(classifier: Classifier, task: ContrastiveTask, test: ImageDataset, eps: float,
+def ssl_file(name: str) -> str:
+    return f"ssl-{check_task_name(name)}"
+
+
+def load_ssl_task(model_dir: str | Path, name: str, classifier_card: ModelCard, negatives: torch.Tensor | None = None,
+                  device: torch.device = torch.device("cpu")) -> SelfSupervisedTask:
+    """The ``name`` task of ``model_dir``, checked to belong to its classifier."""
+    if name == "contrastive":
+        assert negatives is not None, "the contrastive task needs its negative bank"
+        return load_contrastive_task(model_dir, classifier_card, negatives, device=device)
+    stem = Path(model_dir) / ssl_file(name)
+    head, card = load_checkpoint(stem, map_location=device, expected_kind=ssl_file(name))
+    if card.parent.get("classifier_sha256") != classifier_card.weights_sha256:
+        raise CheckpointError(f"{stem}.safetensors was trained on another classifier than "
+                              f"{Path(model_dir) / CLASSIFIER_FILE}.safetensors; retrain it")
+    return task_from_checkpoint_parts(name, head, card.parent.get("task", {})).to(device).eval()
+
+
+def ensure_ssl_task(model_dir: str | Path, name: str, classifier: Classifier, classifier_card: ModelCard,
+                    train: ImageDataset, test: ImageDataset, *, recipe: SSLRecipe, seed: int,
+                    negatives: torch.Tensor | None = None, task_options: dict[str, Any] | None = None,
+                    eval_eps: float = 0.1, device: torch.device = torch.device("cpu"),
+                    progress: bool = True) -> SelfSupervisedTask:
+    """Load the ``name`` head of ``model_dir`` if its card matches, else train, measure and save it."""
+    if name == "contrastive":
+        opts = dict(task_options or {})
+        assert negatives is not None, "the contrastive task needs its negative bank"
+        return ensure_contrastive_task(model_dir, classifier, classifier_card, train, test, recipe=recipe, seed=seed,
+                                       negatives=negatives, tau=opts.get("tau", 0.2),
+                                       n_views=opts.get("n_views", 4), eval_eps=eval_eps, device=device,
+                                       progress=progress)
+    stem = Path(model_dir) / ssl_file(name)
+    options = json.loads(json.dumps(task_options or {}))  # as the card will hold them (tuples -> lists)
+    if checkpoint_paths(stem)[0].exists():
+        card = read_card(stem)
+        same = (card.recipe == recipe.to_dict() and card.seed == seed
+                and card.parent.get("classifier_sha256") == classifier_card.weights_sha256
+                and card.parent.get("options") == options)
+        if same:
+            _log(f"reusing {stem}.safetensors ({_ssl_summary(card)})")
+            return load_ssl_task(model_dir, name, classifier_card, device=device)
+        _log(f"{stem}.json records another recipe, options or classifier; retraining")
+    torch.manual_seed(seed)
+    task = build_task(name, classifier, **options).to(device)
+    _log(f"training the {name} head of {Path(model_dir).name} ({recipe.epochs} epochs)")
+    history = train_ssl_task(task, classifier, train, recipe, seed=seed, device=device, progress=progress)
+    metrics = contrastive_metrics(classifier, task, test, eval_eps, device)
+    head = task.head  # type: ignore[attr-defined]
+    card = ModelCard(kind=ssl_file(name), arch=head.arch, config=head.config, dataset=train.name,
+                     recipe=recipe.to_dict(), seed=seed, metrics=metrics,
+                     parent={"classifier_sha256": classifier_card.weights_sha256, "task": task.config(),
+                             "options": options, "history": history})
+    save_checkpoint(head, stem, card)
+    _log(f"saved {stem}.safetensors ({_ssl_summary(card)})")
+    return task.eval()
+
+
+def contrastive_metrics(classifier: Classifier, task: SelfSupervisedTask, test: ImageDataset, eps: float,
                         device: torch.device, n: int = 500) -> list[dict[str, Any]]:
     """Mean L_s on clean and on PGD images: mao2021's premise is that attacks raise it."""
     data = balanced_subset(test, min(n, len(test)), seed=0)

@@ -17,7 +17,7 @@ from advrepair.models.base import Classifier
 
 
 class SelfSupervisedTask(nn.Module):
-    """Base of self-supervised tasks (contrastive here; rotation, inpainting in later work)."""
+    """Base of self-supervised tasks (contrastive, rotation, inpainting; see ``ssl.registry``)."""
 
     name = "task"
 
