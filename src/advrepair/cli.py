@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n-images", type=int, default=500)
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--out", type=Path, required=True)
+    ev.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run in --out (the default; state is saved after every batch)")
     ev.add_argument("--no-resume", action="store_true", help="start results.json afresh")
     ad = ev.add_argument_group("adaptive protocol (--adaptive): static, transfer, BPDA, BPDA+EOT, full gradient, "
                                 "defense-aware lambda sweep, Square, per-image worst case, flags, cost")

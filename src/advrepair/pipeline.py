@@ -27,6 +27,7 @@ from advrepair.errors import CheckpointError
 from advrepair.ssl import (AugmentConfig, ContrastiveHead, ContrastiveTask, SelfSupervisedTask, build_task,
                           check_task_name, task_from_checkpoint_parts)
 from advrepair.training import ClassifierRecipe, SSLRecipe, train_classifier, train_ssl_task
+from advrepair.training.checkpointing import EpochCheckpoint
 
 CLASSIFIER_FILE = "classifier"
 CONTRASTIVE_FILE = "ssl-contrastive"
@@ -82,7 +83,8 @@ def ensure_classifier(model_dir: str | Path, train: ImageDataset, test: ImageDat
     assert isinstance(model, Classifier)
     kind = "PGD adversarial" if recipe.adversarial else "standard"
     _log(f"training {arch} on {train.name} ({kind}, {recipe.epochs} epochs) -> {stem}.safetensors")
-    history = train_classifier(model, train, recipe, seed=seed, device=device, progress=progress)
+    resume = EpochCheckpoint(Path(model_dir) / f".{CLASSIFIER_FILE}-in-progress", {**wanted, "config": config})
+    history = train_classifier(model, train, recipe, seed=seed, device=device, progress=progress, resume=resume)
     metrics = classifier_metrics(model, test, eval_eps, device=device)
     card = ModelCard(kind="classifier", arch=arch, config=model.config, dataset=train.name,
                      recipe=recipe.to_dict(), seed=seed, metrics=metrics, parent={"history": history})

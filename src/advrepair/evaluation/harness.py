@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from advrepair.attacks import Attack, make_attack
 from advrepair.data import ImageDataset
 from advrepair.evaluation.metrics import accuracy_of
+from advrepair.evaluation.partial import PartialCells
 from advrepair.evaluation.store import ResultsStore, record_key
 
 CLEAN = "clean"
@@ -141,9 +142,15 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
     ssl_out: dict[str, list[torch.Tensor]] = {k: [] for k in entry.defenses}
     samples: dict[str, list[torch.Tensor]] = {"input": [], "clean": [], "labels": []}
     samples.update({f"repaired_{k}": [] for k in entry.defenses})
-    bar = tqdm(data.batches(batch_size), total=-(-len(data) // batch_size), disable=not progress,
+    groups = {"correct": correct, "iterates": by_iterate, "ssl_in": ssl_in, "ssl_out": ssl_out, "samples": samples}
+    partial = PartialCells(store.out_dir, list(cells.values()), batch_size, len(data))
+    done = partial.restore(groups, seconds, attack.stats if attack is not None else None)
+    n_batches = -(-len(data) // batch_size)
+    bar = tqdm(data.batches(batch_size), total=n_batches, initial=done, disable=not progress,
                desc=f"{entry.name} | {attack_desc['name']}", leave=False)
-    for x, y in bar:
+    for index, (x, y) in enumerate(bar):
+        if index < done:
+            continue  # finished before an interruption: restored from the partial state
         x, y = x.to(device), y.to(device)
         t0 = time.perf_counter()
         adv = x if attack is None else attack(x, y)
@@ -173,6 +180,8 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
                 ssl_out[dname].append(defense.ssl_loss(repaired).cpu())
             if keep:
                 samples[f"repaired_{dname}"].append(repaired[:SAMPLES_KEPT].cpu())
+        if index + 1 < n_batches:
+            partial.save(index + 1, groups, seconds, attack.stats if attack is not None else None)
     records = []
     cost = attack.stats.per_image() if attack is not None else {"forward_per_image": 0.0, "backward_per_image": 0.0}
     for dname, key in cells.items():
@@ -201,4 +210,5 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
             record.update(extra)
         store.add(record, arrays)
         records.append(store.get(key))
+    partial.clear()
     return records

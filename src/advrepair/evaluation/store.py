@@ -56,8 +56,11 @@ class ResultsStore:
             if not isinstance(data, list):
                 raise ValueError(f"{self.path} must hold a JSON list of records")
             self.records = data
-        elif self.path.exists():
-            atomic_write_text(self.path, "[]\n")
+        else:
+            if self.path.exists():
+                atomic_write_text(self.path, "[]\n")
+            for stale in (self.out_dir / "partial").glob("*") if (self.out_dir / "partial").exists() else []:
+                stale.unlink()  # a fresh start must not pick up an interrupted run's batches
 
     def has(self, key: str) -> bool:
         return any(r.get("key") == key for r in self.records)

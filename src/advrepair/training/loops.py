@@ -14,6 +14,7 @@ from advrepair.data import ImageDataset
 from advrepair.models.base import Classifier
 from advrepair.seeding import seed_everything
 from advrepair.ssl.task import SelfSupervisedTask
+from advrepair.training.checkpointing import EpochCheckpoint
 from advrepair.training.recipe import ClassifierRecipe, SSLRecipe
 
 
@@ -45,14 +46,23 @@ def _run_epochs(params: list[nn.Parameter], data: ImageDataset, *, epochs: int, 
                 subset: int | None, optimizer: str, lr: float, weight_decay: float, schedule: str,
                 seed: int, device: torch.device, desc: str, progress: bool,
                 step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
-                on_epoch_start: Callable[[], None] = lambda: None) -> list[dict[str, float]]:
+                on_epoch_start: Callable[[], None] = lambda: None,
+                resume: EpochCheckpoint | None = None) -> list[dict[str, float]]:
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = _optimizer(params, optimizer, lr, weight_decay)
     n = len(data) if subset is None else min(subset, len(data))
     per_epoch = math.ceil(n / batch_size)
     total, done, history = epochs * per_epoch, 0, []
-    for epoch in range(epochs):
+    first = 0
+    if resume is not None:
+        restored = resume.restore(params, opt, gen)
+        if restored is not None:
+            first, history = restored
+            done = first * per_epoch
+            if progress:
+                tqdm.write(f"{desc}: resuming after epoch {first}/{epochs} from {resume.stem}")
+    for epoch in range(first, epochs):
         on_epoch_start()
         bar = tqdm(_epoch_batches(data, batch_size, gen, subset), total=per_epoch,
                    desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
@@ -71,12 +81,18 @@ def _run_epochs(params: list[nn.Parameter], data: ImageDataset, *, epochs: int, 
         history.append({"epoch": epoch + 1, "loss": loss_sum / max(count, 1)})
         if progress:
             tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}")
+        if resume is not None and epoch + 1 < epochs:
+            resume.save(epoch + 1, history, params, opt, gen)
+    if resume is not None:
+        resume.clear()
     return history
 
 
 def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRecipe, *, seed: int = 0,
-                     device: str | torch.device = "cpu", progress: bool = True) -> list[dict[str, float]]:
-    """Train ``model`` in place (standard or PGD adversarial training); returns per-epoch losses."""
+                     device: str | torch.device = "cpu", progress: bool = True,
+                     resume: EpochCheckpoint | None = None) -> list[dict[str, float]]:
+    """Train ``model`` in place (standard or PGD adversarial training); returns per-epoch losses.
+    With ``resume``, state is saved after every epoch and a rerun continues after the last one."""
     device = torch.device(device)
     model.to(device)
 
@@ -92,7 +108,7 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
     history = _run_epochs(list(model.parameters()), data, epochs=recipe.epochs, batch_size=recipe.batch_size,
                           subset=recipe.train_subset, optimizer=recipe.optimizer, lr=recipe.lr,
                           weight_decay=recipe.weight_decay, schedule=recipe.schedule, seed=seed,
-                          device=device, desc=desc, progress=progress, step=step)
+                          device=device, desc=desc, progress=progress, step=step, resume=resume)
     model.eval()
     return history
 
