@@ -56,7 +56,7 @@ class ResultsStore:
             if not isinstance(data, list):
                 raise ValueError(f"{self.path} must hold a JSON list of records")
             self.records = data
-        else:
+        elif not resume:
             if self.path.exists():
                 atomic_write_text(self.path, "[]\n")
             for stale in (self.out_dir / "partial").glob("*") if (self.out_dir / "partial").exists() else []:
