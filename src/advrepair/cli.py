@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n-images", type=int, default=500)
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--out", type=Path, required=True)
+    ev.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="shard the images over Ray workers: a local cluster, or ADDRESS ('auto', 'ray://host:port'); "
+                         "needs pip install 'advrepair[ray]'")
+    ev.add_argument("--ray-workers", type=int, default=2, help="workers (one per CPU slot or GPU)")
     ev.add_argument("--resume", action="store_true",
                     help="continue an interrupted run in --out (the default; state is saved after every batch)")
     ev.add_argument("--no-resume", action="store_true", help="start results.json afresh")
@@ -165,7 +169,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                             eot_draws=args.eot_draws, unroll_steps=args.unroll_steps, surrogate=args.surrogate,
                             surrogate_temperature=args.surrogate_temperature, lambdas=lambdas,
                             square_queries=args.square_queries, seed=args.seed)
-        commands.evaluate(adaptive=adaptive, ssl_tasks=args.ssl_tasks, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
+        commands.evaluate(adaptive=adaptive, ssl_tasks=args.ssl_tasks, ray=args.ray, ray_workers=args.ray_workers, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
                           attack_specs=args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"],
                           transfer_from=args.transfer_from, through=args.through, defense=args.defense,
                           eps_v=args.eps_v, reverse_steps=args.reverse_steps,

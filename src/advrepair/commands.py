@@ -90,7 +90,8 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
              defense: str, eps_v: float | None, reverse_steps: int, transfer_from: Path | None = None,
              through: str | None = None, n_views: int, n_images: int, batch_size: int,
              out: Path, resume: bool, seed: int, device: str, progress: bool,
-             adaptive: dict[str, Any] | None = None, ssl_tasks: str = "contrastive") -> Path:
+             adaptive: dict[str, Any] | None = None, ssl_tasks: str = "contrastive", ray: str | None = None,
+             ray_workers: int = 2) -> Path:
     specs = [AttackSpec(*parse_spec(s)) for s in attack_specs]
     parse_ssl_tasks(ssl_tasks)
     adaptive_config = None
@@ -141,8 +142,17 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
                                                        seed=seed)
         entries.append(ModelEntry(Path(model_dir).name, clf, card=card.__dict__, defenses=defenses))
     store = ResultsStore(out, resume=resume)
-    records = evaluate_matrix(subset, entries, specs, store, batch_size=batch_size, device=device,
-                              subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
+    if ray is not None:
+        from advrepair.evaluation.distributed import evaluate_matrix_ray
+
+        records = evaluate_matrix_ray(subset, entries, specs, store, workers=ray_workers,
+                                      address=None if ray == "local" else ray,
+                                      gpus_per_worker=1.0 if device.startswith("cuda") else 0.0,
+                                      batch_size=batch_size, device=device,
+                                      subset=f"balanced {len(subset)} (seed {seed})")
+    else:
+        records = evaluate_matrix(subset, entries, specs, store, batch_size=batch_size, device=device,
+                                  subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
     if adaptive_config is not None:
         for entry in entries:
             for label, module in entry.defenses.items():

@@ -73,8 +73,12 @@ def _params_of(module: nn.Module) -> dict[str, Any]:
 
 def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec],
                     store: ResultsStore, *, batch_size: int = 250, device: str | torch.device = "cpu",
-                    subset: str = "", progress: bool = True) -> list[dict[str, Any]]:
+                    subset: str = "", progress: bool = True, key_images: int | None = None) -> list[dict[str, Any]]:
     """Fill ``store`` with one record per (model, attack, defense or none); returns them.
+
+    ``key_images``: the image count recorded in keys and records when ``data`` is one
+    shard of a larger set (distributed evaluation); the shards' records then share keys
+    and merge into the single-process result.
 
     Records already in the store (same dataset, subset, model weights, attack and defense
     parameters) are skipped, so an interrupted evaluation resumes where it stopped.
@@ -85,10 +89,11 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
         clf = entry.classifier.to(device).eval()
         for spec in attacks:
             if spec.through is not None:
-                out += _evaluate_through(data, entry, clf, spec, store, batch_size, device, subset, progress)
+                out += _evaluate_through(data, entry, clf, spec, store, batch_size, device, subset, progress,
+                                         key_images)
                 continue
             attack_desc = spec.describe(clf)
-            base = dict(dataset=data.name, subset=subset, n_images=len(data), model=entry.name,
+            base = dict(dataset=data.name, subset=subset, n_images=key_images or len(data), model=entry.name,
                         model_weights=entry.card.get("weights_sha256", ""), attack=attack_desc)
             cells = {None: record_key(**base, defense=None)}
             for dname, dmod in entry.defenses.items():
@@ -103,7 +108,7 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
 
 def _evaluate_through(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec: AttackSpec,
                       store: ResultsStore, batch_size: int, device: torch.device, subset: str,
-                      progress: bool) -> list[dict[str, Any]]:
+                      progress: bool, key_images: int | None = None) -> list[dict[str, Any]]:
     """One record per defense: the attack sees ``Sequential(defense or BPDA(defense), clf)``."""
     from advrepair.adaptive import BPDA
 
@@ -111,7 +116,7 @@ def _evaluate_through(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spe
     for dname, dmod in entry.defenses.items():
         target = nn.Sequential(BPDA(dmod) if spec.through == "bpda" else dmod, clf)
         attack_desc = {**spec.describe(target), "through": spec.through}
-        base = dict(dataset=data.name, subset=subset, n_images=len(data), model=entry.name,
+        base = dict(dataset=data.name, subset=subset, n_images=key_images or len(data), model=entry.name,
                     model_weights=entry.card.get("weights_sha256", ""), attack=attack_desc)
         cells: dict[str | None, str] = {dname: record_key(**base, defense=_params_of(dmod))}
         if store.has(cells[dname]):

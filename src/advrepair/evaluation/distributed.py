@@ -1,0 +1,139 @@
+"""Distributed evaluation on Ray: images sharded across workers, merged deterministically.
+
+The images are cut into ``workers`` contiguous shards; each Ray task runs
+``evaluate_matrix`` on its shard (into a private temporary store, with keys computed for
+the whole set), and the driver merges the records key by key in shard order: per-image
+arrays are concatenated, accuracies recomputed from them, seconds and passes summed. Every
+attack and defense seeds its randomness per image from the image's content, so the merged
+results equal a single-process run with the same seeds (times aside), whatever the number
+of workers. Ray is an optional extra (``pip install advrepair[ray]``); a worker is one
+CPU slot or one GPU (``gpus_per_worker``).
+
+Example:
+    >>> records = evaluate_matrix_ray(subset, entries, specs, ResultsStore("out"), workers=2)
+"""
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from advrepair.data import ImageDataset
+from advrepair.errors import InputError
+from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
+from advrepair.evaluation.metrics import accuracy_of
+from advrepair.evaluation.store import ResultsStore
+
+import torch
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("distributed evaluation needs Ray: pip install 'advrepair[ray]' (or pip install ray)") from None
+    return ray
+
+
+def _run_shard(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec], batch_size: int,
+               device: str, subset: str, key_images: int) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    torch.set_num_threads(1)  # one CPU slot per worker
+    with tempfile.TemporaryDirectory(prefix="advrepair-shard-") as tmp:
+        store = ResultsStore(tmp, resume=False)
+        records = evaluate_matrix(data, models, attacks, store, batch_size=batch_size, device=device, subset=subset,
+                                  progress=False, key_images=key_images)
+        return [(r, store.arrays(r)) for r in records]
+
+
+def shard_bounds(n: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) ranges, as equal as possible, in order."""
+    base, extra = divmod(n, workers)
+    bounds, start = [], 0
+    for w in range(workers):
+        stop = start + base + (1 if w < extra else 0)
+        if stop > start:
+            bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def merge_shards(parts: list[list[tuple[dict[str, Any], dict[str, np.ndarray]]]],
+                 n_images: int) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """Merge the shards' (record, arrays) lists key by key, in shard order."""
+    order: list[str] = []
+    by_key: dict[str, list[tuple[dict[str, Any], dict[str, np.ndarray]]]] = {}
+    for part in parts:
+        for record, arrays in part:
+            if record["key"] not in by_key:
+                order.append(record["key"])
+            by_key.setdefault(record["key"], []).append((record, arrays))
+    merged = []
+    for key in order:
+        pieces = by_key[key]
+        if len(pieces) != len(parts):
+            raise RuntimeError(f"record {key} came back from {len(pieces)} of {len(parts)} shards")
+        records = [r for r, _ in pieces]
+        correct = np.concatenate([a["correct"] for _, a in pieces])
+        if correct.size != n_images:
+            raise RuntimeError(f"record {key}: shards cover {correct.size} images, expected {n_images}")
+        acc = accuracy_of(torch.from_numpy(correct))
+        sizes = [a["correct"].size for _, a in pieces]
+        record = {k: v for k, v in records[0].items() if k != "arrays"}
+        record.update(accuracy=acc.value, stderr=acc.stderr, n_correct=acc.correct,
+                      attack_seconds=sum(r["attack_seconds"] for r in records),
+                      defense_seconds=sum(r["defense_seconds"] for r in records),
+                      seconds=sum(r["seconds"] for r in records), shards=len(parts))
+        record["attack_cost"] = {k: sum(r["attack_cost"][k] * s for r, s in zip(records, sizes)) / n_images
+                                 for k in records[0]["attack_cost"]}
+        if any(r.get("attack_members") for r in records):
+            record["attack_members"] = [r.get("attack_members") for r in records]
+        arrays: dict[str, np.ndarray] = {"correct": correct}
+        for name in pieces[0][1]:
+            if name in ("ssl_loss_input", "ssl_loss_repaired"):
+                arrays[name] = np.concatenate([a[name] for _, a in pieces])
+            elif name == "correct_iterates":
+                arrays[name] = np.concatenate([a[name] for _, a in pieces], axis=1)
+                record["iterate_accuracy"] = arrays[name].mean(1).tolist()
+                record["worst_over_iterates"] = float(arrays[name].all(0).mean())
+            elif name != "correct":
+                arrays[name] = pieces[0][1][name]  # kept samples: the first images, as in one process
+        merged.append((record, arrays))
+    return merged
+
+
+def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec],
+                        store: ResultsStore, *, workers: int = 2, address: str | None = None,
+                        gpus_per_worker: float = 0.0, batch_size: int = 250, device: str = "cpu",
+                        subset: str = "") -> list[dict[str, Any]]:
+    """``evaluate_matrix`` with the images sharded over ``workers`` Ray tasks.
+
+    ``address``: an existing cluster ("auto" or "ray://host:port"); ``None`` starts a local
+    one with ``workers`` CPUs. Records already in ``store`` (a resumed run) are kept and
+    not recomputed when every record of the run is there.
+    """
+    ray = _import_ray()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be an integer >= 1, got {workers!r}")
+    started = False
+    if not ray.is_initialized():
+        if address is None:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+        started = True
+    try:
+        task = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_run_shard)
+        bounds = shard_bounds(len(data), workers)
+        futures = [task.remote(data.subset(range(a, b)), models, attacks, batch_size, device, subset, len(data))
+                   for a, b in bounds]
+        parts = ray.get(futures)
+    finally:
+        if started:
+            ray.shutdown()
+    out = []
+    for record, arrays in merge_shards(parts, len(data)):
+        if not store.has(record["key"]):
+            store.add(record, arrays)
+        out.append(store.get(record["key"]))
+    return out
