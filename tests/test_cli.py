@@ -128,6 +128,21 @@ def test_multi_task_repair_from_the_command_line(tmp_path, fake_fmnist, trained_
     assert main([*args[:-len(common) - 2], "--ssl-tasks", "jigsaw:1", "--out", str(out), *common]) == 2
 
 
+def test_train_a_purifier_and_evaluate_nrp(tmp_path, fake_fmnist, trained_dir):
+    common = ["--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress"]
+    out = tmp_path / "nrp"
+    assert main(["train", "purifier", "--feature-model-dir", str(trained_dir), "--out", str(out), "--epochs", "1",
+                 "--train-subset", "32", "--width", "4", "--ssp-steps", "2", *common]) == 0
+    card = json.loads((out / "purifier.json").read_text())
+    assert card["kind"] == "purifier" and card["recipe"]["ssp_steps"] == 2
+    args = ["eval", "--model-dir", str(trained_dir), "--attack", "fgsm:eps=0.1", "--defense", "nrp", "--purifier",
+            str(out / "purifier"), "--nrp-dynamic", "--n-images", "10", "--out", str(tmp_path / "ev"), *common]
+    assert main(args) == 0
+    records = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert any((r.get("defense") or {}).get("dynamic") is True for r in records)
+    assert main(args[:5] + ["--defense", "nrp", "--out", str(tmp_path / "x"), *common]) == 2  # no --purifier
+
+
 def test_readme_python_example_runs_as_written(trained_dir, fake_fmnist, monkeypatch, capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
@@ -160,3 +175,14 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, fake_fmnist, capsys):
                  "--data-root", str(fake_fmnist), "--no-progress"])
     assert code == 2
     assert "no weights at" in capsys.readouterr().err
+
+
+def test_bf16_evaluation_gets_its_own_records(tmp_path, fake_fmnist, trained_dir):
+    common = ["--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress", "--defense", "none"]
+    out = tmp_path / "prec"
+    base = ["eval", "--model-dir", str(trained_dir), "--attack", "fgsm:eps=0.1", "--n-images", "10", "--out", str(out)]
+    assert main([*base, *common]) == 0
+    assert main([*base, "--precision", "bf16", "--channels-last", *common]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == 2 and len({r["model_weights"] for r in records}) == 2
+    assert main([*base, "--precision", "fp16", *common]) == 2  # fp16 needs CUDA

@@ -10,11 +10,9 @@ from advrepair.errors import AdvRepairError
 
 
 def _device(name: str) -> str:
-    import torch
+    from advrepair.runtime import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return str(resolve_device(name))
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -70,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     ssl.add_argument("--train-subset", type=int, default=None)
     _add_common(ssl)
 
+    pur = tsub.add_parser("purifier", help="NRP purifier by self-supervised adversarial training (naseer2020 Alg. 2)")
+    pur.add_argument("--feature-model-dir", type=Path, required=True,
+                     help="model directory whose classifier is the feature extractor SSP attacks")
+    pur.add_argument("--layer", default=None, help="feature layer (a name from named_modules(); default: features())")
+    pur.add_argument("--out", type=Path, required=True, help="directory for purifier.safetensors + .json")
+    pur.add_argument("--dataset", default="fashion-mnist")
+    pur.add_argument("--epochs", type=int, default=1)
+    pur.add_argument("--batch-size", type=int, default=16)
+    pur.add_argument("--lr", type=float, default=1e-4)
+    pur.add_argument("--width", type=int, default=16)
+    pur.add_argument("--ssp-eps", type=float, default=16 / 255)
+    pur.add_argument("--ssp-steps", type=int, default=10)
+    pur.add_argument("--train-subset", type=int, default=None)
+    _add_common(pur)
+
     ev = sub.add_parser("eval", help="model x attack matrix, with and without the reverse attack")
     ev.add_argument("--dataset", default="fashion-mnist")
     ev.add_argument("--model-dir", type=Path, action="append", required=True,
@@ -81,9 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--through", choices=["bpda", "full"], default=None,
                     help="also craft every attack through the defense: BPDA (identity gradient) or the "
                          "defense's own autograd graph (adaptive attacks)")
-    ev.add_argument("--defense", choices=["none", "reverse-attack", "jpeg", "tv", "median", "bit-depth", "resize-pad"],
+    ev.add_argument("--defense", choices=["none", "reverse-attack", "nrp", "jpeg", "tv", "median", "bit-depth",
+                                                   "resize-pad"],
                     default="reverse-attack", help="the defense in front of the classifier (baselines: JPEG q75, "
                     "TV split-Bregman with pixel dropout, 3x3 median, 4-bit depth, random resize-and-pad)")
+    ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="autocast precision of the classifier (bf16: CPU or CUDA; fp16: CUDA only)")
+    ev.add_argument("--channels-last", action="store_true", help="channels-last memory layout (faster convs on GPU)")
+    ev.add_argument("--purifier", type=Path, default=None, help="NRP purifier stem for --defense nrp")
+    ev.add_argument("--nrp-dynamic", action="store_true", help="NRP's dynamic inference (noise, project, purify)")
     ev.add_argument("--eps-v", type=float, default=None, help="reverse-attack budget (default 2x the first attack's eps)")
     ev.add_argument("--reverse-steps", type=int, default=40)
     ev.add_argument("--ssl-tasks", default="contrastive",
@@ -158,6 +177,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.train_ssl(dataset=args.dataset, data_root=args.data_root, model_dir=args.model_dir,
                            recipe=recipe, tau=args.tau, n_views=args.n_views, eval_eps=args.eps,
                            seed=args.seed, device=device, progress=progress, task=args.task, mask=args.mask)
+    elif args.command == "train" and args.what == "purifier":
+        from advrepair.training import PurifierRecipe
+
+        recipe = PurifierRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, ssp_eps=args.ssp_eps,
+                                ssp_alpha=args.ssp_eps / 8, ssp_steps=args.ssp_steps, layer=args.layer,
+                                train_subset=args.train_subset, seed=args.seed)
+        commands.train_purifier(dataset=args.dataset, data_root=args.data_root,
+                                feature_model_dir=args.feature_model_dir, layer=args.layer, out=args.out,
+                                recipe=recipe, width=args.width, seed=args.seed, device=device, progress=progress)
     elif args.command == "eval":
         adaptive = None
         if args.adaptive:
@@ -169,7 +197,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                             eot_draws=args.eot_draws, unroll_steps=args.unroll_steps, surrogate=args.surrogate,
                             surrogate_temperature=args.surrogate_temperature, lambdas=lambdas,
                             square_queries=args.square_queries, seed=args.seed)
-        commands.evaluate(adaptive=adaptive, ssl_tasks=args.ssl_tasks, ray=args.ray, ray_workers=args.ray_workers, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
+        commands.evaluate(adaptive=adaptive, ssl_tasks=args.ssl_tasks, ray=args.ray, ray_workers=args.ray_workers,
+                          purifier=args.purifier, nrp_dynamic=args.nrp_dynamic, precision=args.precision,
+                          channels_last=args.channels_last, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
                           attack_specs=args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"],
                           transfer_from=args.transfer_from, through=args.through, defense=args.defense,
                           eps_v=args.eps_v, reverse_steps=args.reverse_steps,

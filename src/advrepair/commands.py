@@ -68,6 +68,27 @@ def train_ssl(*, dataset: str, data_root: str | None, model_dir: Path, recipe: S
                     device=torch.device(device), progress=progress)
 
 
+def train_purifier(*, dataset: str, data_root: str | None, feature_model_dir: Path, layer: str | None, out: Path,
+                   recipe: Any, width: int, seed: int, device: str, progress: bool) -> Path:
+    """naseer2020 Algorithm 2: a purifier trained against SSP on ``feature_model_dir``'s classifier."""
+    from advrepair.defenses import save_purifier
+    from advrepair.models import Critic, Purifier
+    from advrepair.training import train_purifier as fit
+
+    train = load_dataset(dataset, split="train", root=data_root)
+    feature_model, card = load_checkpoint(Path(feature_model_dir) / CLASSIFIER_FILE, map_location=device,
+                                          expected_kind="classifier")
+    channels, size = train.image_shape[0], train.image_shape[1]
+    torch.manual_seed(seed)
+    purifier, critic = Purifier(in_channels=channels, width=width), Critic(in_channels=channels, input_size=size)
+    history = fit(purifier, critic, feature_model, layer, train, recipe, seed=seed, device=device, progress=progress)
+    stem = Path(out) / "purifier"
+    save_purifier(purifier.cpu(), stem, feature_model=card.weights_sha256, layer=layer, recipe=recipe.to_dict(),
+                  dataset=train.name, seed=seed, metrics=[{"metric": "history", "value": history}])
+    tqdm.write(f"saved {stem}.safetensors")
+    return stem
+
+
 def parse_ssl_tasks(spec: str) -> list[tuple[str, float]]:
     """``"contrastive:1,rotation:50,inpainting:10"`` -> [(name, weight), ...] (weight 1 if omitted)."""
     pairs = []
@@ -91,7 +112,11 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
              through: str | None = None, n_views: int, n_images: int, batch_size: int,
              out: Path, resume: bool, seed: int, device: str, progress: bool,
              adaptive: dict[str, Any] | None = None, ssl_tasks: str = "contrastive", ray: str | None = None,
-             ray_workers: int = 2) -> Path:
+             ray_workers: int = 2, purifier: Path | None = None, nrp_dynamic: bool = False,
+             precision: str = "fp32", channels_last: bool = False) -> Path:
+    from advrepair.runtime import AutocastModule, autocast_context, prepare_module
+
+    autocast_context(device, precision)  # refuse fp16 on a CPU before any work
     specs = [AttackSpec(*parse_spec(s)) for s in attack_specs]
     parse_ssl_tasks(ssl_tasks)
     adaptive_config = None
@@ -129,9 +154,18 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
     entries = []
     for model_dir in model_dirs:
         clf, card = load_checkpoint(Path(model_dir) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
+        clf = prepare_module(clf, device, channels_last)
+        if precision != "fp32":
+            clf = AutocastModule(clf, device, precision)
         defenses: dict[str, torch.nn.Module] = {}
         if defense in BASELINES:
             defenses[defense] = BASELINES[defense](seed)
+        elif defense == "nrp":
+            from advrepair.defenses import NRPDefense
+
+            if purifier is None:
+                raise InputError("--defense nrp needs --purifier STEM (made by `advrepair train purifier`)")
+            defenses["nrp"] = NRPDefense.from_checkpoint(purifier, map_location=device, dynamic=nrp_dynamic, seed=seed)
         elif defense == "reverse-attack":
             assert train is not None and eps_v is not None
             negatives = negative_bank(train, seed=seed)
@@ -140,7 +174,9 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
                       weight) for name, weight in parse_ssl_tasks(ssl_tasks)]
             defenses["reverse-attack"] = ReverseAttack(clf, tasks, eps_v=eps_v, steps=reverse_steps,  # type: ignore[arg-type]
                                                        seed=seed)
-        entries.append(ModelEntry(Path(model_dir).name, clf, card=card.__dict__, defenses=defenses))
+        # the precision is part of the results key (via the card), so bf16 never reuses fp32 records
+        entries.append(ModelEntry(Path(model_dir).name, clf, card={**card.__dict__, "precision": precision},
+                                  defenses=defenses))
     store = ResultsStore(out, resume=resume)
     if ray is not None:
         from advrepair.evaluation.distributed import evaluate_matrix_ray

@@ -70,8 +70,10 @@ def make_attack(name: str, model: Callable[[torch.Tensor], torch.Tensor], **para
     if key not in ATTACKS:
         raise InputError(f"unknown attack {name!r}; known attacks: {sorted(ATTACKS)}")
     cls = ATTACKS[key]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model"}
-    unknown = set(params) - accepted
+    sig = inspect.signature(cls.__init__).parameters
+    accepted = {n for n, p in sig.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self", "model"}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.values())  # e.g. Transfer passes the rest on
+    unknown = set() if takes_any else set(params) - accepted
     if unknown:
         raise InputError(f"attack {name!r} has no parameters {sorted(unknown)}; it takes {sorted(accepted)}")
     return cls(model, **params)

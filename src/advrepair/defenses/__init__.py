@@ -4,9 +4,10 @@ from advrepair.defenses.adversarial_transformation import (AdversarialTransforma
 from advrepair.defenses.bit_depth import BitDepthReduction
 from advrepair.defenses.jpeg import DifferentiableJPEG, JPEGCompression
 from advrepair.defenses.median import MedianFilter
+from advrepair.defenses.purifier import NRPDefense, load_purifier, save_purifier
 from advrepair.defenses.resize_pad import RandomResizePad
 from advrepair.defenses.reverse_attack import ReverseAttack
 from advrepair.defenses.total_variation import TotalVariation
 
-__all__ = ["AdversarialTransformation", "BPDASurrogate", "selection_statistic", "BitDepthReduction", "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "RandomResizePad",
+__all__ = ["AdversarialTransformation", "BPDASurrogate", "selection_statistic", "BitDepthReduction", "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "NRPDefense", "load_purifier", "save_purifier", "RandomResizePad",
            "ReverseAttack", "TotalVariation"]

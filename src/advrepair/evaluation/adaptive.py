@@ -42,7 +42,7 @@ from advrepair.attacks import PGD, Attack, Square
 from advrepair.data import ImageDataset
 from advrepair.engine import relative_tanh_surrogate, soft_sign_surrogate, tanh_surrogate
 from advrepair.errors import InputError
-from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluate_cells, _params_of
+from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluate_cells, _params_of, weights_id
 from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore, record_key
 
@@ -160,7 +160,7 @@ def run_adaptive(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest
     clf = model.classifier.to(device).eval()
     defense_params = _params_of(target.defense)
     base_common = dict(dataset=data.name, subset=subset, n_images=len(data), model=model.name,
-                       model_weights=model.card.get("weights_sha256", ""))
+                       model_weights=weights_id(model.card))
     single = ModelEntry(model.name, clf, card=model.card, defenses={target.label: target.defense})
     records: dict[str, list[dict[str, Any]]] = {}
 

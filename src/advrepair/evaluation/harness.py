@@ -66,6 +66,13 @@ class ModelEntry:
     defenses: dict[str, nn.Module] = field(default_factory=dict)
 
 
+def weights_id(card: dict[str, Any]) -> str:
+    """The classifier's identity in results keys: its weights' SHA-256, plus the precision
+    it ran in when not fp32 (a bf16 run must not reuse fp32 records)."""
+    precision = card.get("precision", "fp32")
+    return card.get("weights_sha256", "") + ("" if precision == "fp32" else f"@{precision}")
+
+
 def _params_of(module: nn.Module) -> dict[str, Any]:
     fn: Callable[[], dict[str, Any]] | None = getattr(module, "params", None)
     return fn() if callable(fn) else {"name": type(module).__name__}
@@ -94,7 +101,7 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
                 continue
             attack_desc = spec.describe(clf)
             base = dict(dataset=data.name, subset=subset, n_images=key_images or len(data), model=entry.name,
-                        model_weights=entry.card.get("weights_sha256", ""), attack=attack_desc)
+                        model_weights=weights_id(entry.card), attack=attack_desc)
             cells = {None: record_key(**base, defense=None)}
             for dname, dmod in entry.defenses.items():
                 cells[dname] = record_key(**base, defense=_params_of(dmod))
@@ -117,7 +124,7 @@ def _evaluate_through(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spe
         target = nn.Sequential(BPDA(dmod) if spec.through == "bpda" else dmod, clf)
         attack_desc = {**spec.describe(target), "through": spec.through}
         base = dict(dataset=data.name, subset=subset, n_images=key_images or len(data), model=entry.name,
-                    model_weights=entry.card.get("weights_sha256", ""), attack=attack_desc)
+                    model_weights=weights_id(entry.card), attack=attack_desc)
         cells: dict[str | None, str] = {dname: record_key(**base, defense=_params_of(dmod))}
         if store.has(cells[dname]):
             out.append(store.get(cells[dname]))
@@ -174,7 +181,7 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
                 iterates = trajectory(adv)
                 repaired = iterates[-1]
             else:
-                repaired = defense(adv)
+                repaired = defense(adv).detach()
             seconds[dname] += time.perf_counter() - t0
             with torch.no_grad():
                 correct[dname].append((clf(repaired).argmax(1) == y).cpu())
