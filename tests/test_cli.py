@@ -143,6 +143,15 @@ def test_train_a_purifier_and_evaluate_nrp(tmp_path, fake_fmnist, trained_dir):
     assert main(args[:5] + ["--defense", "nrp", "--out", str(tmp_path / "x"), *common]) == 2  # no --purifier
 
 
+def test_eval_ride_from_the_command_line(tmp_path, fake_fmnist, trained_dir):
+    out = tmp_path / "ride"
+    assert main(["eval", "--model-dir", str(trained_dir), "--attack", "fgsm:eps=0.1", "--defense", "ride",
+                 "--ride-iterations", "2", "--n-images", "6", "--out", str(out), "--data-root", str(fake_fmnist),
+                 "--device", "cpu", "--no-progress"]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {(r.get("defense") or {}).get("name") for r in records} == {None, "ride"}
+
+
 def test_readme_python_example_runs_as_written(trained_dir, fake_fmnist, monkeypatch, capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--through", choices=["bpda", "full"], default=None,
                     help="also craft every attack through the defense: BPDA (identity gradient) or the "
                          "defense's own autograd graph (adaptive attacks)")
-    ev.add_argument("--defense", choices=["none", "reverse-attack", "nrp", "jpeg", "tv", "median", "bit-depth",
+    ev.add_argument("--defense", choices=["none", "reverse-attack", "nrp", "ride", "jpeg", "tv", "median", "bit-depth",
                                                    "resize-pad"],
                     default="reverse-attack", help="the defense in front of the classifier (baselines: JPEG q75, "
                     "TV split-Bregman with pixel dropout, 3x3 median, 4-bit depth, random resize-and-pad)")
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="autocast precision of the classifier (bf16: CPU or CUDA; fp16: CUDA only)")
     ev.add_argument("--channels-last", action="store_true", help="channels-last memory layout (faster convs on GPU)")
     ev.add_argument("--purifier", type=Path, default=None, help="NRP purifier stem for --defense nrp")
+    ev.add_argument("--ride-iterations", type=int, default=2000,
+                    help="RIDE steps K per checkpoint (paper 2000, x T=5; ~5-30 s per image on a CPU)")
     ev.add_argument("--nrp-dynamic", action="store_true", help="NRP's dynamic inference (noise, project, purify)")
     ev.add_argument("--eps-v", type=float, default=None, help="reverse-attack budget (default 2x the first attack's eps)")
     ev.add_argument("--reverse-steps", type=int, default=40)
@@ -132,6 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--lambdas", default="0,1,4,16", help="lambda_s values of the defense-aware sweep")
     ad.add_argument("--square-queries", type=int, default=200)
     _add_common(ev)
+
+    exp = sub.add_parser("experiment", help="reproduce a paper's evaluation on Fashion-MNIST (tables + figures)")
+    esub = exp.add_subparsers(dest="which", required=True)
+    xiao = esub.add_parser("xiao2020", help="adversarial transformation: Table 1, training cost, Table 3, Figs. 5-7")
+    xiao.add_argument("--out", type=Path, default=Path("reports/xiao2020"))
+    xiao.add_argument("--models-dir", type=Path, default=None, help="default: $ADVREPAIR_HOME/xiao2020-models")
+    xiao.add_argument("--n-images", type=int, default=200)
+    xiao.add_argument("--eps", type=float, default=0.1)
+    xiao.add_argument("--attack-steps", type=int, default=10)
+    xiao.add_argument("--delta", type=float, default=0.2)
+    xiao.add_argument("--g-steps", type=int, default=13)
+    xiao.add_argument("--bpda-steps", default="1,4,13", help="N values of the BPDA sweep (Fig. 5)")
+    xiao.add_argument("--eot-draws", default="1,2,8", help="EOT sample counts (Fig. 7)")
+    xiao.add_argument("--deltas", default="0.1,0.2", help="Delta values (Fig. 6)")
+    xiao.add_argument("--square-queries", type=int, default=100)
+    xiao.add_argument("--paper-fig5", action="store_true", help="Fig. 5 without g's random start, as the paper")
+    _add_common(xiao)
 
     rep = sub.add_parser("report", help="rewrite report.md and figures from a results folder")
     rep.add_argument("out", type=Path)
@@ -199,13 +218,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                             square_queries=args.square_queries, seed=args.seed)
         commands.evaluate(adaptive=adaptive, ssl_tasks=args.ssl_tasks, ray=args.ray, ray_workers=args.ray_workers,
                           purifier=args.purifier, nrp_dynamic=args.nrp_dynamic, precision=args.precision,
-                          channels_last=args.channels_last, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
+                          channels_last=args.channels_last, ride_iterations=args.ride_iterations, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
                           attack_specs=args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"],
                           transfer_from=args.transfer_from, through=args.through, defense=args.defense,
                           eps_v=args.eps_v, reverse_steps=args.reverse_steps,
                           n_views=args.n_views, n_images=args.n_images, batch_size=args.batch_size,
                           out=args.out, resume=not args.no_resume, seed=args.seed, device=device,
                           progress=progress)
+    elif args.command == "experiment":
+        print(commands.experiment(args, device=device, progress=progress))
     elif args.command == "report":
         print(commands.report(args.out))
     return 0

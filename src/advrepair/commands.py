@@ -113,7 +113,7 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
              out: Path, resume: bool, seed: int, device: str, progress: bool,
              adaptive: dict[str, Any] | None = None, ssl_tasks: str = "contrastive", ray: str | None = None,
              ray_workers: int = 2, purifier: Path | None = None, nrp_dynamic: bool = False,
-             precision: str = "fp32", channels_last: bool = False) -> Path:
+             precision: str = "fp32", channels_last: bool = False, ride_iterations: int = 2000) -> Path:
     from advrepair.runtime import AutocastModule, autocast_context, prepare_module
 
     autocast_context(device, precision)  # refuse fp16 on a CPU before any work
@@ -160,6 +160,10 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
         defenses: dict[str, torch.nn.Module] = {}
         if defense in BASELINES:
             defenses[defense] = BASELINES[defense](seed)
+        elif defense == "ride":
+            from advrepair.defenses import RIDE
+
+            defenses["ride"] = RIDE(seed=seed, iterations=ride_iterations, progress=progress)
         elif defense == "nrp":
             from advrepair.defenses import NRPDefense
 
@@ -205,3 +209,26 @@ def report(out: Path) -> Path:
     if not (Path(out) / "results.json").exists():
         raise InputError(f"no results.json in {out}")
     return write_report(out)
+
+
+def _numbers(text: str, kind: type, flag: str) -> tuple[Any, ...]:
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+
+
+def experiment(args: Any, *, device: str, progress: bool) -> Path:
+    """``advrepair experiment NAME``: one paper's evaluation, written as a report folder."""
+    if args.which == "xiao2020":
+        from advrepair.experiments.adversarial_transformation import XiaoConfig, run_xiao_experiment
+
+        extra = {} if args.models_dir is None else {"models_dir": args.models_dir}
+        return run_xiao_experiment(XiaoConfig(
+            out=args.out, data_root=args.data_root, seed=args.seed, device=device, progress=progress,
+            n_images=args.n_images, eps=args.eps, attack_steps=args.attack_steps, delta=args.delta,
+            g_steps=args.g_steps, bpda_steps=_numbers(args.bpda_steps, int, "--bpda-steps"),
+            eot_draws=_numbers(args.eot_draws, int, "--eot-draws"),
+            deltas=_numbers(args.deltas, float, "--deltas"), sweep_random_start=not args.paper_fig5,
+            square_queries=args.square_queries, **extra))
+    raise InputError(f"unknown experiment {args.which!r}")

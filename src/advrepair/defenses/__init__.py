@@ -7,7 +7,8 @@ from advrepair.defenses.median import MedianFilter
 from advrepair.defenses.purifier import NRPDefense, load_purifier, save_purifier
 from advrepair.defenses.resize_pad import RandomResizePad
 from advrepair.defenses.reverse_attack import ReverseAttack
+from advrepair.defenses.ride import RIDE, RIDE_NETWORKS, RideNetSpec
 from advrepair.defenses.total_variation import TotalVariation
 
 __all__ = ["AdversarialTransformation", "BPDASurrogate", "selection_statistic", "BitDepthReduction", "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "NRPDefense", "load_purifier", "save_purifier", "RandomResizePad",
-           "ReverseAttack", "TotalVariation"]
+           "ReverseAttack", "RIDE", "RIDE_NETWORKS", "RideNetSpec", "TotalVariation"]

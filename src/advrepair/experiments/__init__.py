@@ -1,0 +1,1 @@
+"""Paper-reproduction experiments: each module runs one paper's evaluation end to end."""
