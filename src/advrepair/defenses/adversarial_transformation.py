@@ -73,26 +73,11 @@ from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_images, check_int_at_least, check_positive
+from advrepair.defenses.eval_mode import eval_mode
 
 TARGETS = ("least-likely", "untargeted")
 SURROGATES = ("tanh", "softsign")
 STATISTIC_NORMS = ("linf", "mean-abs")
-
-
-class _eval_mode:
-    """Eval mode for a network while the transformation runs, restored afterwards."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.modes: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> None:
-        self.modes = [(m, m.training) for m in self.module.modules()]
-        self.module.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for m, mode in self.modes:
-            m.train(mode)
 
 
 class AdversarialTransformation(nn.Module):
@@ -160,7 +145,7 @@ class AdversarialTransformation(nn.Module):
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B,) the class each image is pushed to (least-likely) or away from
         (untargeted), read from ``f_b`` at the input without gradient."""
-        with torch.no_grad(), _eval_mode(self.f_b):
+        with torch.no_grad(), eval_mode(self.f_b):
             logits = self.f_b(images.detach())
         return logits.argmin(1) if self.target == "least-likely" else logits.argmax(1)
 
@@ -194,7 +179,7 @@ class AdversarialTransformation(nn.Module):
         check_images(images)
         if self.delta == 0 or (self.steps == 0 and not self.random_start):
             return images
-        with _eval_mode(self.f_b):
+        with eval_mode(self.f_b):
             targets = self.targets(images)
             return projected_gradient(
                 self.start(images, draw), self.loss(targets), center=images, eps=self.delta,
@@ -226,7 +211,7 @@ class AdversarialTransformation(nn.Module):
                 if self.delta == 0 or (self.steps == 0 and not self.random_start):
                     out.append(stacked)
                     continue
-                with _eval_mode(self.f_b):
+                with eval_mode(self.f_b):
                     targets = self.targets(images).repeat(len(ks))
                     start = torch.cat([self.start(images, k) for k in ks])
                     out.append(projected_gradient(
@@ -321,7 +306,7 @@ class BPDASurrogate(nn.Module):
         check_images(images)
         if g.delta == 0 or (g.steps == 0 and not g.random_start):
             return images
-        with _eval_mode(g.f_b):
+        with eval_mode(g.f_b):
             targets = g.targets(images)
             loss = g.loss(targets)
             x = g.start(images, draw)

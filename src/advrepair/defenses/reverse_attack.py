@@ -37,6 +37,7 @@ from advrepair.models.base import Classifier
 from advrepair.seeding import per_image_uniform
 from advrepair.ssl.task import SelfSupervisedTask
 from advrepair.validation import check_images, check_positive
+from advrepair.defenses.eval_mode import eval_mode
 
 
 class ReverseAttack(nn.Module):
@@ -123,7 +124,7 @@ class ReverseAttack(nn.Module):
         mao2021 Eq. 8 differentiates it); the views are still drawn per image.
         """
         check_images(images)
-        with _frozen(self), torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        with eval_mode(self), torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             with torch.no_grad():
                 contexts = [t.context(self.classifier) for t in self.tasks]
             numbers = [u[:, 0] for u in self._draw(images.detach(), 1, stream)]
@@ -133,7 +134,7 @@ class ReverseAttack(nn.Module):
         check_images(images)
         if self.steps == 0 or self.eps_v == 0:
             return images
-        with _frozen(self):
+        with eval_mode(self):
             contexts = [t.context(self.classifier) for t in self.tasks]
             traces = [LoopTrace() for _ in range(0, images.shape[0], self.chunk_size)]
             repaired = torch.cat([self._repair(chunk, contexts, trace) for chunk, trace in
@@ -196,19 +197,3 @@ def weights_fingerprint(module: nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-class _frozen:
-    """Eval mode for every network inside a defense while it runs, restored afterwards."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.modes: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> None:
-        self.modes = [(m, m.training) for m in self.module.modules()]
-        self.module.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for m, mode in self.modes:
-            m.train(mode)

@@ -1,0 +1,25 @@
+"""Eval mode for every network inside a defense while it runs, restored afterwards.
+
+Defenses run their networks (classifier, heads, f_b) in eval mode so BatchNorm statistics
+are never updated by test images (the reverse attack's reference code left them in training
+mode); the caller's modes come back unchanged.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+class eval_mode:  # noqa: N801 - used like torch.no_grad
+    """``with eval_mode(module): ...``"""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.modes: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> None:
+        self.modes = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.modes:
+            m.train(mode)
