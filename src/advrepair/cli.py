@@ -152,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     xiao.add_argument("--paper-fig5", action="store_true", help="Fig. 5 without g's random start, as the paper")
     _add_common(xiao)
 
+    ride = esub.add_parser("ride", help="RIDE: Fig. 5a sweep, gray-box Table 1, BPDA Table 2, trajectories")
+    ride.add_argument("--out", type=Path, default=Path("reports/ride"))
+    ride.add_argument("--models-dir", type=Path, default=None, help="default: $ADVREPAIR_HOME/models (demo CNN)")
+    ride.add_argument("--n-images", type=int, default=100)
+    ride.add_argument("--whitebox-images", type=int, default=20)
+    ride.add_argument("--val-images", type=int, default=50)
+    ride.add_argument("--eps", type=float, default=0.1)
+    ride.add_argument("--attack-steps", type=int, default=10)
+    ride.add_argument("--sweep-iterations", default="100", help="K values of the Fig. 5a sweep")
+    ride.add_argument("--sweep-checkpoints", type=int, default=5)
+    ride.add_argument("--ride-lr", type=float, default=1e-4, help="paper 1e-4; 1e-3 suits CPU-sized step budgets")
+    _add_common(ride)
+
     rep = sub.add_parser("report", help="rewrite report.md and figures from a results folder")
     rep.add_argument("out", type=Path)
     return parser

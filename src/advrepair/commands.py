@@ -231,4 +231,14 @@ def experiment(args: Any, *, device: str, progress: bool) -> Path:
             eot_draws=_numbers(args.eot_draws, int, "--eot-draws"),
             deltas=_numbers(args.deltas, float, "--deltas"), sweep_random_start=not args.paper_fig5,
             square_queries=args.square_queries, **extra))
+    if args.which == "ride":
+        from advrepair.experiments.ride import RideConfig, run_ride_experiment
+
+        extra = {} if args.models_dir is None else {"models_dir": args.models_dir}
+        return run_ride_experiment(RideConfig(
+            out=args.out, data_root=args.data_root, seed=args.seed, device=device, progress=progress,
+            n_images=args.n_images, whitebox_images=args.whitebox_images, val_images=args.val_images,
+            eps=args.eps, attack_steps=args.attack_steps, sweep_checkpoints=args.sweep_checkpoints,
+            sweep_iterations=_numbers(args.sweep_iterations, int, "--sweep-iterations"), ride_lr=args.ride_lr,
+            **extra))
     raise InputError(f"unknown experiment {args.which!r}")
