@@ -94,3 +94,25 @@ def test_color_architectures_shapes_and_features(factory, feat):
     x = torch.rand(2, 3, 32, 32)
     assert model.features(x).shape == (2, feat)
     assert model(x).shape == (2, model.num_classes)
+
+
+def test_a_safetensors_header_length_with_a_pickle_like_first_byte_still_loads(tmp_path):
+    """A u64 header length whose low byte is 0x80 (pickle's PROTO opcode) is not a pickle."""
+    import hashlib
+
+    model = SmallCNN(width=4, feature_dim=16)
+    stem = tmp_path / "m"
+    save_checkpoint(model, stem, ModelCard(kind="classifier", arch=model.arch, config=model.config))
+    weights = tmp_path / "m.safetensors"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for pad in range(0, 400):
+        save_file(state, str(weights), metadata={"pad": "x" * pad})
+        raw = weights.read_bytes()
+        if raw[0] == 0x80:
+            break
+    assert raw[0] == 0x80
+    card = json.loads((tmp_path / "m.json").read_text())
+    card["weights_sha256"] = hashlib.sha256(raw).hexdigest()
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    loaded, _ = load_checkpoint(stem)
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())

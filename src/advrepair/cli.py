@@ -165,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     ride.add_argument("--ride-lr", type=float, default=1e-4, help="paper 1e-4; 1e-3 suits CPU-sized step budgets")
     _add_common(ride)
 
+    for name, help_text, default_n in (
+            ("nrp", "NRP vs input transforms under transfer attacks (Tables 1 and 5), SSP's strength, adaptive rows", 500),
+            ("multitask", "multi-task SSL repair ablation (lawhon): each task, pairs, all three; both classifiers", 600)):
+        e = esub.add_parser(name, help=help_text)
+        e.add_argument("--out", type=Path, default=Path(f"reports/{name}"))
+        e.add_argument("--models-dir", type=Path, default=None, help="default: $ADVREPAIR_HOME/models (demo models)")
+        e.add_argument("--n-images", type=int, default=default_n)
+        e.add_argument("--eps", type=float, default=0.1)
+        e.add_argument("--adaptive-images", type=int, default=100, help="images of the adaptive rows (0 skips them)")
+        _add_common(e)
+
     rep = sub.add_parser("report", help="rewrite report.md and figures from a results folder")
     rep.add_argument("out", type=Path)
     return parser

@@ -231,6 +231,16 @@ def experiment(args: Any, *, device: str, progress: bool) -> Path:
             eot_draws=_numbers(args.eot_draws, int, "--eot-draws"),
             deltas=_numbers(args.deltas, float, "--deltas"), sweep_random_start=not args.paper_fig5,
             square_queries=args.square_queries, **extra))
+    if args.which in ("nrp", "multitask"):
+        if args.which == "nrp":
+            from advrepair.experiments.nrp import NRPConfig as Config, run_nrp_experiment as run
+        else:
+            from advrepair.experiments.multitask_ssl import MultiTaskConfig as Config, run_multitask_ablation as run
+        extra: dict[str, Any] = {} if args.models_dir is None else {"models_dir": args.models_dir}
+        if args.adaptive_images == 0:
+            extra["adaptive"] = None
+        return run(Config(out=args.out, data_root=args.data_root, seed=args.seed, device=device, progress=progress,
+                          n_images=args.n_images, eps=args.eps, adaptive_images=args.adaptive_images, **extra))
     if args.which == "ride":
         from advrepair.experiments.ride import RideConfig, run_ride_experiment
 

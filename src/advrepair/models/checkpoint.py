@@ -115,8 +115,11 @@ def load_checkpoint(stem: str | os.PathLike[str], map_location: str | torch.devi
     if not weights.exists():
         raise CheckpointError(f"no weights at {weights}")
     with open(weights, "rb") as f:
-        head = f.read(8)
-    if any(head.startswith(m) for m in _PICKLE_MAGIC):
+        head = f.read(9)
+    # safetensors: a little-endian u64 header length, then the JSON header; a length whose
+    # low byte is 0x80 looks like pickle's magic, so only call it a pickle if no JSON follows
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not looks_safetensors and any(head.startswith(m) for m in _PICKLE_MAGIC):
         raise CheckpointError(
             f"{weights} looks like a pickle / torch.save file; advrepair only loads safetensors "
             "(convert it yourself with safetensors.torch.save_file after loading it with "
