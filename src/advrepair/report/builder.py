@@ -50,7 +50,10 @@ def _adaptive_section(store: ResultsStore, out: Path) -> tuple[list[str], list[P
     figures: list[Path] = []
     for summary in summaries:
         rows = {name: [r for k in keys if (r := store.get(k)) is not None] for name, keys in summary["rows"].items()}
-        rows = {name: rs for name, rs in rows.items() if rs}
+        order = ["clean", "static", "bpda", "bpda-short", "bpda-eot", "full-gradient"]
+        rows = {name: rows[name] for name in sorted(rows, key=lambda n: (
+            order.index(n) if n in order else len(order) + (n == "square"),
+            float(n.rsplit("-", 1)[1]) if n.startswith("defense-aware-") else 0.0)) if rows[name]}
         parts.append(adaptive_table(summary, rows))
         slug = f"{summary['model']}".replace("/", "_")
         if summary.get("lambda_sweep"):
