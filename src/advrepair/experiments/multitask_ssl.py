@@ -301,7 +301,8 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> Differenc
     a = np.asarray(correct_a, dtype=float)
     b = np.asarray(correct_b, dtype=float)
     if a.ndim != 1 or a.shape != b.shape or a.size == 0:
-        raise InputError(f"paired_difference needs two non-empty (N,) arrays of the same N, got {a.shape} and {b.shape}")
+        raise InputError("paired_difference needs two non-empty (N,) arrays of the same N, "
+                         f"got {a.shape} and {b.shape}")
     n = a.size
     d = a - b
     se_paired = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
@@ -418,8 +419,8 @@ def _diff_cell(d: Difference | None) -> str:
     return f"{100 * d.diff:+.1f} ± {100 * d.se_paired:.1f}{mark}"
 
 
-def difference_table(cfg: MultiTaskConfig, store: ResultsStore, index: dict[tuple[str, str | None, str], dict[str, Any]],
-                     reference: str | None) -> str:
+def difference_table(cfg: MultiTaskConfig, store: ResultsStore,
+                     index: dict[tuple[str, str | None, str], dict[str, Any]], reference: str | None) -> str:
     """Markdown: each repair minus ``reference`` (a combination label, ``None`` = no repair),
     in points ± paired s.e.; ``*`` marks |diff| > 2 paired s.e., ``†`` also > 2 unpaired s.e."""
     pgd = f"PGD-{cfg.pgd_steps}"
@@ -452,7 +453,8 @@ def claim_verdicts(cfg: MultiTaskConfig, store: ResultsStore,
                 if d is None:
                     continue
                 name = f"PGD-{cfg.pgd_steps}" if attack == "pgd" else "clean"
-                verdict = ("**exceeds 2 standard errors**" if d.exceeds_2se else "does **not** exceed 2 standard errors")
+                verdict = ("**exceeds 2 standard errors**" if d.exceeds_2se
+                           else "does **not** exceed 2 standard errors")
                 direction = "better" if d.diff > 0 else ("worse" if d.diff < 0 else "equal")
                 out.append(f"- {title}, {name}: {combination_title(combo)} minus contrastive alone = "
                            f"{100 * d.diff:+.1f} points (paired s.e. {100 * d.se_paired:.1f}, unpaired "
