@@ -110,6 +110,7 @@ from advrepair.training.adversarial_transformation import (Reparameterization, T
 from advrepair.training.loops import train_classifier  # noqa: E402
 from advrepair.training.recipe import ClassifierRecipe  # noqa: E402
 from advrepair.validation import check_images, check_int_at_least, check_positive  # noqa: E402
+from advrepair.report.tables import accuracy_cell  # noqa: E402
 
 PROTOCOL = "xiao2020"
 DEPLOYED = "xiao2020"
@@ -803,9 +804,7 @@ def _title(name: str) -> str:
 
 
 def _pct(rec: dict[str, Any] | None) -> str:
-    if rec is None:
-        return "-"
-    return f"{100 * rec['accuracy']:.1f} ± {100 * rec['stderr']:.1f}"
+    return accuracy_cell(rec, missing="-")
 
 
 def _budget(attack: dict[str, Any]) -> tuple[str, str, str]:

@@ -76,7 +76,7 @@ from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import read_card
 from advrepair.pipeline import ensure_classifier, ensure_ssl_task, negative_bank, ssl_file
 from advrepair.report.figures import lambda_sweep_figure
-from advrepair.report.tables import adaptive_table
+from advrepair.report.tables import accuracy_cell, adaptive_table
 from advrepair.ssl.registry import TASK_NAMES, check_task_name
 from advrepair.training import ClassifierRecipe, SSLRecipe
 from advrepair.validation import check_int_at_least, check_positive
@@ -387,10 +387,6 @@ def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
 
 # ----------------------------------------------------------------------------- report
 
-def _cell(r: dict[str, Any] | None) -> str:
-    return "n/a" if r is None else f"{100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f}"
-
-
 def _rows(cfg: MultiTaskConfig) -> list[tuple[str, str | None]]:
     return [("no repair", None)] + [(combination_title(c), combination_label(c)) for c in cfg.combinations]
 
@@ -401,7 +397,7 @@ def ablation_table(cfg: MultiTaskConfig, index: dict[tuple[str, str | None, str]
     header = ["Repair (tasks, weights)"] + [f"{title} {a}" for _, title in CLASSIFIERS for a in ("clean", pgd)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for title, label in _rows(cfg):
-        cells = [_cell(index.get((m, label, a))) for m, _ in CLASSIFIERS for a in ("clean", "pgd")]
+        cells = [accuracy_cell(index.get((m, label, a))) for m, _ in CLASSIFIERS for a in ("clean", "pgd")]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -98,7 +98,7 @@ from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
 from advrepair.models.purifier import Critic, Purifier
 from advrepair.pipeline import ensure_classifier
-from advrepair.report.tables import adaptive_table
+from advrepair.report.tables import accuracy_cell, adaptive_table
 from advrepair.training import ClassifierRecipe
 from advrepair.training.purifier import PurifierRecipe, pixel_loss, train_purifier
 from advrepair.validation import check_int_at_least, check_positive
@@ -578,10 +578,6 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
 
 # ----------------------------------------------------------------------------- tables
 
-def _cell(r: dict[str, Any] | None) -> str:
-    return "n/a" if r is None else f"{100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f}"
-
-
 def worst_case_correct(store: ResultsStore, records: Sequence[dict[str, Any] | None]) -> np.ndarray | None:
     """Per-image AND of the records' correctness (all on the same images); ``None`` if any is missing.
 
@@ -634,8 +630,8 @@ def table1_markdown(cfg: NRPConfig, store: ResultsStore,
         for label in cfg.defenses:
             key = None if label == "none" else label
             recs = [table1.get((source, k), {}).get(key) for k in cfg.table1_attacks]
-            lines.append(f"| {DEFENSE_TITLES[label]} | {_cell(clean.get(key))} | "
-                         + " | ".join(_cell(r) for r in recs) + f" | {_acc_text(worst_case_correct(store, recs))} |")
+            lines.append(f"| {DEFENSE_TITLES[label]} | {accuracy_cell(clean.get(key))} | "
+                         + " | ".join(accuracy_cell(r) for r in recs) + f" | {_acc_text(worst_case_correct(store, recs))} |")
         blocks.append("\n".join(lines) + "\n")
     header = ["Defense", "Clean", "Clean cost (points, paired s.e.)"] + \
              [f"Worst case, {SOURCE_TITLES[s]}" for s in cfg.sources()] + ["Worst case, all transfer attacks",
@@ -653,7 +649,7 @@ def table1_markdown(cfg: NRPConfig, store: ResultsStore,
         recs = [r for cell in table1.values() if (r := cell.get(key)) is not None]
         n = sum(r["n_images"] for r in recs)
         secs = "-" if key is None or not n else f"{sum(r['defense_seconds'] for r in recs) / n:.4f}"
-        lines.append(f"| {DEFENSE_TITLES[label]} | {_cell(clean.get(key))} | {cost_text} | "
+        lines.append(f"| {DEFENSE_TITLES[label]} | {accuracy_cell(clean.get(key))} | {cost_text} | "
                      + " | ".join(_acc_text(c) for c in per_source) + f" | {_acc_text(everything)} | {secs} |")
     blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
@@ -666,12 +662,12 @@ def table5_markdown(cfg: NRPConfig, table5: dict[tuple[str, str, str], dict[str,
     names = {TARGET: "Target SmallCNN", SOURCE_VGG: "SmallVGG", SOURCE_CNN: "SmallCNN (seed 1)"}
     header = ["Source", "Attack"] + [names[m] for m in scored]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines.append("| - | No attack | " + " | ".join(_cell(table5.get(("-", "clean", m))) for m in scored) + " |")
+    lines.append("| - | No attack | " + " | ".join(accuracy_cell(table5.get(("-", "clean", m))) for m in scored) + " |")
     for source in (SOURCE_VGG, SOURCE_CNN):
         for key in cfg.table5_attacks:
             cells = []
             for m in scored:
-                text = _cell(table5.get((source, key, m)))
+                text = accuracy_cell(table5.get((source, key, m)))
                 cells.append(f"{text}*" if m == source else text)
             lines.append(f"| {SOURCE_TITLES[source]} | {ATTACK_KINDS[key][0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

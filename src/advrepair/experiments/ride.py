@@ -79,6 +79,7 @@ from advrepair.evaluation.store import ResultsStore, jsonable, record_key  # noq
 from advrepair.pipeline import ensure_classifier  # noqa: E402
 from advrepair.training.recipe import ClassifierRecipe  # noqa: E402
 from advrepair.validation import check_int_at_least, check_positive  # noqa: E402
+from advrepair.report.tables import accuracy_cell  # noqa: E402
 
 PROTOCOL = "ride"
 DEFAULT_HOME = Path(os.environ.get("ADVREPAIR_HOME", Path.home() / ".cache" / "advrepair"))
@@ -373,9 +374,7 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
 
 # -- report -----------------------------------------------------------------------------------
 def _pct(rec: dict[str, Any] | None) -> str:
-    if rec is None:
-        return "-"
-    return f"{100 * rec['accuracy']:.1f} ± {100 * rec['stderr']:.1f}"
+    return accuracy_cell(rec, missing="-")
 
 
 def _label(rec: dict[str, Any]) -> str:

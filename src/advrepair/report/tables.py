@@ -48,10 +48,14 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _cell(r: dict[str, Any] | None) -> str:
+def accuracy_cell(r: dict[str, Any] | None, missing: str = "n/a") -> str:
+    """A record's accuracy as "ab.c ± d.e" (%), or ``missing`` when there is no record."""
     if r is None:
-        return "n/a"
+        return missing
     return f"{100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f}"
+
+
+_cell = accuracy_cell
 
 
 def accuracy_table(records: list[dict[str, Any]], defense_label: str | None = None) -> str:
