@@ -3,6 +3,10 @@ grouped convolution, per-model Adam on stacked tensors) at several batch sizes, 
 one-by-one reference path (``RIDE.fit_sequential``: an ``nn.Conv2d`` network and
 ``torch.optim.Adam`` per image), measured in the same run with the same settings.
 
+The JSON also bounds what any batching could reach here: the FLOPs of one image's training
+step (analytic), the FLOP rate of the one-by-one path, and this machine's large-matmul peak
+measured in the same run; ``max_speedup_at_matmul_peak`` = peak / one-by-one rate.
+
 Both paths draw the same per-image random numbers, so they compute the same estimates; the
 JSON reports the largest difference between them as a correctness check.
 
@@ -22,6 +26,28 @@ from pathlib import Path
 import torch
 
 from advrepair.defenses.ride import RIDE, resolve_network
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """What this machine's BLAS reaches on a large square matmul, best of ``repeats``: a practical
+    ceiling on the FLOP rate any convolution engine can reach here."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def flops_per_image_step(spec, channels: int, size: int, batch: int = 1) -> float:  # noqa: ANN001
+    """Multiply-adds x 2 of one training step (forward, input and weight gradients; no input
+    gradient for the first layer) of one image's network: the work no batching can remove."""
+    planes = [channels] + [spec.width] * (spec.depth - 1) + [channels]
+    forward = sum(2 * 9 * cin * cout * size * size for cin, cout in zip(planes[:-1], planes[1:]))
+    first = 2 * 9 * planes[0] * planes[1] * size * size
+    return batch * (3 * forward - first)
 
 
 def timed(fn, *args):  # noqa: ANN001, ANN202
@@ -67,8 +93,17 @@ def main() -> None:
                      "seconds_per_image_per_step": t / b / (args.iterations * args.checkpoints),
                      "speedup_vs_one_by_one": seq_per_image / (t / b)})
     check = defense(max(sizes)).fit(seq_images).estimate
+    peak = matmul_peak_gflops()
     best = max(rows, key=lambda r: r["speedup_vs_one_by_one"])
     spec = resolve_network("auto", args.channels)
+    flops = flops_per_image_step(spec, args.channels, args.size)
+    steps = args.iterations * args.checkpoints
+    seq_gflops = flops * steps / seq_per_image / 1e9
+    for row in rows:
+        row["gflops"] = flops * steps / row["seconds_per_image"] / 1e9
+    # Batching removes overhead, not arithmetic: even at the machine's matmul peak the batched
+    # engine cannot beat one-by-one by more than peak / (one-by-one FLOP rate).
+    bound = peak / seq_gflops
     result = {
         "benchmark": "ride_throughput",
         "device": "cpu",
@@ -88,6 +123,14 @@ def main() -> None:
         "best": {"batch_size": best["batch_size"], "speedup_vs_one_by_one": best["speedup_vs_one_by_one"]},
         "goal_speedup": 20.0,
         "goal_met": best["speedup_vs_one_by_one"] >= 20.0,
+        "roofline": {
+            "flops_per_image_step": flops,
+            "one_by_one_gflops": seq_gflops,
+            "best_batched_gflops": best["gflops"],
+            "matmul_peak_gflops": peak,
+            "max_speedup_at_matmul_peak": bound,
+            "goal_reachable_on_this_machine": bound >= 20.0,
+        },
         "max_abs_difference_batched_vs_one_by_one": float((check - seq.estimate).abs().max()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
