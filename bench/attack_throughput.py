@@ -1,7 +1,8 @@
 """Attack throughput, ours against torchattacks in the same run, with robust accuracy beside it.
 
-Models: the Fashion-MNIST CNN (the demo's adversarially trained one when it exists under
-$ADVREPAIR_HOME/models, else a briefly trained one) on balanced test images, and a
+Models: the Fashion-MNIST CNN, both of the demo's (adversarially trained "fashion-cnn" and
+standard "fashion-cnn-standard", read from $ADVREPAIR_HOME/models; a briefly trained one
+stands in when missing) on balanced test images, and a
 PreAct-ResNet-18 at 32x32 (random weights, random images, labels = its own predictions so
 every image starts correctly classified: a throughput measurement only).
 
@@ -28,12 +29,12 @@ from advrepair.models import PreActResNet18, SmallCNN, load_checkpoint
 HOME = Path(os.environ.get("ADVREPAIR_HOME", Path.home() / ".cache" / "advrepair"))
 
 
-def fashion_cnn(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
+def fashion_cnn(n: int, name: str = "fmnist-cnn-pgd") -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
     from advrepair.data import balanced_subset, load_dataset
 
     test = load_dataset("fashion-mnist", split="test")
     x, y = balanced_subset(test, n, seed=0).tensors()
-    stem = HOME / "models" / "fmnist-cnn-pgd" / "classifier"
+    stem = HOME / "models" / name / "classifier"
     if stem.with_suffix(".safetensors").exists():
         model, _ = load_checkpoint(stem)
         return model, x, y, str(stem) + ".safetensors"
@@ -83,6 +84,42 @@ def pairs(eps: float, n_classes: int, fast: bool) -> list[tuple[str, Callable[[A
     return out
 
 
+def pass_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 20) -> dict[str, float]:
+    """Seconds per image of one forward and of one backward pass at this batch size (best of 3
+    timings of ``repeats`` passes each)."""
+    xg = x.clone().requires_grad_(True)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            best = min(best, (time.perf_counter() - start) / repeats)
+        return best / len(x)
+
+    with torch.no_grad():
+        forward = timed(lambda: model(x))
+    both = timed(lambda: torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), y), xg))
+    return {"forward": forward, "backward": max(both - forward, 0.0)}
+
+
+def model_time_floor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ours: dict[str, Any]) -> dict[str, Any]:
+    """What the model passes alone cost: an AutoAttack member's counted forward and backward
+    passes times the per-image cost of a pass at that member's batch size (the images it
+    attacked). No implementation of the same algorithm can be faster than this sum, so
+    torchattacks' time over it bounds the speed ratio any implementation could reach."""
+    members = []
+    for m in ours.get("members", []):
+        if not m["n_images"]:
+            continue
+        cost = pass_costs(model, x[: m["n_images"]], y[: m["n_images"]])
+        members.append({"attack": m["attack"], "seconds": m["seconds"],
+                        "model_seconds": m["forward"] * cost["forward"] + m["backward"] * cost["backward"]})
+    return {"members": members, "model_seconds": sum(m["model_seconds"] for m in members)}
+
+
 def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, make: Callable[[Any], Any]) -> dict[str, float]:
     """Seconds of one call; short calls are repeated (for about 3 s, at most 30 times) and the
     best kept, so scheduler noise does not decide a ratio."""
@@ -97,8 +134,16 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, make: Call
     seconds = min(times)
     with torch.no_grad():
         robust = (model(adv).argmax(1) == y).float().mean().item()
-    return {"seconds": seconds, "repeats": len(times), "images_per_second": len(x) / seconds,
-            "robust_accuracy": robust}
+    out = {"seconds": seconds, "repeats": len(times), "images_per_second": len(x) / seconds,
+           "robust_accuracy": robust}
+    stats = getattr(attack, "stats", None)
+    if stats is not None and hasattr(stats, "forward"):  # ours counts its model passes
+        out["forward_passes_per_image"] = stats.forward / len(x)
+        out["backward_passes_per_image"] = stats.backward / len(x)
+    if isinstance(getattr(attack, "report", None), list):  # AutoAttack: where the time went
+        out["members"] = [{k: m[k] for k in ("attack", "n_images", "seconds", "forward", "backward",
+                                              "robust_accuracy")} for m in attack.report]
+    return out
 
 
 def main() -> None:
@@ -110,12 +155,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternate ours/theirs this many times and keep each side's best "
                              "(this VM's speed drifts; one round can mislead)")
-    parser.add_argument("--models", nargs="*", default=["fashion-cnn", "preact-resnet18-32x32"])
+    parser.add_argument("--models", nargs="*",
+                        default=["fashion-cnn", "fashion-cnn-standard", "preact-resnet18-32x32"])
     parser.add_argument("--attacks", nargs="*", default=None, help="subset of attack names to run")
     parser.add_argument("--out", type=Path, default=Path("bench/results/attack_throughput.json"))
     args = parser.parse_args()
     rows = []
     setups = [("fashion-cnn", lambda: fashion_cnn(args.n_cnn), args.eps_cnn),
+              ("fashion-cnn-standard", lambda: fashion_cnn(args.n_cnn, "fmnist-cnn-standard"), args.eps_cnn),
               ("preact-resnet18-32x32", lambda: resnet(args.n_resnet), args.eps_resnet)]
     for name, build, eps in setups:
         if name not in args.models:
@@ -134,6 +181,10 @@ def main() -> None:
                    "clean_accuracy": clean, "ours": a, "torchattacks": b,
                    "speed_ratio_ours_over_torchattacks": a["images_per_second"] / b["images_per_second"],
                    "robust_accuracy_difference": a["robust_accuracy"] - b["robust_accuracy"]}
+            if "members" in a:
+                floor = model_time_floor(model, x, y, a)
+                row["model_time_floor"] = floor
+                row["max_ratio_at_model_floor"] = b["seconds"] / floor["model_seconds"]
             rows.append(row)
             print(f"{name:24s} {attack_name:20s} ours {a['images_per_second']:8.1f} img/s "
                   f"(robust {a['robust_accuracy']:.3f})  torchattacks {b['images_per_second']:8.1f} img/s "

@@ -20,7 +20,10 @@ from advrepair.defenses import ReverseAttack
 from advrepair.engine import project, random_start, random_start_numbers
 from advrepair.models import SmallCNN
 from advrepair.seeding import per_image_uniform
-from advrepair.ssl import ContrastiveHead, ContrastiveTask, augment, multiview_contrastive_loss
+from advrepair.ssl import ContrastiveHead, ContrastiveTask, multiview_contrastive_loss
+# the unchecked augmentation the batched repair uses too: the public ``augment`` validates its
+# input, which would charge the naive path for checks the batched path does once per step
+from advrepair.ssl.augment import _augment as augment
 
 
 def one_view_at_a_time(defense: ReverseAttack, images: torch.Tensor) -> torch.Tensor:

@@ -39,3 +39,53 @@ def test_merge_refuses_missing_shards():
         merge_shards([[(rec, {"correct": np.ones(2, bool)})], []], 4)
     with pytest.raises(RuntimeError, match="expected 5"):
         merge_shards([[(rec, {"correct": np.ones(2, bool)})]], 5)
+
+
+class _PoisonedDefense(torch.nn.Module):
+    """Identity that logs how many images it sees and fails on one image while a flag file exists."""
+
+    def __init__(self, poison: torch.Tensor, flag: str, log: str) -> None:
+        super().__init__()
+        self.poison, self.flag, self.log = poison, flag, log
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+
+        if os.path.exists(self.flag) and any(torch.equal(row, self.poison) for row in x):
+            raise RuntimeError("poisoned image")
+        with open(self.log, "a") as f:
+            f.write(f"{x.shape[0]}\n")
+        return x
+
+    def params(self) -> dict:
+        return {"name": "poisoned-identity"}
+
+
+def test_a_failed_ray_shard_resumes_without_redoing_saved_batches(trained_cnn, shapes_test, tmp_path):
+    import sys
+
+    from advrepair.evaluation.distributed import evaluate_matrix_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests/
+    data = shapes_test.subset(range(30))
+    flag, log = tmp_path / "flag", tmp_path / "seen.log"
+    flag.write_text("fail")
+    defense = _PoisonedDefense(data.subset([20]).tensors()[0][0], str(flag), str(log))
+    entries = [ModelEntry("cnn", trained_cnn, card={"weights_sha256": "w"}, defenses={"poisoned": defense})]
+    specs = [AttackSpec("clean"), AttackSpec("pgd", {"eps": 0.1, "alpha": 0.03, "steps": 2})]
+    store = ResultsStore(tmp_path / "ray")
+    # shards [0, 15) and [15, 30); batches of 4: the second shard fails on its second batch (19-22)
+    with pytest.raises(RuntimeError, match=r"1 of 2 shards failed: images \[15, 30\).*poisoned image.*rerun"):
+        evaluate_matrix_ray(data, entries, specs, store, workers=2, batch_size=4)
+    assert store.records == [] and (tmp_path / "ray" / "shards").exists()
+    flag.unlink()
+    log.unlink()
+    merged = evaluate_matrix_ray(data, entries, specs, ResultsStore(tmp_path / "ray"), workers=2, batch_size=4)
+    # only the failed shard's unsaved images: clean from image 19 on (11), PGD on all of its 15
+    assert sum(int(n) for n in log.read_text().split()) == 11 + 15
+    assert not (tmp_path / "ray" / "shards").exists()
+    single = evaluate_matrix(data, entries, specs, ResultsStore(tmp_path / "one"), batch_size=4, progress=False)
+    one, two = ResultsStore(tmp_path / "one"), ResultsStore(tmp_path / "ray")
+    assert [r["key"] for r in merged] == [r["key"] for r in single]
+    for a, b in zip(single, merged):
+        np.testing.assert_array_equal(one.arrays(a)["correct"], two.arrays(b)["correct"])

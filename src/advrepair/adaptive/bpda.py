@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from advrepair.errors import InputError
+
 
 class BPDA(nn.Module):
     """Forward: ``defense(x)``; gradient: that of ``surrogate(x)`` (identity if None).
@@ -25,6 +27,10 @@ class BPDA(nn.Module):
     def __init__(self, defense: Callable[[torch.Tensor], torch.Tensor],
                  surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
+        if not callable(defense):
+            raise InputError(f"BPDA needs a callable defense (images -> images), got {type(defense).__name__}")
+        if surrogate is not None and not callable(surrogate):
+            raise InputError(f"BPDA's surrogate must be None (identity) or callable, got {type(surrogate).__name__}")
         self.defense = defense
         self.surrogate = surrogate
 

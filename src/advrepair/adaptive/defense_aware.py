@@ -14,7 +14,8 @@ from torch import nn
 
 from advrepair.attacks.pgd import PGD
 from advrepair.enums import Norm
-from advrepair.validation import check_positive
+from advrepair.errors import InputError
+from advrepair.validation import check_images, check_int_at_least, check_labels, check_positive
 
 
 class HasSSLLoss(Protocol):
@@ -41,6 +42,9 @@ class DefenseAwarePGD(PGD):
                          norm=norm, loss=loss, seed=seed)
         self.defense = defense
         self.lambda_s = check_positive(lambda_s, "lambda_s", allow_zero=True)
+        if self.lambda_s and not callable(getattr(defense, "ssl_loss", None)):
+            raise InputError(f"lambda_s={self.lambda_s:g} needs a defense with an ssl_loss method (e.g. a "
+                             f"ReverseAttack), got {type(defense).__name__}")
         classification_loss = self.loss
 
         def combined(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -73,6 +77,18 @@ def lambda_sweep(classifier: nn.Module, defense: HasSSLLoss, images: torch.Tenso
     Returns one dict per lambda: lambda_s, accuracy_standard, accuracy_repaired, n_images,
     the attack's parameters and the mean L_s of the adversarial images.
     """
+    if not callable(defense) or not callable(getattr(defense, "ssl_loss", None)):
+        raise InputError(f"lambda_sweep needs a defense with an ssl_loss method (e.g. a ReverseAttack), "
+                         f"got {type(defense).__name__}")
+    check_images(images)
+    check_labels(labels, images.shape[0])
+    batch_size = check_int_at_least(batch_size, "batch_size", 1)
+    try:
+        lambdas = list(lambdas)
+    except TypeError:
+        lambdas = []
+    if not lambdas:
+        raise InputError("lambdas must be a non-empty sequence of numbers >= 0 (one row per lambda_s)")
     rows = []
     for lam in lambdas:
         attack = DefenseAwarePGD(classifier, defense, lambda_s=lam, eps=eps, alpha=alpha, steps=steps, seed=seed)

@@ -27,6 +27,8 @@ class EOT(nn.Module):
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], draws: int = 10) -> None:
         super().__init__()
+        if not callable(model):
+            raise InputError(f"EOT needs a callable model, got {type(model).__name__}")
         if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
             raise InputError(f"draws must be an integer >= 1, got {draws!r}")
         self.model = model

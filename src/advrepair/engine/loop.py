@@ -12,9 +12,11 @@ from typing import Callable
 import torch
 import torch.utils.checkpoint
 
-from advrepair.engine.projection import project
+from advrepair.engine.projection import _check_budget, _check_pair, project
 from advrepair.engine.steps import MomentumSignStep, StepRule, default_step_rule
 from advrepair.enums import Norm
+from advrepair.errors import InputError
+from advrepair.validation import check_int_at_least
 
 #: ``loss_fn(x, step) -> per-image loss of shape (B,)``; ``step`` lets a loss draw the
 #: randomness it prepared for that step (augmentations of a reverse attack, say).
@@ -74,6 +76,17 @@ def projected_gradient(
     for about one more forward-backward per step; the derivative is unchanged. Needs a
     stateless step rule (sign or L2), since a recomputed step must not advance momentum.
     """
+    norm = Norm.parse(norm)
+    _check_pair(start, center, "start")
+    if not callable(loss_fn):
+        raise InputError(f"loss_fn must be callable (x, step) -> (B,) losses, got {type(loss_fn).__name__}")
+    steps = check_int_at_least(steps, "steps", 0)
+    _check_budget(eps, start.shape[0])
+    _check_budget(step_size, start.shape[0], "step_size")
+    if isinstance(eps, torch.Tensor) and not bool((eps >= 0).all()):
+        raise InputError("eps must be >= 0 for every image (no NaN), got a tensor with negative or NaN entries")
+    if surrogate is not None and not callable(surrogate):
+        raise InputError(f"surrogate must be None or callable, got {type(surrogate).__name__}")
     rule = step_rule or default_step_rule(norm)
     rule.reset()
     sign = 1.0 if maximize else -1.0
@@ -81,7 +94,7 @@ def projected_gradient(
         step_size = step_size.view(-1, *([1] * (start.dim() - 1)))
     x = start
     if checkpoint and isinstance(rule, MomentumSignStep):
-        raise ValueError("checkpoint=True needs a stateless step rule (sign or L2), not momentum")
+        raise InputError("checkpoint=True needs a stateless step rule (sign or L2), not momentum")
     for k in range(steps):
         if surrogate is not None and torch.is_grad_enabled() and x.requires_grad:
             def unrolled_step(z: torch.Tensor, k: int = k) -> tuple[torch.Tensor, torch.Tensor]:

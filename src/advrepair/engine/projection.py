@@ -1,9 +1,35 @@
 """Projections onto perturbation budgets and random starts inside them."""
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 
 from advrepair.enums import Norm
+from advrepair.errors import InputError
+
+
+def _check_budget(eps: Any, batch: int, name: str = "eps") -> None:
+    """A budget is a number >= 0 (inf allowed) or a (B,) tensor; Python-level only, no device sync."""
+    if isinstance(eps, torch.Tensor):
+        if eps.numel() not in (1, batch):
+            raise InputError(f"a tensor {name} must hold one budget per image ({batch}), got shape {tuple(eps.shape)}")
+        return
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number or a (B,) tensor, got {type(eps).__name__}") from None
+    if math.isnan(value) or value < 0:
+        raise InputError(f"{name} must be >= 0, got {eps!r}")
+
+
+def _check_pair(x: Any, center: Any, x_name: str) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(center, torch.Tensor):
+        raise InputError(f"{x_name} and center must be tensors, got {type(x).__name__} and {type(center).__name__}")
+    if x.shape != center.shape or x.dim() < 2:
+        raise InputError(f"{x_name} and center must have the same (B, ...) shape, got {tuple(x.shape)} and "
+                         f"{tuple(center.shape)}")
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -18,6 +44,10 @@ def project(x: torch.Tensor, center: torch.Tensor, eps: float | torch.Tensor, no
     usual practice of PGD implementations; it is not the exact projection onto the
     intersection).
     """
+    if not isinstance(norm, Norm):
+        norm = Norm.parse(norm)
+    _check_pair(x, center, "x")
+    _check_budget(eps, x.shape[0])
     delta = x - center
     if norm is Norm.LINF:
         if isinstance(eps, torch.Tensor):
@@ -39,6 +69,13 @@ def random_start(center: torch.Tensor, eps: float, norm: Norm, uniform: torch.Te
     given uniforms) and a radius ``eps * u^(1/d)``, uniform in the ball's volume.
     ``uniform`` has shape ``(B, C, H, W)`` for L-inf and ``(B, 2*C*H*W + 1)`` for L2.
     """
+    norm = Norm.parse(norm)
+    _check_pair(center, center, "center")
+    _check_budget(eps, center.shape[0])
+    wanted = (center.shape[0], *random_start_numbers(center, norm))
+    if not isinstance(uniform, torch.Tensor) or tuple(uniform.shape) != wanted:
+        got = tuple(uniform.shape) if isinstance(uniform, torch.Tensor) else type(uniform).__name__
+        raise InputError(f"random_start needs uniform numbers of shape {wanted} for {norm.value}, got {got}")
     if norm is Norm.LINF:
         start = center + (2 * uniform.view_as(center) - 1) * eps
     else:
@@ -53,5 +90,7 @@ def random_start(center: torch.Tensor, eps: float, norm: Norm, uniform: torch.Te
 
 def random_start_numbers(center: torch.Tensor, norm: Norm) -> tuple[int, ...]:
     """The per-image shape of uniform numbers ``random_start`` needs."""
+    norm = Norm.parse(norm)
+    _check_pair(center, center, "center")
     d = center[0].numel()
     return tuple(center.shape[1:]) if norm is Norm.LINF else (2 * d + 1,)

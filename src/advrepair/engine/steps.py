@@ -6,6 +6,7 @@ from typing import Callable, Protocol
 import torch
 
 from advrepair.enums import Norm
+from advrepair.validation import check_positive
 
 
 class StepRule(Protocol):
@@ -45,7 +46,7 @@ class MomentumSignStep:
     """MI-FGSM (Dong et al. 2018): ``g <- mu * g + grad / ||grad||_1``, direction ``sign(g)``."""
 
     def __init__(self, decay: float = 1.0) -> None:
-        self.decay = decay
+        self.decay = check_positive(decay, "decay", allow_zero=True)
         self._velocity: torch.Tensor | None = None
 
     def reset(self) -> None:
@@ -59,16 +60,18 @@ class MomentumSignStep:
 
 
 def default_step_rule(norm: Norm) -> StepRule:
-    return SignStep() if norm is Norm.LINF else L2Step()
+    return SignStep() if Norm.parse(norm) is Norm.LINF else L2Step()
 
 
 def tanh_surrogate(temperature: float = 1.0) -> "Callable[[torch.Tensor], torch.Tensor]":
     """``g -> tanh(g / temperature)``: a smooth stand-in for ``sign(g)`` in backward passes."""
+    check_positive(temperature, "temperature")
     return lambda g: torch.tanh(g / temperature)
 
 
 def soft_sign_surrogate(temperature: float = 1.0) -> "Callable[[torch.Tensor], torch.Tensor]":
     """``g -> g / (|g| + temperature)``: the soft-sign stand-in for ``sign(g)``."""
+    check_positive(temperature, "temperature")
     return lambda g: g / (g.abs() + temperature)
 
 
@@ -81,6 +84,7 @@ def relative_tanh_surrogate(temperature: float = 1.0) -> "Callable[[torch.Tensor
     Scaling by each image's mean |g| keeps ``temperature`` meaningful on any model:
     about 1 means a typical coordinate sits where tanh bends.
     """
+    check_positive(temperature, "temperature")
     def surrogate(g: torch.Tensor) -> torch.Tensor:
         scale = g.detach().abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
         return torch.tanh(g / (temperature * scale))

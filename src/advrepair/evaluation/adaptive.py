@@ -45,6 +45,7 @@ from advrepair.errors import InputError
 from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluate_cells, _params_of, weights_id
 from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore, record_key
+from advrepair.validation import check_positive
 
 SURROGATES: dict[str, Callable[[float], Callable[[torch.Tensor], torch.Tensor]]] = {
     "relative-tanh": relative_tanh_surrogate, "tanh": tanh_surrogate, "soft-sign": soft_sign_surrogate}
@@ -69,15 +70,17 @@ class AdaptiveConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise InputError(f"eps must be > 0, got {self.eps}")
+        check_positive(self.eps, "eps")
+        if self.alpha is not None:
+            check_positive(self.alpha, "alpha")
+        check_positive(self.surrogate_temperature, "surrogate_temperature")
         for name in ("steps", "eot_draws", "unroll_steps", "square_queries", "randomized_draws"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {value!r}")
         if self.surrogate not in SURROGATES:
             raise InputError(f"unknown surrogate {self.surrogate!r}; choose from {sorted(SURROGATES)}")
-        if any(lam < 0 for lam in self.lambdas):
+        if any(isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0 for lam in self.lambdas):
             raise InputError(f"lambdas must be >= 0, got {self.lambdas}")
 
     @property

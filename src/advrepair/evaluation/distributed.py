@@ -1,20 +1,32 @@
 """Distributed evaluation on Ray: images sharded across workers, merged deterministically.
 
 The images are cut into ``workers`` contiguous shards; each Ray task runs
-``evaluate_matrix`` on its shard (into a private temporary store, with keys computed for
-the whole set), and the driver merges the records key by key in shard order: per-image
+``evaluate_matrix`` on its shard (into its own store under ``out/shards/``, with keys computed
+for the whole set), and the driver merges the records key by key in shard order: per-image
 arrays are concatenated, accuracies recomputed from them, seconds and passes summed. Every
 attack and defense seeds its randomness per image from the image's content, so the merged
 results equal a single-process run with the same seeds (times aside), whatever the number
 of workers. Ray is an optional extra (``pip install advrepair[ray]``); a worker is one
 CPU slot or one GPU (``gpus_per_worker``).
 
+Resumable: a shard's store keeps its finished records and, through ``evaluate_matrix``,
+its per-batch state, so after a crash (a worker, the driver or the machine) a rerun with
+the same images and number of workers evaluates only what no shard had saved. When one shard
+fails the others still finish and save before the error is raised. The shard stores are
+removed once the merged records are in the main store. On a multi-machine cluster the
+output folder must be on a file system every worker can write (else pass
+``persist_shards=False`` and lose in-progress shards on a crash).
+
 Example:
     >>> records = evaluate_matrix_ray(subset, entries, specs, ResultsStore("out"), workers=2)
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,13 +49,20 @@ def _import_ray() -> Any:
 
 
 def _run_shard(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec], batch_size: int,
-               device: str, subset: str, key_images: int) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+               device: str, subset: str, key_images: int,
+               shard_dir: str | None = None) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
     torch.set_num_threads(1)  # one CPU slot per worker
     with tempfile.TemporaryDirectory(prefix="advrepair-shard-") as tmp:
-        store = ResultsStore(tmp, resume=False)
+        store = ResultsStore(shard_dir or tmp, resume=True)
         records = evaluate_matrix(data, models, attacks, store, batch_size=batch_size, device=device, subset=subset,
                                   progress=False, key_images=key_images)
         return [(r, store.arrays(r)) for r in records]
+
+
+def shard_dir(out_dir: Path, subset: str, n_images: int, start: int, stop: int) -> Path:
+    """Where shard [start, stop) of a run keeps its records and per-batch state."""
+    ident = hashlib.sha1(json.dumps([subset, n_images]).encode()).hexdigest()[:12]
+    return Path(out_dir) / "shards" / f"{ident}-{start}-{stop}"
 
 
 def shard_bounds(n: int, workers: int) -> list[tuple[int, int]]:
@@ -105,16 +124,21 @@ def merge_shards(parts: list[list[tuple[dict[str, Any], dict[str, np.ndarray]]]]
 def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec],
                         store: ResultsStore, *, workers: int = 2, address: str | None = None,
                         gpus_per_worker: float = 0.0, batch_size: int = 250, device: str = "cpu",
-                        subset: str = "") -> list[dict[str, Any]]:
+                        subset: str = "", persist_shards: bool = True) -> list[dict[str, Any]]:
     """``evaluate_matrix`` with the images sharded over ``workers`` Ray tasks.
 
     ``address``: an existing cluster ("auto" or "ray://host:port"); ``None`` starts a local
-    one with ``workers`` CPUs. Records already in ``store`` (a resumed run) are kept and
-    not recomputed when every record of the run is there.
+    one with ``workers`` CPUs. Records already in ``store`` are kept; shards resume from
+    ``store.out_dir/shards`` (see the module docstring) unless ``persist_shards`` is False.
+
+    Raises:
+        RuntimeError: naming the shards that failed, after every other shard has finished.
     """
     ray = _import_ray()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be an integer >= 1, got {workers!r}")
+    bounds = shard_bounds(len(data), workers)
+    dirs = [shard_dir(store.out_dir, subset, len(data), a, b) if persist_shards else None for a, b in bounds]
     started = False
     if not ray.is_initialized():
         if address is None:
@@ -123,11 +147,20 @@ def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: l
             ray.init(address=address, log_to_driver=False)
         started = True
     try:
-        task = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_run_shard)
-        bounds = shard_bounds(len(data), workers)
-        futures = [task.remote(data.subset(range(a, b)), models, attacks, batch_size, device, subset, len(data))
-                   for a, b in bounds]
-        parts = ray.get(futures)
+        task = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_retries=0)(_run_shard)
+        futures = [task.remote(data.subset(range(a, b)), models, attacks, batch_size, device, subset, len(data),
+                               None if d is None else str(d))
+                   for (a, b), d in zip(bounds, dirs)]
+        ray.wait(futures, num_returns=len(futures))  # let every shard finish (and save) before judging
+        parts, failed = [], []
+        for (a, b), future in zip(bounds, futures):
+            try:
+                parts.append(ray.get(future))
+            except Exception as exc:  # noqa: BLE001 - reported below with every failed shard
+                failed.append(f"images [{a}, {b}): {type(exc).__name__}: {str(exc).strip().splitlines()[-1]}")
+        if failed:
+            hint = " Finished batches are saved; rerun the same command to resume." if persist_shards else ""
+            raise RuntimeError(f"{len(failed)} of {len(bounds)} shards failed: " + "; ".join(failed) + hint)
     finally:
         if started:
             ray.shutdown()
@@ -136,4 +169,9 @@ def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: l
         if not store.has(record["key"]):
             store.add(record, arrays)
         out.append(store.get(record["key"]))
+    for d in dirs:
+        if d is not None and d.exists():
+            shutil.rmtree(d)
+    if persist_shards and (store.out_dir / "shards").exists() and not any((store.out_dir / "shards").iterdir()):
+        (store.out_dir / "shards").rmdir()
     return out

@@ -16,11 +16,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from advrepair.attacks import Attack, make_attack
+from advrepair.attacks import ATTACKS, Attack, make_attack
 from advrepair.data import ImageDataset
+from advrepair.errors import InputError
 from advrepair.evaluation.metrics import accuracy_of
 from advrepair.evaluation.partial import PartialCells
 from advrepair.evaluation.store import ResultsStore, record_key
+from advrepair.runtime import resolve_device
+from advrepair.validation import check_int_at_least
 
 CLEAN = "clean"
 SAMPLES_KEPT = 8
@@ -43,10 +46,14 @@ class AttackSpec:
     through: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or (self.name != CLEAN and self.name.lower() not in ATTACKS):
+            raise InputError(f"unknown attack {self.name!r}; expected {CLEAN!r} or one of {sorted(ATTACKS)}")
+        if not isinstance(self.params, dict):
+            raise InputError(f"params must be a dict of attack parameters, got {type(self.params).__name__}")
         if self.through is not None and self.through not in THROUGH:
-            raise ValueError(f"through must be None or one of {THROUGH}, got {self.through!r}")
+            raise InputError(f"through must be None or one of {THROUGH}, got {self.through!r}")
         if self.through is not None and self.name == CLEAN:
-            raise ValueError("the clean spec has no attack to craft through a defense")
+            raise InputError("the clean spec has no attack to craft through a defense")
 
     def build(self, model: nn.Module) -> Attack | None:
         return None if self.name == CLEAN else make_attack(self.name, model, **self.params)
@@ -64,6 +71,20 @@ class ModelEntry:
     classifier: nn.Module
     card: dict[str, Any] = field(default_factory=dict)
     defenses: dict[str, nn.Module] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.classifier, nn.Module):
+            raise InputError(f"ModelEntry {self.name!r}: classifier must be an nn.Module, "
+                             f"got {type(self.classifier).__name__}")
+        if not isinstance(self.card, dict):
+            raise InputError(f"ModelEntry {self.name!r}: card must be a dict, got {type(self.card).__name__}")
+        if not isinstance(self.defenses, dict):
+            raise InputError(f"ModelEntry {self.name!r}: defenses must be a dict {{label: module}}, "
+                             f"got {type(self.defenses).__name__}")
+        for label, defense in self.defenses.items():
+            if not isinstance(label, str) or not callable(defense):
+                raise InputError(f"ModelEntry {self.name!r}: defense {label!r} must be a callable under a str "
+                                 f"label, got {type(defense).__name__}")
 
 
 def weights_id(card: dict[str, Any]) -> str:
@@ -90,7 +111,20 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
     Records already in the store (same dataset, subset, model weights, attack and defense
     parameters) are skipped, so an interrupted evaluation resumes where it stopped.
     """
-    device = torch.device(device)
+    if not isinstance(data, ImageDataset):
+        raise InputError(f"data must be an ImageDataset, got {type(data).__name__}")
+    if len(data) == 0:
+        raise InputError(f"data {data.name!r} is an empty dataset: there is nothing to evaluate")
+    for what, items, kind in (("models", models, ModelEntry), ("attacks", attacks, AttackSpec)):
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, kind) for i in items):
+            got = [type(i).__name__ for i in items] if isinstance(items, (list, tuple)) else type(items).__name__
+            raise InputError(f"{what} must be a list of {kind.__name__}, got {got}")
+    if not isinstance(store, ResultsStore):
+        raise InputError(f"store must be a ResultsStore, got {type(store).__name__}")
+    batch_size = check_int_at_least(batch_size, "batch_size", 1)
+    if key_images is not None and check_int_at_least(key_images, "key_images", 1) < len(data):
+        raise InputError(f"key_images={key_images} is smaller than this shard's {len(data)} images")
+    device = resolve_device(device)
     out: list[dict[str, Any]] = []
     for entry in models:
         clf = entry.classifier.to(device).eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import os
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class ResultsStore:
 
     def __init__(self, out_dir: str | os.PathLike[str], resume: bool = True) -> None:
         self.out_dir = Path(out_dir)
+        self.resume = resume
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "arrays").mkdir(exist_ok=True)
         self.path = self.out_dir / "results.json"
@@ -61,6 +63,8 @@ class ResultsStore:
                 atomic_write_text(self.path, "[]\n")
             for stale in (self.out_dir / "partial").glob("*") if (self.out_dir / "partial").exists() else []:
                 stale.unlink()  # a fresh start must not pick up an interrupted run's batches
+            if (self.out_dir / "shards").exists():  # nor an interrupted distributed run's shards
+                shutil.rmtree(self.out_dir / "shards")
 
     def has(self, key: str) -> bool:
         return any(r.get("key") == key for r in self.records)

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from advrepair.errors import InputError
 from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore
 
@@ -14,18 +15,23 @@ def worst_case(store: ResultsStore, records: list[dict[str, Any]]) -> Accuracy:
     """Accuracy of the per-image AND of ``records``' correctness (same images, same order).
 
     Raises:
-        ValueError: if the records cover different image counts or lack per-image arrays.
+        InputError (a ValueError): if the records cover different image counts or lack per-image arrays.
     """
+    if not isinstance(store, ResultsStore):
+        raise InputError(f"store must be a ResultsStore, got {type(store).__name__}")
     if not records:
-        raise ValueError("worst_case needs at least one record")
+        raise InputError("worst_case needs at least one record")
+    for r in records:
+        if not isinstance(r, dict) or "n_images" not in r:
+            raise InputError(f"worst_case needs result records (dicts with n_images), got {str(r)[:100]}")
     sizes = {r["n_images"] for r in records}
     subsets = {r.get("subset") for r in records}
     if len(sizes) != 1 or len(subsets) != 1:
-        raise ValueError(f"records cover different images (n={sorted(sizes)}, subsets={sorted(map(str, subsets))})")
+        raise InputError(f"records cover different images (n={sorted(sizes)}, subsets={sorted(map(str, subsets))})")
     correct = np.ones(sizes.pop(), dtype=bool)
     for r in records:
         arrays = store.arrays(r)
         if "correct" not in arrays:
-            raise ValueError(f"record {r.get('key')} has no per-image correctness")
+            raise InputError(f"record {r.get('key')} has no per-image correctness")
         correct &= arrays["correct"].astype(bool)
     return Accuracy(int(correct.sum()), int(correct.size))

@@ -40,6 +40,7 @@ class PreActResNet18(Classifier):
     """Shapes: (B, C, 32, 32) -> logits (B, num_classes); features (B, 512)."""
 
     arch = "preact-resnet18"
+    fixed_size = False  # global average pooling: any image size works
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
                  mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD) -> None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advrepair.errors import InputError
 from advrepair.models.base import Classifier
 from advrepair.models.preact_resnet import CIFAR10_MEAN, CIFAR10_STD, PreActBlock
 
@@ -15,6 +16,7 @@ class WideResNet(Classifier):
     """WRN-depth-widen; shapes (B, C, 32, 32) -> logits; features (B, 64 * widen)."""
 
     arch = "wide-resnet"
+    fixed_size = False  # global average pooling: any image size works
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
                  depth: int = 28, widen: int = 10, dropout: float = 0.0,
@@ -22,7 +24,7 @@ class WideResNet(Classifier):
         super().__init__(in_channels=in_channels, num_classes=num_classes, input_size=input_size,
                          mean=mean, std=std)
         if (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n + 4, got {depth}")
+            raise InputError(f"WideResNet depth must be 6n + 4, got {depth}")
         self.config.update(depth=depth, widen=widen, dropout=dropout)
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]

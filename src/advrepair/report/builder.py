@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from advrepair.errors import InputError
 from advrepair.evaluation.store import ResultsStore
 from advrepair.evaluation.worst_case import worst_case
 from advrepair.report.figures import (accuracy_bars, image_grid, iterate_accuracy_figure, lambda_sweep_figure,
@@ -69,7 +70,13 @@ def _adaptive_section(store: ResultsStore, out: Path) -> tuple[list[str], list[P
 
 
 def write_report(out_dir: str | Path, title: str = "advrepair report") -> Path:
-    """Write ``report.md`` (tables) and PNG figures into ``out_dir``; returns report.md's path."""
+    """Write ``report.md`` (tables) and PNG figures into ``out_dir``; returns report.md's path.
+
+    Raises:
+        InputError: ``out_dir`` holds no results.json (nothing to report; nothing is created).
+    """
+    if not (Path(out_dir) / "results.json").is_file():
+        raise InputError(f"no results.json in {out_dir}: run an evaluation into that folder first")
     store = ResultsStore(out_dir, resume=True)
     records = [r for r in store.records if "kind" not in r and "protocol" not in r]
     out = Path(out_dir)

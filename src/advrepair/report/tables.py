@@ -4,6 +4,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from advrepair.errors import InputError
+
+
+def _check_records(records: Any, keys: tuple[str, ...], table: str) -> None:
+    """Refuse anything but a list of result records carrying ``keys`` (what the table reads)."""
+    if not isinstance(records, (list, tuple)):
+        raise InputError(f"{table} needs a list of result records, got {type(records).__name__}")
+    for i, r in enumerate(records):
+        missing = [k for k in keys if k not in r] if isinstance(r, dict) else list(keys)
+        if missing:
+            raise InputError(f"{table}: record {i} is not a result record (missing {missing})")
 
 DISPLAY_NAMES = {"autoattack": "AutoAttack", "apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR", "apgd-t": "APGD-T",
                  "fab-t": "FAB-T", "square": "Square", "hopskipjump": "HopSkipJump", "cw-pgd": "C&W",
@@ -60,6 +71,7 @@ _cell = accuracy_cell
 
 def accuracy_table(records: list[dict[str, Any]], defense_label: str | None = None) -> str:
     """Rows = models, columns = attacks x (Standard, Repaired), cells = accuracy ± s.e. (%)."""
+    _check_records(records, ("model", "attack", "dataset"), "accuracy_table")
     if not records:
         return "_no results_\n"
     defenses = sorted({r["defense"]["label"] for r in records if r.get("defense")})
@@ -100,6 +112,7 @@ def accuracy_table(records: list[dict[str, Any]], defense_label: str | None = No
 
 def cost_table(records: list[dict[str, Any]]) -> str:
     """Seconds per image and passes per image of each attack and defense."""
+    _check_records(records, ("model", "attack", "n_images", "attack_seconds", "defense_seconds"), "cost_table")
     lines = ["| Model | Attack | Defense | attack s/img | defense s/img | attack fwd/img | attack bwd/img |",
              "|---|---|---|---|---|---|---|"]
     for r in records:

@@ -20,6 +20,9 @@ import kornia
 import torch
 import torch.nn.functional as F
 
+from advrepair.errors import InputError
+from advrepair.validation import check_images
+
 #: uniforms one augmented view consumes per image
 N_AUG_NUMBERS = 10
 
@@ -36,6 +39,27 @@ class AugmentConfig:
     hue: float = 0.1
     grayscale_p: float = 0.2
 
+    def __post_init__(self) -> None:
+        def pair(name: str) -> tuple[float, float]:
+            value = getattr(self, name)
+            try:
+                lo, hi = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise InputError(f"AugmentConfig.{name} must be a pair (lo, hi), got {value!r}") from None
+            return lo, hi
+
+        lo, hi = pair("crop_scale")
+        if not 0 < lo <= hi <= 1:
+            raise InputError(f"AugmentConfig.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale!r}")
+        lo, hi = pair("crop_ratio")
+        if not 0 < lo <= hi < math.inf:
+            raise InputError(f"AugmentConfig.crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio!r}")
+        for name, top in (("jitter_p", 1.0), ("grayscale_p", 1.0), ("brightness", 1.0), ("contrast", 1.0),
+                          ("saturation", 1.0), ("hue", 0.5)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top:
+                raise InputError(f"AugmentConfig.{name} must lie in [0, {top:g}], got {value!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -48,6 +72,20 @@ class AugmentConfig:
         return cls(**d)
 
 
+def _check_augment_args(images: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig, u_shape: str,
+                        per_image: tuple[int, ...] | None = None) -> None:
+    check_images(images)
+    if images.shape[1] not in (1, 3):
+        raise InputError(f"augmentations take gray (1 channel) or RGB (3 channel) images, got shape "
+                         f"{tuple(images.shape)}")
+    if not isinstance(u, torch.Tensor) or (per_image is not None and tuple(u.shape) != (images.shape[0], *per_image)) \
+            or (per_image is None and (u.dim() != 3 or u.shape[0] != images.shape[0] or u.shape[2] != N_AUG_NUMBERS)):
+        got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise InputError(f"u must have shape {u_shape} for {images.shape[0]} images, got {got}")
+    if not isinstance(cfg, AugmentConfig):
+        raise InputError(f"cfg must be an AugmentConfig, got {type(cfg).__name__}")
+
+
 def augment(images: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
     """One augmented view per image.
 
@@ -56,7 +94,16 @@ def augment(images: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig = AugmentC
         u: (B, N_AUG_NUMBERS) uniform numbers in [0, 1).
     Returns:
         (B, C, H, W) in [0, 1], differentiable with respect to ``images``.
+
+    Raises:
+        InputError: images that are not (B, 1 or 3, H, W) in [0, 1], or ``u`` of another shape.
     """
+    _check_augment_args(images, u, cfg, f"(B, {N_AUG_NUMBERS})", (N_AUG_NUMBERS,))
+    return _augment(images, u, cfg)
+
+
+def _augment(images: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """:func:`augment` without the argument checks (for callers that checked already)."""
     b, c, h, w = images.shape
     u = u.to(images.dtype)
     # random resized crop as an affine resampling of the image
@@ -98,7 +145,16 @@ def augment_views(images: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig = Au
         images: (B, C, H, W); u: (B, n, N_AUG_NUMBERS).
     Returns:
         (B * n, C, H, W), views of image ``i`` at rows ``i*n .. i*n + n - 1``.
+
+    Raises:
+        InputError: as :func:`augment`, with ``u`` of shape (B, n, N_AUG_NUMBERS).
     """
+    _check_augment_args(images, u, cfg, f"(B, n, {N_AUG_NUMBERS})")
+    return _augment_views(images, u, cfg)
+
+
+def _augment_views(images: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """:func:`augment_views` without the argument checks (for callers that checked already)."""
     b, n = u.shape[:2]
     rep = images.unsqueeze(1).expand(b, n, *images.shape[1:]).reshape(b * n, *images.shape[1:])
-    return augment(rep, u.reshape(b * n, -1), cfg)
+    return _augment(rep, u.reshape(b * n, -1), cfg)

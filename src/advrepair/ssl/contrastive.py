@@ -22,14 +22,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advrepair.errors import InputError
 from advrepair.models.base import Classifier
 from advrepair.models.registry import register_architecture
-from advrepair.ssl.augment import N_AUG_NUMBERS, AugmentConfig, augment, augment_views
+from advrepair.ssl.augment import N_AUG_NUMBERS, AugmentConfig, _augment, _augment_views
 from advrepair.ssl.task import SelfSupervisedTask
+from advrepair.validation import check_images, check_int_at_least, check_positive
+
+
+def _check_embeddings(z: object, dims: int, what: str) -> torch.Tensor:
+    if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() != dims:
+        got = f"{z.dtype} {tuple(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
+        raise InputError(f"{what} must be a float tensor with {dims} dimensions, got {got}")
+    return z
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     """SimCLR's NT-Xent over a batch: (N, d), (N, d) -> scalar; 2N - 2 negatives per anchor."""
+    _check_embeddings(z1, 2, "z1")
+    _check_embeddings(z2, 2, "z2")
+    if z1.shape != z2.shape or z1.shape[0] < 1:
+        raise InputError(f"z1 and z2 must be (N, d) embeddings of the same shape, got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
+    check_positive(tau, "tau")
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     n = z1.shape[0]
     sim = z @ z.t() / tau
@@ -47,6 +62,12 @@ def multiview_contrastive_loss(z_views: torch.Tensor, z_negatives: torch.Tensor,
     Returns:
         (B,) the mean over anchor/positive pairs of the InfoNCE loss.
     """
+    _check_embeddings(z_views, 3, "z_views")
+    _check_embeddings(z_negatives, 2, "z_negatives")
+    if z_views.shape[1] < 2 or z_negatives.shape[1] != z_views.shape[2]:
+        raise InputError(f"need z_views (B, n >= 2, d) and z_negatives (M, d) with the same d, got "
+                         f"{tuple(z_views.shape)} and {tuple(z_negatives.shape)}")
+    check_positive(tau, "tau")
     b, n, _ = z_views.shape
     zv = F.normalize(z_views, dim=-1)
     zn = F.normalize(z_negatives, dim=-1)
@@ -65,6 +86,9 @@ class ContrastiveHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int = 256, out_dim: int = 128) -> None:
         super().__init__()
+        in_dim = check_int_at_least(in_dim, "in_dim", 1)
+        hidden_dim = check_int_at_least(hidden_dim, "hidden_dim", 1)
+        out_dim = check_int_at_least(out_dim, "out_dim", 1)
         self.config = dict(in_dim=in_dim, hidden_dim=hidden_dim, out_dim=out_dim)
         self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
 
@@ -93,8 +117,15 @@ class ContrastiveTask(SelfSupervisedTask):
                  augment_cfg: AugmentConfig = AugmentConfig(), negatives: torch.Tensor | None = None,
                  negatives_seed: int = 0) -> None:
         super().__init__()
-        if n_views < 2:
-            raise ValueError(f"n_views must be >= 2 (positives are pairs of views), got {n_views}")
+        if not isinstance(head, ContrastiveHead):
+            raise InputError(f"ContrastiveTask needs a ContrastiveHead, got {type(head).__name__}")
+        if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < 2:
+            raise InputError(f"n_views must be an integer >= 2 (positives are pairs of views), got {n_views!r}")
+        check_positive(tau, "tau")
+        if not isinstance(augment_cfg, AugmentConfig):
+            raise InputError(f"augment_cfg must be an AugmentConfig, got {type(augment_cfg).__name__}")
+        if negatives is not None:
+            check_images(negatives, "negatives")
         self.head, self.tau, self.n_views, self.augment_cfg = head, tau, n_views, augment_cfg
         self.negatives_seed = negatives_seed
         self.register_buffer("negatives", negatives if negatives is not None else torch.empty(0), persistent=False)
@@ -107,27 +138,39 @@ class ContrastiveTask(SelfSupervisedTask):
     def training_numbers_per_image(self) -> tuple[int, ...]:
         return (2, N_AUG_NUMBERS)
 
+    @staticmethod
+    def _check(images: torch.Tensor, u: torch.Tensor, per_image: tuple[int, ...]) -> None:
+        check_images(images)
+        if images.shape[1] not in (1, 3):
+            raise InputError(f"the contrastive task's augmentations take 1- or 3-channel images, got shape "
+                             f"{tuple(images.shape)}")
+        if not isinstance(u, torch.Tensor) or tuple(u.shape) != (images.shape[0], *per_image):
+            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise InputError(f"the contrastive task needs u of shape {(images.shape[0], *per_image)}, got {got}")
+
     def embed(self, backbone: Classifier, images: torch.Tensor) -> torch.Tensor:
         return self.head(backbone.features(images))
 
     def context(self, backbone: Classifier) -> torch.Tensor:
         if self.negatives.numel() == 0:
-            raise ValueError("ContrastiveTask needs a negative bank: pass negatives=(M, C, H, W) clean images")
+            raise InputError("ContrastiveTask needs a negative bank: pass negatives=(M, C, H, W) clean images")
         gen = torch.Generator().manual_seed(self.negatives_seed)
         u = torch.rand(self.negatives.shape[0], N_AUG_NUMBERS, generator=gen).to(self.negatives.device)
         with torch.no_grad():
-            return self.embed(backbone, augment(self.negatives, u, self.augment_cfg))
+            return self.embed(backbone, _augment(self.negatives, u, self.augment_cfg))
 
     def per_image_loss(self, backbone: Classifier, images: torch.Tensor, u: torch.Tensor,
                        context: Any) -> torch.Tensor:
+        self._check(images, u, self.numbers_per_image)
         b = images.shape[0]
-        views = augment_views(images, u, self.augment_cfg)
+        views = _augment_views(images, u, self.augment_cfg)
         z = self.embed(backbone, views).view(b, self.n_views, -1)
         return multiview_contrastive_loss(z, context, self.tau)
 
     def training_loss(self, backbone: Classifier, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        self._check(images, u, self.training_numbers_per_image)
         with torch.no_grad():  # the classifier is frozen: only G learns
-            f = backbone.features(augment_views(images, u, self.augment_cfg))
+            f = backbone.features(_augment_views(images, u, self.augment_cfg))
         f = f.view(images.shape[0], 2, -1)
         return nt_xent(self.head(f[:, 0]), self.head(f[:, 1]), self.tau)
 

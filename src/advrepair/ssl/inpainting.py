@@ -51,7 +51,7 @@ from advrepair.errors import InputError
 from advrepair.models.base import Classifier
 from advrepair.models.registry import register_architecture
 from advrepair.ssl.task import SelfSupervisedTask
-from advrepair.validation import check_int_at_least
+from advrepair.validation import check_images, check_int_at_least
 
 MASK_MODES = ("center", "random")
 #: uniforms one random rectangle consumes: height, width, top, left
@@ -145,6 +145,11 @@ register_architecture(InpaintingNet.arch, InpaintingNet)
 def center_mask(batch: int, height: int, width: int, frac: float = 0.5,
                 device: torch.device | None = None) -> torch.Tensor:
     """(B, 1, H, W) mask, 1 on the central ``round(frac*H) x round(frac*W)`` rectangle."""
+    batch = check_int_at_least(batch, "batch", 1)
+    height = check_int_at_least(height, "height", 1)
+    width = check_int_at_least(width, "width", 1)
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+        raise InputError(f"frac (the masked side's fraction of the image side) must lie in (0, 1], got {frac!r}")
     mh, mw = max(1, round(frac * height)), max(1, round(frac * width))
     top, left = (height - mh) // 2, (width - mw) // 2
     m = torch.zeros(batch, 1, height, width, device=device)
@@ -163,9 +168,17 @@ def random_rect_mask(u: torch.Tensor, height: int, width: int,
     Returns:
         (B, 1, H, W) float mask, 1 = dropped. Row ``i`` depends only on ``u[i]``.
     """
-    if u.dim() != 3 or u.shape[2] != N_RECT_NUMBERS:
-        raise InputError(f"random masks need u of shape (B, R, {N_RECT_NUMBERS}), got {tuple(u.shape)}")
-    lo, hi = rect_frac
+    if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[2] != N_RECT_NUMBERS:
+        got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise InputError(f"random masks need u of shape (B, R, {N_RECT_NUMBERS}), got {got}")
+    height = check_int_at_least(height, "height", 1)
+    width = check_int_at_least(width, "width", 1)
+    try:
+        lo, hi = (float(v) for v in rect_frac)
+    except (TypeError, ValueError):
+        raise InputError(f"rect_frac must be a pair (lo, hi), got {rect_frac!r}") from None
+    if not 0 < lo <= hi <= 1:
+        raise InputError(f"rect_frac must satisfy 0 < lo <= hi <= 1, got {rect_frac!r}")
     u = u.detach().to(torch.float64)
     mh = (torch.round((lo + u[..., 0] * (hi - lo)) * height)).clamp(1, height)          # (B, R)
     mw = (torch.round((lo + u[..., 1] * (hi - lo)) * width)).clamp(1, width)
@@ -247,6 +260,7 @@ class InpaintingTask(SelfSupervisedTask):
 
     def per_image_loss(self, backbone: Classifier, images: torch.Tensor, u: torch.Tensor,
                        context: Any) -> torch.Tensor:
+        check_images(images)
         pred, mask = self.reconstruct(images, u)
         err = (mask * (images - pred)).pow(2).flatten(1).sum(1)
         return err / (mask.flatten(1).sum(1) * images.shape[1])

@@ -57,7 +57,13 @@ def rotate_all(images: torch.Tensor) -> torch.Tensor:
     Returns:
         (B * 4, C, S, S): rows ``4*i + k`` hold image ``i`` rotated by ``k * 90`` degrees
         counter-clockwise (``torch.rot90`` on the (H, W) plane); differentiable.
+
+    Raises:
+        InputError: anything but a (B, C, S, S) tensor (rotating a non-square image changes its shape).
     """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[2] != images.shape[3]:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise InputError(f"rotate_all needs square NCHW images (B, C, S, S), got {got}")
     b = images.shape[0]
     rots = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(N_ROTATIONS)], dim=1)
     return rots.reshape(b * N_ROTATIONS, *images.shape[1:])
@@ -115,6 +121,15 @@ class RotationHead(nn.Module):
             self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, N_ROTATIONS))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.source == "image":
+            ok = isinstance(inputs, torch.Tensor) and inputs.dim() == 4 and inputs.shape[1] == self.config["in_channels"]
+            want = f"(N, {self.config['in_channels']}, S, S) images"
+        else:
+            ok = isinstance(inputs, torch.Tensor) and inputs.dim() == 2 and inputs.shape[1] == self.config["in_dim"]
+            want = f"(N, {self.config['in_dim']}) features"
+        if not ok:
+            got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise InputError(f"this RotationHead (source={self.source!r}) takes {want}, got {got}")
         return self.net(inputs)
 
 
@@ -163,12 +178,14 @@ class RotationTask(SelfSupervisedTask):
 
     def per_image_loss(self, backbone: Classifier, images: torch.Tensor, u: torch.Tensor,
                        context: Any) -> torch.Tensor:
+        check_images(images)
         b = images.shape[0]
         logits = self.rotation_logits(backbone, images)
         ce = F.cross_entropy(logits, rotation_labels(b, images.device), reduction="none")
         return ce.view(b, N_ROTATIONS).mean(1)
 
     def training_loss(self, backbone: Classifier, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        check_images(images)
         b = images.shape[0]
         labels = rotation_labels(b, images.device)
         if self.head.source == "features":

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from advrepair.attacks import PGD
 from advrepair.data import ImageDataset
+from advrepair.errors import InputError
 from advrepair.models.base import Classifier
 from advrepair.seeding import seed_everything
 from advrepair.ssl.task import SelfSupervisedTask
@@ -24,6 +25,29 @@ def _epoch_batches(data: ImageDataset, batch_size: int, gen: torch.Generator,
     order = torch.randperm(len(data), generator=gen)[:n]
     for start in range(0, n, batch_size):
         yield data.tensors(order[start : start + batch_size])
+
+
+def _check_data_fits(model: nn.Module, data: Any, recipe: Any, recipe_type: type, *,
+                     labels: bool) -> None:
+    """Refuse, before any training, data or a recipe that cannot train ``model``."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(recipe, recipe_type):
+        raise InputError(f"recipe must be a {recipe_type.__name__}, got {type(recipe).__name__}")
+    if not isinstance(data, ImageDataset):
+        raise InputError(f"data must be an ImageDataset, got {type(data).__name__}")
+    if len(data) == 0:
+        raise InputError(f"the training set {data.name!r} is empty: there is nothing to train on")
+    c, h, w = data.image_shape
+    channels, size = getattr(model, "in_channels", None), getattr(model, "input_size", None)
+    if isinstance(channels, int) and channels != c:
+        raise InputError(f"the model takes {channels}-channel images but {data.name!r} has {c}-channel images "
+                         f"of shape {data.image_shape}")
+    if isinstance(size, int) and getattr(model, "fixed_size", True) and (h, w) != (size, size):
+        raise InputError(f"the model takes {size}x{size} images but {data.name!r} has {h}x{w} images")
+    classes = getattr(model, "num_classes", None)
+    if labels and isinstance(classes, int) and data.num_classes > classes:
+        raise InputError(f"{data.name!r} has {data.num_classes} classes but the model has {classes} outputs")
 
 
 def _optimizer(params: Any, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -52,6 +76,8 @@ def _run_epochs(params: list[nn.Parameter], data: ImageDataset, *, epochs: int, 
     gen = torch.Generator().manual_seed(seed)
     opt = _optimizer(params, optimizer, lr, weight_decay)
     n = len(data) if subset is None else min(subset, len(data))
+    if n == 0:
+        raise InputError(f"the training set {getattr(data, 'name', '')!r} is empty: there is nothing to train on")
     per_epoch = math.ceil(n / batch_size)
     total, done, history = epochs * per_epoch, 0, []
     first = 0
@@ -92,7 +118,12 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
                      device: str | torch.device = "cpu", progress: bool = True,
                      resume: EpochCheckpoint | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place (standard or PGD adversarial training); returns per-epoch losses.
-    With ``resume``, state is saved after every epoch and a rerun continues after the last one."""
+    With ``resume``, state is saved after every epoch and a rerun continues after the last one.
+
+    Raises:
+        InputError: an empty dataset, or images / classes that do not fit the model.
+    """
+    _check_data_fits(model, data, recipe, ClassifierRecipe, labels=True)
     device = torch.device(device)
     model.to(device)
 
@@ -116,7 +147,14 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
 def train_ssl_task(task: SelfSupervisedTask, backbone: Classifier, data: ImageDataset, recipe: SSLRecipe, *,
                    seed: int = 0, device: str | torch.device = "cpu",
                    progress: bool = True) -> list[dict[str, float]]:
-    """Fit a task's head on clean images; the classifier stays frozen in eval mode."""
+    """Fit a task's head on clean images; the classifier stays frozen in eval mode.
+
+    Raises:
+        InputError: an empty dataset, or images that do not fit the classifier.
+    """
+    if not isinstance(task, SelfSupervisedTask):
+        raise InputError(f"task must be a SelfSupervisedTask, got {type(task).__name__}")
+    _check_data_fits(backbone, data, recipe, SSLRecipe, labels=False)
     device = torch.device(device)
     backbone.to(device).eval()
     task.to(device)

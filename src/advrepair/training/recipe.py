@@ -4,6 +4,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from advrepair.errors import InputError
+from advrepair.validation import check_int_at_least, check_positive
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+def _check_common(recipe: Any) -> None:
+    check_int_at_least(recipe.epochs, "epochs", 1)
+    check_int_at_least(recipe.batch_size, "batch_size", 1)
+    check_positive(recipe.lr, "lr")
+    if recipe.train_subset is not None:
+        check_int_at_least(recipe.train_subset, "train_subset", 1)
+
 
 @dataclass(frozen=True)
 class ClassifierRecipe:
@@ -25,6 +39,18 @@ class ClassifierRecipe:
     steps: int = 5
     train_subset: int | None = None
 
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}")
+        check_positive(self.weight_decay, "weight_decay", allow_zero=True)
+        # the PGD of adversarial training: the same rules as attacks.PGD
+        check_positive(self.eps, "eps", allow_zero=True)
+        check_positive(self.alpha, "alpha")
+        check_int_at_least(self.steps, "steps", 0)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if not self.adversarial:
@@ -42,6 +68,9 @@ class SSLRecipe:
     batch_size: int = 128
     lr: float = 1e-3
     train_subset: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_common(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
