@@ -122,17 +122,22 @@ def _record(**extra: Any) -> dict[str, Any]:
             "n_images": 2, "accuracy": 0.5, "stderr": 0.3, "attack_seconds": 0.1, "defense_seconds": 0.0, **extra}
 
 
+def _a_file(tmp: Path) -> Path:
+    (tmp / "not-a-folder").write_text("x")
+    return tmp / "not-a-folder"
+
+
 def _corrupt_store(tmp: Path, text: str) -> ResultsStore:
     (tmp / "results.json").write_text(text)
     return ResultsStore(tmp)
 
 
-def _ray_with_zero_workers(tmp: Path) -> Any:
-    pytest.importorskip("ray")
+def _ray(tmp: Path, n_images: int = 4, **kwargs: Any) -> Any:
+    # argument checks come before Ray is imported or started: no cluster, no Ray needed
     from advrepair.evaluation.distributed import evaluate_matrix_ray
 
-    return evaluate_matrix_ray(make_shapes(4), [ModelEntry("m", MODEL)], [AttackSpec("clean")], ResultsStore(tmp),
-                               workers=0)
+    return evaluate_matrix_ray(make_shapes(4).subset(range(n_images)), [ModelEntry("m", MODEL)],
+                               [AttackSpec("clean")], ResultsStore(tmp), **kwargs)
 
 
 # ---------------------------------------------------------------- the table
@@ -288,9 +293,9 @@ CASES: list[Case] = [
     Case("evaluation.images_for_stderr", "accuracy above 1", lambda t: images_for_stderr(0.05, p=1.5),
          r"p must be an accuracy in \[0, 1\], got 1.5"),
     Case("evaluation.ResultsStore", "results.json that is not JSON", lambda t: _corrupt_store(t, "[{oops"),
-         r"results.json is not valid JSON", ValueError),
+         r"results.json is not valid JSON"),
     Case("evaluation.ResultsStore", "results.json that is not a list", lambda t: _corrupt_store(t, "{}"),
-         r"must hold a JSON list of records", ValueError),
+         r"must hold a JSON list of records"),
     Case("evaluation.worst_case", "no records", lambda t: worst_case(ResultsStore(t), []),
          r"needs at least one record"),
     Case("evaluation.worst_case", "a path instead of a store", lambda t: worst_case(str(t), [_record()]),
@@ -307,8 +312,20 @@ CASES: list[Case] = [
          lambda t: AdaptiveConfig(eps=0.1, surrogate_temperature=0.0), r"surrogate_temperature must be > 0"),
     Case("evaluation.adaptive.AdaptiveConfig", "NaN lambda",
          lambda t: AdaptiveConfig(eps=0.1, lambdas=(0.0, float("nan"))), r"lambdas must be >= 0"),
-    Case("evaluation.distributed.evaluate_matrix_ray", "zero workers", _ray_with_zero_workers,
+    Case("evaluation.distributed.evaluate_matrix_ray", "zero workers", lambda t: _ray(t, workers=0),
          r"workers must be an integer >= 1, got 0"),
+    Case("evaluation.distributed.evaluate_matrix_ray", "zero batch size", lambda t: _ray(t, batch_size=0),
+         r"batch_size must be .*>= 1"),
+    Case("evaluation.distributed.evaluate_matrix_ray", "no images", lambda t: _ray(t, n_images=0),
+         r"no images to evaluate"),
+    Case("evaluation.distributed.evaluate_matrix_ray", "unknown device", lambda t: _ray(t, device="gpu-please"),
+         r"gpu-please"),
+    Case("evaluation.distributed.evaluate_matrix_ray", "negative GPUs", lambda t: _ray(t, gpus_per_worker=-1),
+         r"gpus_per_worker must be a number >= 0"),
+    Case("evaluation.ResultsStore", "a file as the output folder", lambda t: ResultsStore(_a_file(t)),
+         r"is a file; give a folder"),
+    Case("evaluation.ResultsStore", "a record without a key", lambda t: ResultsStore(t).add({"accuracy": 1.0}),
+         r"record must be a dict with a string 'key'"),
 
     # ---- advrepair.models
     Case("models.build_model", "unknown architecture", lambda t: build_model("resnet-9000"),

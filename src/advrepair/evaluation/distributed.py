@@ -36,6 +36,8 @@ from advrepair.errors import InputError
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
 from advrepair.evaluation.metrics import accuracy_of
 from advrepair.evaluation.store import ResultsStore
+from advrepair.runtime import resolve_device
+from advrepair.validation import check_int_at_least
 
 import torch
 
@@ -134,9 +136,15 @@ def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: l
     Raises:
         RuntimeError: naming the shards that failed, after every other shard has finished.
     """
-    ray = _import_ray()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be an integer >= 1, got {workers!r}")
+    check_int_at_least(batch_size, "batch_size", 1)
+    if len(data) == 0:
+        raise InputError("there are no images to evaluate (the dataset is empty)")
+    if isinstance(gpus_per_worker, bool) or not isinstance(gpus_per_worker, (int, float)) or gpus_per_worker < 0:
+        raise InputError(f"gpus_per_worker must be a number >= 0, got {gpus_per_worker!r}")
+    resolve_device(device)  # an unknown device fails here, not inside every shard
+    ray = _import_ray()
     bounds = shard_bounds(len(data), workers)
     dirs = [shard_dir(store.out_dir, subset, len(data), a, b) if persist_shards else None for a, b in bounds]
     started = False

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from advrepair.errors import InputError
+
 
 def record_key(**parts: Any) -> str:
     """A stable key for one (dataset, model, attack, defense) cell of the matrix."""
@@ -46,6 +48,8 @@ class ResultsStore:
     def __init__(self, out_dir: str | os.PathLike[str], resume: bool = True) -> None:
         self.out_dir = Path(out_dir)
         self.resume = resume
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise InputError(f"the output folder {self.out_dir} is a file; give a folder path")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "arrays").mkdir(exist_ok=True)
         self.path = self.out_dir / "results.json"
@@ -54,9 +58,9 @@ class ResultsStore:
             try:
                 data = json.loads(self.path.read_text())
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{self.path} is not valid JSON ({exc}); move it away to start over") from exc
+                raise InputError(f"{self.path} is not valid JSON ({exc}); move it away to start over") from exc
             if not isinstance(data, list):
-                raise ValueError(f"{self.path} must hold a JSON list of records")
+                raise InputError(f"{self.path} must hold a JSON list of records")
             self.records = data
         elif not resume:
             if self.path.exists():
@@ -73,6 +77,8 @@ class ResultsStore:
         return next((r for r in self.records if r.get("key") == key), None)
 
     def add(self, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            raise InputError("a record must be a dict with a string 'key' (see record_key)")
         if arrays:
             name = f"arrays/{record['key']}.npz"
             tmp = self.out_dir / f"arrays/.{record['key']}.tmp.npz"
