@@ -89,3 +89,29 @@ def test_a_failed_ray_shard_resumes_without_redoing_saved_batches(trained_cnn, s
     assert [r["key"] for r in merged] == [r["key"] for r in single]
     for a, b in zip(single, merged):
         np.testing.assert_array_equal(one.arrays(a)["correct"], two.arrays(b)["correct"])
+
+
+def test_adaptive_protocol_on_two_ray_workers_equals_one_process(trained_cnn, shapes_test, tmp_path):
+    from advrepair.defenses import MedianFilter
+    from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
+    from advrepair.evaluation.distributed import evaluate_adaptive_ray
+
+    data = shapes_test.subset(range(12))
+    config = AdaptiveConfig(eps=0.1, steps=2, square_queries=3)
+    entry = ModelEntry("cnn", trained_cnn, card={"weights_sha256": "w"})
+
+    def target():
+        return DefenseUnderTest.build("median", MedianFilter(3), config)
+
+    one = ResultsStore(tmp_path / "one")
+    single = run_adaptive(data, entry, target(), config, one, batch_size=4, progress=False)
+    two = ResultsStore(tmp_path / "ray")
+    sharded = evaluate_adaptive_ray(data, entry, target(), config, two, workers=2, batch_size=4, progress=False)
+    assert sharded["key"] == single["key"] and sharded["rows"] == single["rows"]
+    assert sharded["worst_case"] == single["worst_case"]
+    assert sharded["worst_over_iterates"] == single["worst_over_iterates"]
+    for keys in single["rows"].values():
+        for key in keys:
+            np.testing.assert_array_equal(one.arrays(one.get(key))["correct"], two.arrays(two.get(key))["correct"])
+            assert two.get(key)["shards"] == 2
+    assert not (tmp_path / "ray" / "shards").exists()

@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--out", type=Path, required=True)
     ev.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                    help="shard the images over Ray workers: a local cluster, or ADDRESS ('auto', 'ray://host:port'); "
-                         "needs pip install 'advrepair[ray]'")
+                    help="shard the images over Ray workers (the attack matrix and, with --adaptive, the "
+                         "protocol's rows): a local cluster, or ADDRESS ('auto', 'ray://host:port'); resumable "
+                         "like a single-process run; needs pip install 'advrepair[ray]'")
     ev.add_argument("--ray-workers", type=int, default=2, help="workers (one per CPU slot or GPU)")
     ev.add_argument("--resume", action="store_true",
                     help="continue an interrupted run in --out (the default; state is saved after every batch)")

@@ -196,9 +196,18 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
     if adaptive_config is not None:
         for entry in entries:
             for label, module in entry.defenses.items():
-                run_adaptive(subset, entry, DefenseUnderTest.build(label, module, adaptive_config),
-                             adaptive_config, store, batch_size=batch_size, device=device,
-                             subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
+                target = DefenseUnderTest.build(label, module, adaptive_config)
+                if ray is not None:
+                    from advrepair.evaluation.distributed import evaluate_adaptive_ray
+
+                    evaluate_adaptive_ray(subset, entry, target, adaptive_config, store, workers=ray_workers,
+                                          address=None if ray == "local" else ray,
+                                          gpus_per_worker=1.0 if device.startswith("cuda") else 0.0,
+                                          batch_size=batch_size, device=device,
+                                          subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
+                else:
+                    run_adaptive(subset, entry, target, adaptive_config, store, batch_size=batch_size,
+                                 device=device, subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
     path = write_report(out, title=f"advrepair eval on {dataset}")
     tqdm.write(accuracy_table(records))
     tqdm.write(f"report: {path}")

@@ -128,26 +128,30 @@ class Square(Attack):
         best = self._init(x, gens)
         fooled, loss = self._score(best, y)
         per_iter = 4 + c + 1 if self.norm is Norm.L2 else 2 + _SIGN_TRIES * c
-        buf = torch.empty(b, _CHUNK, per_iter)
+        candidate = self._linf_candidate if self.norm is Norm.LINF else self._l2_candidate
+        # The images still attacked, kept compact and written back only when one is fooled:
+        # per-query bookkeeping is what costs at small batches, where the model is cheap.
+        act = (~fooled).nonzero().flatten()
+        x_a, y_a, best_a, loss_a = x[act], y[act], best[act], loss[act]
+        gens_a = [gens[i] for i in act.tolist()]
+        numbers = x.new_empty(0)
         for it in range(self.n_queries - 1):
-            act = (~fooled).nonzero().flatten()
             if act.numel() == 0:
                 break
             row = it % _CHUNK
-            if row == 0:  # draw the next chunk for every image still attacked, in its own stream
-                for i in act.tolist():
-                    buf[i] = torch.rand(_CHUNK, per_iter, generator=gens[i])
-            u = buf[act.cpu(), row].to(x.device)
-            s = self._side(it, h, w)
-            if self.norm is Norm.LINF:
-                cand = self._linf_candidate(x[act], best[act], u, s)
-            else:
-                cand = self._l2_candidate(x[act], best[act], u, s)
-            new_fooled, new_loss = self._score(cand, y[act])
-            take = new_fooled | (new_loss < loss[act])
-            best[act[take]] = cand[take]
-            loss[act[take]] = new_loss[take]
-            fooled[act] = new_fooled | fooled[act]
+            if row == 0:  # the next chunk for every image still attacked, each from its own stream
+                numbers = torch.stack([torch.rand(_CHUNK, per_iter, generator=g) for g in gens_a]).to(x.device)
+            cand = candidate(x_a, best_a, numbers[:, row], self._side(it, h, w))
+            new_fooled, new_loss = self._score(cand, y_a)
+            take = new_fooled | (new_loss < loss_a)
+            best_a = torch.where(take.view(-1, 1, 1, 1), cand, best_a)
+            loss_a = torch.where(take, new_loss, loss_a)
+            if bool(new_fooled.any()):
+                best[act], loss[act], fooled[act] = best_a, loss_a, new_fooled
+                keep = ~new_fooled
+                act, x_a, y_a, best_a, loss_a, numbers = (t[keep] for t in (act, x_a, y_a, best_a, loss_a, numbers))
+                gens_a = [g for g, k in zip(gens_a, keep.tolist()) if k]
+        best[act], loss[act] = best_a, loss_a
         return best, fooled
 
     def _init(self, x: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
@@ -183,18 +187,25 @@ class Square(Attack):
         b, c, h, w = x.shape
         vh = (u[:, 0] * (h - s + 1)).long().clamp(max=h - s)
         vw = (u[:, 1] * (w - s + 1)).long().clamp(max=w - s)
-        mask = (self._window(vh, s, h)[:, :, None] & self._window(vw, s, w)[:, None, :])[:, None]
+        # work on the (b, c, s, s) windows only: a query changes nothing outside its square
+        rows = (vh[:, None] + torch.arange(s, device=x.device))[:, :, None]  # (b, s, 1)
+        cols = (vw[:, None] + torch.arange(s, device=x.device))[:, None, :]  # (b, 1, s)
+        bi = torch.arange(b, device=x.device)[:, None, None]
+        x_win = x[bi, :, rows, cols].permute(0, 3, 1, 2)  # (b, c, s, s)
+        best_win = best[bi, :, rows, cols].permute(0, 3, 1, 2)
         signs = torch.where(u[:, 2:].view(b, _SIGN_TRIES, c) < 0.5, -1.0, 1.0)
-        tries = (x[:, None] + self.eps * signs[..., None, None]).clamp(0, 1)  # (b, T, c, h, w)
+        tries = (x_win[:, None] + self.eps * signs[..., None, None]).clamp(0, 1)  # (b, T, c, s, s)
         # a draw equal to what the window already holds would waste a query (likely with one
         # channel): take the first draw that changes something, else the opposite of the first,
         # which always differs because eps > 0
-        changed = ((tries - best[:, None]).abs() * mask[:, None]).flatten(2).amax(2) > 1e-7
+        changed = (tries - best_win[:, None]).abs().flatten(2).amax(2) > 1e-7
         first = torch.where(changed.any(1), changed.float().argmax(1), -1)
-        rows = torch.arange(b, device=x.device)
-        pick = torch.where((first >= 0)[:, None], signs[rows, first.clamp_min(0)], -signs[:, 0])
-        window = (x + self.eps * pick[..., None, None]).clamp(0, 1)
-        return torch.where(mask, window, best)
+        pick = torch.where((first >= 0)[:, None], signs[torch.arange(b, device=x.device), first.clamp_min(0)],
+                           -signs[:, 0])
+        window = (x_win + self.eps * pick[..., None, None]).clamp(0, 1)
+        cand = best.clone()
+        cand[bi, :, rows, cols] = window.permute(0, 2, 3, 1)
+        return cand
 
     def _l2_candidate(self, x: torch.Tensor, best: torch.Tensor, u: torch.Tensor, s: int) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -160,9 +160,31 @@ def run_adaptive(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest
     an interrupted run resumes at the row it was in.
     """
     device = torch.device(device)
+    records, sweep_rows, base_common, defense_params, clf = _run_rows(
+        data, model, target, config, store, batch_size, device, subset, progress, len(data))
+    return _summarize(data, model, target, config, store, records, sweep_rows, base_common, defense_params,
+                      clf, device)
+
+
+def run_adaptive_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, config: AdaptiveConfig,
+                      store: ResultsStore, *, key_images: int, batch_size: int = 100,
+                      device: str | torch.device = "cpu", subset: str = "",
+                      progress: bool = False) -> list[dict[str, Any]]:
+    """The protocol's attacked rows on one shard of a larger set (no summary): the records
+    carry the keys of the whole set (``key_images`` images), so the shards' records merge
+    into the ones ``run_adaptive`` would store, and it then finds them and only summarizes."""
+    records, *_ = _run_rows(data, model, target, config, store, batch_size, torch.device(device), subset,
+                            progress, key_images)
+    return [r for rs in records.values() for r in rs]
+
+
+def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, config: AdaptiveConfig,
+              store: ResultsStore, batch_size: int, device: torch.device, subset: str, progress: bool,
+              key_images: int) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], dict[str, Any],
+                                        dict[str, Any], nn.Module]:
     clf = model.classifier.to(device).eval()
     defense_params = _params_of(target.defense)
-    base_common = dict(dataset=data.name, subset=subset, n_images=len(data), model=model.name,
+    base_common = dict(dataset=data.name, subset=subset, n_images=key_images, model=model.name,
                        model_weights=weights_id(model.card))
     single = ModelEntry(model.name, clf, card=model.card, defenses={target.label: target.defense})
     records: dict[str, list[dict[str, Any]]] = {}
@@ -214,8 +236,7 @@ def run_adaptive(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest
                                "n_images": rep["n_images"], "attack": rep["attack"]})
     row("square", Square(nn.Sequential(target.defense, clf), eps=config.eps, n_queries=config.square_queries,
                          seed=config.seed), "defense + classifier, scores only")
-    return _summarize(data, model, target, config, store, records, sweep_rows, base_common, defense_params,
-                      clf, device)
+    return records, sweep_rows, base_common, defense_params, clf
 
 
 def _defended(record_list: list[dict[str, Any]]) -> dict[str, Any]:
@@ -287,4 +308,5 @@ def reverse_attack_target(defense: Any, config: AdaptiveConfig) -> DefenseUnderT
     return DefenseUnderTest.reverse_attack(defense, config)
 
 
-__all__ = ["AdaptiveConfig", "DefenseUnderTest", "SURROGATES", "reverse_attack_target", "run_adaptive"]
+__all__ = ["AdaptiveConfig", "DefenseUnderTest", "SURROGATES", "reverse_attack_target", "run_adaptive",
+           "run_adaptive_rows"]

@@ -17,6 +17,9 @@ removed once the merged records are in the main store. On a multi-machine cluste
 output folder must be on a file system every worker can write (else pass
 ``persist_shards=False`` and lose in-progress shards on a crash).
 
+The adaptive protocol shards the same way (``evaluate_adaptive_ray``): its attacked rows
+run on the shards, the summary on the driver.
+
 Example:
     >>> records = evaluate_matrix_ray(subset, entries, specs, ResultsStore("out"), workers=2)
 """
@@ -50,9 +53,11 @@ def _import_ray() -> Any:
     return ray
 
 
+Pieces = list[tuple[dict[str, Any], dict[str, np.ndarray]]]
+
+
 def _run_shard(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec], batch_size: int,
-               device: str, subset: str, key_images: int,
-               shard_dir: str | None = None) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+               device: str, subset: str, key_images: int, shard_dir: str | None = None) -> Pieces:
     torch.set_num_threads(1)  # one CPU slot per worker
     with tempfile.TemporaryDirectory(prefix="advrepair-shard-") as tmp:
         store = ResultsStore(shard_dir or tmp, resume=True)
@@ -61,9 +66,21 @@ def _run_shard(data: ImageDataset, models: list[ModelEntry], attacks: list[Attac
         return [(r, store.arrays(r)) for r in records]
 
 
-def shard_dir(out_dir: Path, subset: str, n_images: int, start: int, stop: int) -> Path:
+def _run_adaptive_shard(data: ImageDataset, model: ModelEntry, target: Any, config: Any, batch_size: int,
+                        device: str, subset: str, key_images: int, shard_dir: str | None = None) -> Pieces:
+    from advrepair.evaluation.adaptive import run_adaptive_rows
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="advrepair-shard-") as tmp:
+        store = ResultsStore(shard_dir or tmp, resume=True)
+        records = run_adaptive_rows(data, model, target, config, store, key_images=key_images,
+                                    batch_size=batch_size, device=device, subset=subset)
+        return [(r, store.arrays(r)) for r in records]
+
+
+def shard_dir(out_dir: Path, subset: str, n_images: int, start: int, stop: int, tag: str = "") -> Path:
     """Where shard [start, stop) of a run keeps its records and per-batch state."""
-    ident = hashlib.sha1(json.dumps([subset, n_images]).encode()).hexdigest()[:12]
+    ident = hashlib.sha1(json.dumps([subset, n_images, tag] if tag else [subset, n_images]).encode()).hexdigest()[:12]
     return Path(out_dir) / "shards" / f"{ident}-{start}-{stop}"
 
 
@@ -123,19 +140,7 @@ def merge_shards(parts: list[list[tuple[dict[str, Any], dict[str, np.ndarray]]]]
     return merged
 
 
-def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec],
-                        store: ResultsStore, *, workers: int = 2, address: str | None = None,
-                        gpus_per_worker: float = 0.0, batch_size: int = 250, device: str = "cpu",
-                        subset: str = "", persist_shards: bool = True) -> list[dict[str, Any]]:
-    """``evaluate_matrix`` with the images sharded over ``workers`` Ray tasks.
-
-    ``address``: an existing cluster ("auto" or "ray://host:port"); ``None`` starts a local
-    one with ``workers`` CPUs. Records already in ``store`` are kept; shards resume from
-    ``store.out_dir/shards`` (see the module docstring) unless ``persist_shards`` is False.
-
-    Raises:
-        RuntimeError: naming the shards that failed, after every other shard has finished.
-    """
+def _check_common(data: ImageDataset, workers: Any, batch_size: Any, gpus_per_worker: Any, device: str) -> None:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be an integer >= 1, got {workers!r}")
     check_int_at_least(batch_size, "batch_size", 1)
@@ -144,9 +149,16 @@ def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: l
     if isinstance(gpus_per_worker, bool) or not isinstance(gpus_per_worker, (int, float)) or gpus_per_worker < 0:
         raise InputError(f"gpus_per_worker must be a number >= 0, got {gpus_per_worker!r}")
     resolve_device(device)  # an unknown device fails here, not inside every shard
-    ray = _import_ray()
+
+
+def _run_sharded(fn: Any, args: tuple[Any, ...], data: ImageDataset, store: ResultsStore, *, workers: int,
+                 address: str | None, gpus_per_worker: float, subset: str, persist_shards: bool,
+                 tag: str = "") -> list[dict[str, Any]]:
+    """Run ``fn(shard, *args, subset, len(data), shard_dir)`` on every shard as a Ray task, merge
+    the pieces into ``store`` and return the merged records in order."""
     bounds = shard_bounds(len(data), workers)
-    dirs = [shard_dir(store.out_dir, subset, len(data), a, b) if persist_shards else None for a, b in bounds]
+    dirs = [shard_dir(store.out_dir, subset, len(data), a, b, tag) if persist_shards else None for a, b in bounds]
+    ray = _import_ray()
     started = False
     if not ray.is_initialized():
         if address is None:
@@ -155,9 +167,8 @@ def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: l
             ray.init(address=address, log_to_driver=False)
         started = True
     try:
-        task = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_retries=0)(_run_shard)
-        futures = [task.remote(data.subset(range(a, b)), models, attacks, batch_size, device, subset, len(data),
-                               None if d is None else str(d))
+        task = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_retries=0)(fn)
+        futures = [task.remote(data.subset(range(a, b)), *args, subset, len(data), None if d is None else str(d))
                    for (a, b), d in zip(bounds, dirs)]
         ray.wait(futures, num_returns=len(futures))  # let every shard finish (and save) before judging
         parts, failed = [], []
@@ -183,3 +194,45 @@ def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: l
     if persist_shards and (store.out_dir / "shards").exists() and not any((store.out_dir / "shards").iterdir()):
         (store.out_dir / "shards").rmdir()
     return out
+
+
+def evaluate_matrix_ray(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec],
+                        store: ResultsStore, *, workers: int = 2, address: str | None = None,
+                        gpus_per_worker: float = 0.0, batch_size: int = 250, device: str = "cpu",
+                        subset: str = "", persist_shards: bool = True) -> list[dict[str, Any]]:
+    """``evaluate_matrix`` with the images sharded over ``workers`` Ray tasks.
+
+    ``address``: an existing cluster ("auto" or "ray://host:port"); ``None`` starts a local
+    one with ``workers`` CPUs. Records already in ``store`` are kept; shards resume from
+    ``store.out_dir/shards`` (see the module docstring) unless ``persist_shards`` is False.
+
+    Raises:
+        RuntimeError: naming the shards that failed, after every other shard has finished.
+    """
+    _check_common(data, workers, batch_size, gpus_per_worker, device)
+    return _run_sharded(_run_shard, (models, attacks, batch_size, device), data, store, workers=workers,
+                        address=address, gpus_per_worker=gpus_per_worker, subset=subset,
+                        persist_shards=persist_shards)
+
+
+def evaluate_adaptive_ray(data: ImageDataset, model: ModelEntry, target: Any, config: Any, store: ResultsStore,
+                          *, workers: int = 2, address: str | None = None, gpus_per_worker: float = 0.0,
+                          batch_size: int = 100, device: str = "cpu", subset: str = "",
+                          persist_shards: bool = True, progress: bool = True) -> dict[str, Any]:
+    """The adaptive protocol (``run_adaptive``) with its attacked rows sharded over Ray tasks.
+
+    Each shard runs every row on its images (``run_adaptive_rows``, resumable like the
+    matrix); the rows are merged into ``store`` and the driver then computes the summary
+    (per-image worst case, flags on a 32-image probe, randomized clean accuracy) exactly as
+    a single process would, from the same per-image arrays. Returns the summary record.
+    """
+    from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
+
+    if not isinstance(target, DefenseUnderTest) or not isinstance(config, AdaptiveConfig):
+        raise InputError("evaluate_adaptive_ray needs a DefenseUnderTest and an AdaptiveConfig")
+    _check_common(data, workers, batch_size, gpus_per_worker, device)
+    _run_sharded(_run_adaptive_shard, (model, target, config, batch_size, device), data, store, workers=workers,
+                 address=address, gpus_per_worker=gpus_per_worker, subset=subset, persist_shards=persist_shards,
+                 tag=f"adaptive:{model.name}:{target.label}")
+    return run_adaptive(data, model, target, config, store, batch_size=batch_size, device=device, subset=subset,
+                        progress=progress)
