@@ -206,6 +206,7 @@ def main() -> None:
                   f"(robust {b['robust_accuracy']:.3f})  ratio {row['speed_ratio_ours_over_torchattacks']:.2f}",
                   flush=True)
     result = {"benchmark": "attack_throughput", "device": "cpu", "torch_threads": torch.get_num_threads(),
+              "load_average_after": os.getloadavg(),  # 2-core timings beside other work are not comparable
               "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
