@@ -128,7 +128,7 @@ class FAB(Attack):
             diffs = own - true  # (n, k)
             (grad,) = torch.autograd.grad(diffs.sum(), rep)
         self.count_backward(n * k)
-        grads = grad.view(n, k, -1)
+        grads = grad.reshape(n, k, -1)  # channels-last weights give a channels-last gradient
         dual = grads.abs().sum(2) if self.norm is Norm.LINF else grads.norm(dim=2)
         dist = diffs.detach().abs() / (dual + 1e-12)
         dist.scatter_(1, y[:, None], float("inf"))

@@ -191,7 +191,7 @@ class DifferentiableJPEG(nn.Module):
         d = _dct_matrix(plane.dtype, plane.device)
         blocks = (plane - 128).reshape(b, h // 8, 8, w // 8, 8).transpose(2, 3)
         coef = d @ blocks @ d.T
-        q = table.to(plane.dtype)
+        q = table.to(plane.device, plane.dtype)
         coef = self._coef_round(coef / q) * q
         out = d.T @ coef @ d + 128
         out = _straight_round(out.clamp(0, 255))

@@ -45,6 +45,7 @@ from advrepair.errors import InputError
 from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluate_cells, _params_of, weights_id
 from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore, record_key
+from advrepair.runtime import resolve_device
 from advrepair.validation import check_positive
 
 SURROGATES: dict[str, Callable[[float], Callable[[torch.Tensor], torch.Tensor]]] = {
@@ -159,7 +160,7 @@ def run_adaptive(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest
     Every row is stored as soon as it finishes and skipped when already in ``store``, so
     an interrupted run resumes at the row it was in.
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     records, sweep_rows, base_common, defense_params, clf = _run_rows(
         data, model, target, config, store, batch_size, device, subset, progress, len(data))
     return _summarize(data, model, target, config, store, records, sweep_rows, base_common, defense_params,
@@ -173,7 +174,7 @@ def run_adaptive_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnde
     """The protocol's attacked rows on one shard of a larger set (no summary): the records
     carry the keys of the whole set (``key_images`` images), so the shards' records merge
     into the ones ``run_adaptive`` would store, and it then finds them and only summarizes."""
-    records, *_ = _run_rows(data, model, target, config, store, batch_size, torch.device(device), subset,
+    records, *_ = _run_rows(data, model, target, config, store, batch_size, resolve_device(device), subset,
                             progress, key_images)
     return [r for rs in records.values() for r in rs]
 
@@ -183,6 +184,9 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
               key_images: int) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], dict[str, Any],
                                         dict[str, Any], nn.Module]:
     clf = model.classifier.to(device).eval()
+    for module in (target.defense, target.randomized, target.unrolled):  # the attacker's variants too
+        if isinstance(module, nn.Module):
+            module.to(device)
     defense_params = _params_of(target.defense)
     base_common = dict(dataset=data.name, subset=subset, n_images=key_images, model=model.name,
                        model_weights=weights_id(model.card))

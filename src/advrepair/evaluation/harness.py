@@ -128,6 +128,9 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
     out: list[dict[str, Any]] = []
     for entry in models:
         clf = entry.classifier.to(device).eval()
+        for dmod in entry.defenses.values():  # their own networks and buffers (heads, f_b, tables) go along
+            if isinstance(dmod, nn.Module):
+                dmod.to(device)
         for spec in attacks:
             if spec.through is not None:
                 out += _evaluate_through(data, entry, clf, spec, store, batch_size, device, subset, progress,

@@ -105,7 +105,7 @@ def augment(images: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig = AugmentC
 def _augment(images: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     """:func:`augment` without the argument checks (for callers that checked already)."""
     b, c, h, w = images.shape
-    u = u.to(images.dtype)
+    u = u.to(images.device, images.dtype)
     # random resized crop as an affine resampling of the image
     lo, hi = cfg.crop_scale
     area = lo + u[:, 0] * (hi - lo)
