@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from advrepair.ssl import ContrastiveHead, ContrastiveTask, multiview_contrastiv
 # the unchecked augmentation the batched repair uses too: the public ``augment`` validates its
 # input, which would charge the naive path for checks the batched path does once per step
 from advrepair.ssl.augment import _augment as augment
+from _timing import timed  # bench/ is sys.path[0] when a script runs
 
 
 def one_view_at_a_time(defense: ReverseAttack, images: torch.Tensor) -> torch.Tensor:
@@ -45,12 +45,6 @@ def one_view_at_a_time(defense: ReverseAttack, images: torch.Tensor) -> torch.Te
             x = project(x - defense.step_size * g.sign(), center, defense.eps_v, defense.norm)
         out.append(x.detach())
     return torch.cat(out)
-
-
-def timed(fn, *args):  # noqa: ANN001, ANN202
-    start = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from advrepair.defenses.ride import RIDE, resolve_network
+from _timing import timed  # bench/ is sys.path[0] when a script runs
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -48,12 +49,6 @@ def flops_per_image_step(spec, channels: int, size: int, batch: int = 1) -> floa
     forward = sum(2 * 9 * cin * cout * size * size for cin, cout in zip(planes[:-1], planes[1:]))
     first = 2 * 9 * planes[0] * planes[1] * size * size
     return batch * (3 * forward - first)
-
-
-def timed(fn, *args):  # noqa: ANN001, ANN202
-    start = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start
 
 
 def main() -> None:
