@@ -215,3 +215,19 @@ def test_evaluation_resolves_device_names():
                  if c.func.attr == "device" and isinstance(c.func.value, ast.Name) and c.func.value.id == "torch"
                  and not all(isinstance(a, ast.Constant) for a in c.args)]
     assert not offenders, f"torch.device(<argument>) in evaluation (use runtime.resolve_device): {offenders}"
+
+
+def test_training_takes_auto_and_refuses_unknown_devices():
+    from conftest import make_shapes
+
+    from advrepair.errors import InputError
+    from advrepair.models import SmallCNN
+    from advrepair.training import ClassifierRecipe, train_classifier
+
+    model = SmallCNN(num_classes=4, width=4, feature_dim=8)
+    history = train_classifier(model, make_shapes(16), ClassifierRecipe(epochs=1, batch_size=8), device="auto",
+                               progress=False)
+    assert len(history) == 1 and next(model.parameters()).device.type in ("cpu", "cuda")
+    with pytest.raises(InputError, match="unknown device"):
+        train_classifier(model, make_shapes(8), ClassifierRecipe(epochs=1, batch_size=8), device="gpu-please",
+                         progress=False)

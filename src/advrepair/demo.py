@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from advrepair.runtime import resolve_device
 from advrepair.data import balanced_subset, load_dataset
 from advrepair.defenses import ReverseAttack
 from advrepair.evaluation import AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
@@ -60,7 +61,7 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the whole job; returns the report's path."""
     start = time.perf_counter()
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     train = load_dataset("fashion-mnist", split="train", root=cfg.data_root)
     test = load_dataset("fashion-mnist", split="test", root=cfg.data_root)
     negatives = negative_bank(train, size=256, seed=cfg.seed)

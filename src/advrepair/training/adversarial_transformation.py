@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advrepair.runtime import resolve_device
 from advrepair.data import ImageDataset
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation
 from advrepair.errors import InputError
@@ -83,7 +84,7 @@ def train_on_transformation(f_a: Classifier, transform: AdversarialTransformatio
     if recipe.adversarial:
         raise InputError("train_on_transformation takes a standard recipe (adversarial=False): "
                          "the adversarial transformation replaces PGD adversarial training")
-    device = torch.device(device)
+    device = resolve_device(device)
     f_a.to(device)
     transform.to(device)
     f_b_grad = [p.requires_grad for p in transform.f_b.parameters()]
@@ -276,7 +277,7 @@ def fit_imitator(transform: AdversarialTransformation, data: ImageDataset, *, ne
     epochs = check_int_at_least(epochs, "epochs", 1)
     batch_size = check_int_at_least(batch_size, "batch_size", 1)
     lr = check_positive(lr, "lr")
-    device = torch.device(device)
+    device = resolve_device(device)
     if net is None:
         torch.manual_seed(seed)
         net = Reparameterization(channels=data.image_shape[0], delta=max(transform.delta, 1e-6))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from advrepair.runtime import resolve_device
 from advrepair.attacks import PGD
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -124,7 +125,7 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
         InputError: an empty dataset, or images / classes that do not fit the model.
     """
     _check_data_fits(model, data, recipe, ClassifierRecipe, labels=True)
-    device = torch.device(device)
+    device = resolve_device(device)
     model.to(device)
 
     def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -155,7 +156,7 @@ def train_ssl_task(task: SelfSupervisedTask, backbone: Classifier, data: ImageDa
     if not isinstance(task, SelfSupervisedTask):
         raise InputError(f"task must be a SelfSupervisedTask, got {type(task).__name__}")
     _check_data_fits(backbone, data, recipe, SSLRecipe, labels=False)
-    device = torch.device(device)
+    device = resolve_device(device)
     backbone.to(device).eval()
     task.to(device)
     for p in backbone.parameters():

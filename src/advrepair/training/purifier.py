@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from advrepair.runtime import resolve_device
 from advrepair.attacks.ssp import DISTANCES, SSP, LayerFeatures
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -220,7 +221,7 @@ def train_purifier(purifier: Purifier, critic: Critic, feature_model: nn.Module,
     if n_images < 2:
         raise InputError("train_purifier needs at least 2 images (the relativistic loss uses batch means)")
 
-    device = torch.device(device)
+    device = resolve_device(device)
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
     purifier.to(device)
