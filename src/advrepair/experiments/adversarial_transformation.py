@@ -99,6 +99,7 @@ from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluat
 from advrepair.evaluation.metrics import Accuracy  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, jsonable, record_key  # noqa: E402
 from advrepair.evaluation.worst_case import worst_case  # noqa: E402
+from advrepair.runtime import resolve_device  # noqa: E402
 from advrepair.models.checkpoint import (ModelCard, checkpoint_paths, load_checkpoint, read_card,  # noqa: E402
                                          save_checkpoint)
 from advrepair.models.registry import available_architectures, register_architecture  # noqa: E402
@@ -624,7 +625,7 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
     start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     train = load_dataset(cfg.dataset, split="train", root=cfg.data_root)
     test = load_dataset(cfg.dataset, split="test", root=cfg.data_root)
     data = balanced_subset(test, cfg.n_images, seed=cfg.seed)

@@ -74,6 +74,7 @@ from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
 from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import read_card
+from advrepair.runtime import resolve_device  # noqa: E402
 from advrepair.pipeline import ensure_classifier, ensure_ssl_task, negative_bank, ssl_file
 from advrepair.report.figures import lambda_sweep_figure
 from advrepair.report.tables import accuracy_cell, adaptive_table
@@ -325,7 +326,7 @@ def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
     by data, weights, attack and defense parameters) and rewrites the report.
     """
     start = time.perf_counter()
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     train = load_dataset("fashion-mnist", split="train", root=cfg.data_root)
     test = load_dataset("fashion-mnist", split="test", root=cfg.data_root)
     negatives = negative_bank(train, size=256, seed=cfg.seed)

@@ -97,6 +97,7 @@ from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
 from advrepair.models.purifier import Critic, Purifier
+from advrepair.runtime import resolve_device  # noqa: E402
 from advrepair.pipeline import ensure_classifier
 from advrepair.report.tables import accuracy_cell, adaptive_table
 from advrepair.training import ClassifierRecipe
@@ -484,7 +485,7 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
     start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     phases: dict[str, float] = {}
     train = load_dataset("fashion-mnist", split="train", root=cfg.data_root)
     test = load_dataset("fashion-mnist", split="test", root=cfg.data_root)

@@ -76,6 +76,7 @@ from advrepair.errors import InputError  # noqa: E402
 from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, evaluate_matrix, weights_id  # noqa: E402
 from advrepair.evaluation.metrics import accuracy_of  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, jsonable, record_key  # noqa: E402
+from advrepair.runtime import resolve_device  # noqa: E402
 from advrepair.pipeline import ensure_classifier  # noqa: E402
 from advrepair.training.recipe import ClassifierRecipe  # noqa: E402
 from advrepair.validation import check_int_at_least, check_positive  # noqa: E402
@@ -325,7 +326,7 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
     start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     train = load_dataset(cfg.dataset, split="train", root=cfg.data_root)
     test = load_dataset(cfg.dataset, split="test", root=cfg.data_root)
     clf, card_obj = ensure_classifier(cfg.models_dir / cfg.classifier_name, train, test, arch="small-cnn",
