@@ -55,3 +55,13 @@ def trained_cnn(shapes_train: ImageDataset) -> SmallCNN:
 def random_cnn() -> SmallCNN:
     torch.manual_seed(0)
     return SmallCNN(num_classes=10, width=8, feature_dim=32).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: on tiny tensors thread hand-offs cost more than they
+    save on 2 cores. Files opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

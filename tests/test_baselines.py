@@ -20,13 +20,7 @@ from advrepair.defenses.total_variation import (TotalVariation, rof_energy, tota
 from advrepair.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Hundreds of tiny element-wise ops: thread hand-offs cost more than they save on 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_images(n: int, c: int, size: int, seed: int = 0) -> torch.Tensor:

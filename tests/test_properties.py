@@ -46,13 +46,7 @@ def _tiny_cnn(seed: int) -> SmallCNN:
                     mean=(0.5,) * CHANNELS, std=(0.25,) * CHANNELS).eval()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: thread hand-offs cost more than they save, and the machine is shared
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODEL = _tiny_cnn(0)

@@ -91,7 +91,6 @@ from advrepair.attacks.pgd import PGD  # noqa: E402
 from advrepair.attacks.square import Square  # noqa: E402
 from advrepair.attacks.transfer import Transfer  # noqa: E402
 from advrepair.data import ImageDataset  # noqa: E402
-from advrepair.data.registry import load_dataset  # noqa: E402
 from advrepair.data.subsets import balanced_subset  # noqa: E402
 from advrepair.defenses.adversarial_transformation import SURROGATES, AdversarialTransformation  # noqa: E402
 from advrepair.errors import InputError  # noqa: E402
@@ -99,7 +98,7 @@ from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluat
 from advrepair.evaluation.metrics import Accuracy  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, jsonable, record_key  # noqa: E402
 from advrepair.evaluation.worst_case import worst_case  # noqa: E402
-from advrepair.runtime import resolve_device  # noqa: E402
+from advrepair.experiments.setup import start_run  # noqa: E402
 from advrepair.models.checkpoint import (ModelCard, checkpoint_paths, load_checkpoint, read_card,  # noqa: E402
                                          save_checkpoint)
 from advrepair.models.registry import available_architectures, register_architecture  # noqa: E402
@@ -623,11 +622,7 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
     if not isinstance(cfg, XiaoConfig):
         raise InputError(f"run_xiao_experiment takes a XiaoConfig, got {type(cfg).__name__}")
     start = time.perf_counter()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    train = load_dataset(cfg.dataset, split="train", root=cfg.data_root)
-    test = load_dataset(cfg.dataset, split="test", root=cfg.data_root)
+    device, train, test = start_run(cfg.dataset, cfg.data_root, cfg.device, cfg.threads)
     data = balanced_subset(test, cfg.n_images, seed=cfg.seed)
     run = _Run(cfg, ResultsStore(cfg.out, resume=True), train, data,
                f"balanced {len(data)} (seed {cfg.seed})", device)

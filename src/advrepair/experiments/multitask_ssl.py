@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from advrepair.data import balanced_subset, load_dataset
+from advrepair.data import balanced_subset
 from advrepair.defenses.reverse_attack import ReverseAttack
 from advrepair.demo import DemoConfig
 from advrepair.errors import InputError
@@ -74,7 +74,7 @@ from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
 from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import read_card
-from advrepair.runtime import resolve_device  # noqa: E402
+from advrepair.experiments.setup import start_run  # noqa: E402
 from advrepair.pipeline import ensure_classifier, ensure_ssl_task, negative_bank, ssl_file
 from advrepair.report.figures import lambda_sweep_figure
 from advrepair.report.tables import accuracy_cell, adaptive_table
@@ -326,9 +326,7 @@ def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
     by data, weights, attack and defense parameters) and rewrites the report.
     """
     start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    train = load_dataset("fashion-mnist", split="train", root=cfg.data_root)
-    test = load_dataset("fashion-mnist", split="test", root=cfg.data_root)
+    device, train, test = start_run("fashion-mnist", cfg.data_root, cfg.device)
     negatives = negative_bank(train, size=256, seed=cfg.seed)
     combos = (*cfg.combinations, *((cfg.adaptive_combination,) if cfg.adaptive is not None else ()))
     needed = [name for name in TASK_NAMES if any(name == t for combo in combos for t, _ in combo)]

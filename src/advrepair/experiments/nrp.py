@@ -82,7 +82,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advrepair.attacks.ssp import DISTANCES, SSP, LayerFeatures
-from advrepair.data import ImageDataset, balanced_subset, load_dataset
+from advrepair.data import ImageDataset, balanced_subset
 from advrepair.defenses.bit_depth import BitDepthReduction
 from advrepair.defenses.jpeg import JPEGCompression
 from advrepair.defenses.median import MedianFilter
@@ -97,7 +97,7 @@ from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
 from advrepair.models.purifier import Critic, Purifier
-from advrepair.runtime import resolve_device  # noqa: E402
+from advrepair.experiments.setup import start_run  # noqa: E402
 from advrepair.pipeline import ensure_classifier
 from advrepair.report.tables import accuracy_cell, adaptive_table
 from advrepair.training import ClassifierRecipe
@@ -483,12 +483,8 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
     if not isinstance(cfg, NRPConfig):
         raise InputError(f"run_nrp_experiment needs an NRPConfig, got {type(cfg).__name__}")
     start = time.perf_counter()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device, train, test = start_run("fashion-mnist", cfg.data_root, cfg.device, cfg.threads)
     phases: dict[str, float] = {}
-    train = load_dataset("fashion-mnist", split="train", root=cfg.data_root)
-    test = load_dataset("fashion-mnist", split="test", root=cfg.data_root)
 
     t0 = time.perf_counter()
     target, target_card = _ensure_source(cfg, TARGET, "small-cnn", {}, cfg.target_recipe, cfg.seed, train, test, device)

@@ -67,7 +67,6 @@ from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from advrepair.data import ImageDataset  # noqa: E402
-from advrepair.data.registry import load_dataset  # noqa: E402
 from advrepair.data.subsets import balanced_subset  # noqa: E402
 from advrepair.defenses.median import MedianFilter  # noqa: E402
 from advrepair.defenses.ride import MODES, RIDE  # noqa: E402
@@ -76,7 +75,7 @@ from advrepair.errors import InputError  # noqa: E402
 from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, evaluate_matrix, weights_id  # noqa: E402
 from advrepair.evaluation.metrics import accuracy_of  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, jsonable, record_key  # noqa: E402
-from advrepair.runtime import resolve_device  # noqa: E402
+from advrepair.experiments.setup import start_run  # noqa: E402
 from advrepair.pipeline import ensure_classifier  # noqa: E402
 from advrepair.training.recipe import ClassifierRecipe  # noqa: E402
 from advrepair.validation import check_int_at_least, check_positive  # noqa: E402
@@ -324,11 +323,7 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
         >>> run_ride_experiment(RideConfig(out=Path("/tmp/runs/ride"), threads=1))
     """
     start = time.perf_counter()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    train = load_dataset(cfg.dataset, split="train", root=cfg.data_root)
-    test = load_dataset(cfg.dataset, split="test", root=cfg.data_root)
+    device, train, test = start_run(cfg.dataset, cfg.data_root, cfg.device, cfg.threads)
     clf, card_obj = ensure_classifier(cfg.models_dir / cfg.classifier_name, train, test, arch="small-cnn",
                                       recipe=cfg.classifier_recipe, seed=cfg.seed, eval_eps=cfg.eps, device=device,
                                       progress=cfg.progress)
