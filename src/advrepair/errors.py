@@ -15,3 +15,8 @@ class DatasetError(AdvRepairError, FileNotFoundError):
 
 class CheckpointError(AdvRepairError, ValueError):
     """A checkpoint that is missing, unreadable, not safetensors, or does not match its card."""
+
+
+class StorageError(AdvRepairError, OSError):
+    """A result or state file that cannot be written (full disk, unwritable folder) or a
+    results folder whose lock cannot be had; what was there before is left intact."""

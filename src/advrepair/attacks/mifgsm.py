@@ -10,7 +10,7 @@ from advrepair.attacks.base import Attack
 from advrepair.engine import MomentumSignStep, StepRule, projected_gradient
 from advrepair.enums import Norm
 from advrepair.errors import InputError
-from advrepair.validation import check_positive
+from advrepair.validation import check_int_at_least, check_positive
 
 #: ``transform(x, step) -> what the model sees at that step`` (input diversity, say).
 InputTransform = Callable[[torch.Tensor, int], torch.Tensor]
@@ -26,9 +26,7 @@ def check_decay(decay: float) -> float:
 
 def check_steps(steps: int) -> int:
     """Step counts are non-negative integers (``2.0`` is accepted as 2, ``2.5`` is not)."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or int(steps) != steps or steps < 0:
-        raise InputError(f"steps must be a non-negative integer, got {steps!r}")
-    return int(steps)
+    return check_int_at_least(steps, "steps", 0)
 
 
 class MIFGSM(Attack):

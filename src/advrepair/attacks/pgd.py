@@ -11,7 +11,7 @@ from advrepair.engine import projected_gradient, random_start, random_start_numb
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
-from advrepair.validation import check_positive
+from advrepair.validation import check_int_at_least, check_positive
 
 
 class PGD(Attack):
@@ -37,10 +37,8 @@ class PGD(Attack):
                  seed: int | None = 0) -> None:
         super().__init__(model, eps=eps, norm=norm, seed=seed)
         self.alpha = check_positive(alpha, "alpha")
-        if int(steps) != steps or steps < 0:
-            raise InputError(f"steps must be a non-negative integer, got {steps}")
-        if int(restarts) != restarts or restarts < 1:
-            raise InputError(f"restarts must be an integer >= 1, got {restarts}")
+        check_int_at_least(steps, "steps", 0)
+        check_int_at_least(restarts, "restarts", 1)
         if loss not in LOSSES:
             raise InputError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
         self.steps, self.restarts, self.random_start = int(steps), int(restarts), bool(random_start)

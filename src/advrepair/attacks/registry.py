@@ -61,6 +61,8 @@ def _parse_value(value: str) -> Any:
             return float(num) / float(den)
         except ValueError:
             pass
+        except ZeroDivisionError:
+            raise InputError(f"attack parameter value {value!r} divides by zero") from None
     return value
 
 

@@ -18,7 +18,7 @@ from advrepair.attacks.base import Attack
 from advrepair.engine import projected_gradient, random_start, random_start_numbers
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
-from advrepair.validation import check_positive
+from advrepair.validation import check_int_at_least, check_positive
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -92,8 +92,7 @@ class SSP(Attack):
                  layer: str | None = None, distance: str = "mse", seed: int | None = 0) -> None:
         super().__init__(model, eps=eps, norm="Linf", seed=seed)
         self.alpha = check_positive(alpha, "alpha")
-        if int(steps) != steps or steps < 0:
-            raise InputError(f"steps must be a non-negative integer, got {steps}")
+        check_int_at_least(steps, "steps", 0)
         if distance not in DISTANCES:
             raise InputError(f"unknown distance {distance!r}; expected one of {sorted(DISTANCES)}")
         self.steps, self.layer, self.distance_name = int(steps), layer, distance

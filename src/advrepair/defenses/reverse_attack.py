@@ -36,7 +36,7 @@ from advrepair.enums import Norm
 from advrepair.models.base import Classifier
 from advrepair.seeding import per_image_uniform
 from advrepair.ssl.task import SelfSupervisedTask
-from advrepair.validation import check_images, check_positive
+from advrepair.validation import check_int_at_least, check_images, check_positive
 from advrepair.defenses.eval_mode import eval_mode
 
 
@@ -82,9 +82,7 @@ class ReverseAttack(nn.Module):
         self.tasks = nn.ModuleList([t for t, _ in pairs])
         self.weights = [float(w) for _, w in pairs]
         self.eps_v = check_positive(eps_v, "eps_v", allow_zero=True)
-        if int(steps) != steps or steps < 0:
-            raise ValueError(f"steps must be a non-negative integer, got {steps}")
-        self.steps = int(steps)
+        self.steps = check_int_at_least(steps, "steps", 0)
         self.step_size = check_positive(step_size, "step_size") if step_size is not None else (
             2.5 * self.eps_v / max(self.steps, 1))
         self.norm = Norm.parse(norm)

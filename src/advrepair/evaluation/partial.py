@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from advrepair.durable import write_durably
 from advrepair.evaluation.store import atomic_write_text
 
 Groups = dict[str, dict[Any, list[torch.Tensor]]]
@@ -39,9 +40,7 @@ class PartialCells:
         self.dir.mkdir(parents=True, exist_ok=True)
         arrays = {f"{group}/{_NONE if k is None else k}/{i}": t.numpy()
                   for group, lists in groups.items() for k, ts in lists.items() for i, t in enumerate(ts)}
-        tmp = self.dir / f".{self.arrays_path.stem}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.arrays_path)
+        write_durably(self.arrays_path, lambda f: np.savez(f, **arrays))
         meta = {**self.meta_base, "batches_done": batches_done,
                 "seconds": {(_NONE if k is None else k): v for k, v in seconds.items()},
                 "stats": None if stats is None else {"images": stats.images, "forward": stats.forward,
@@ -56,13 +55,18 @@ class PartialCells:
             return 0
         try:
             meta = json.loads(self.meta_path.read_text())
-        except json.JSONDecodeError:
-            return 0
+            if not isinstance(meta, dict) or not isinstance(meta.get("batches_done"), int):
+                return 0
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return 0  # a torn or truncated state file: start the record over
         if any(meta.get(k) != v for k, v in self.meta_base.items()) or meta.get("arrays_sha1") != _sha1(
                 self.arrays_path):
-            return 0  # another run's state, or arrays and meta from different saves
-        with np.load(self.arrays_path, allow_pickle=False) as f:
-            loaded = {name: torch.from_numpy(f[name]) for name in f.files}
+            return 0  # another run's state, or arrays and meta from different saves, or torn arrays
+        try:
+            with np.load(self.arrays_path, allow_pickle=False) as f:
+                loaded = {name: torch.from_numpy(f[name]) for name in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return 0
         for name in sorted(loaded, key=lambda n: (n.rsplit("/", 1)[0], int(n.rsplit("/", 1)[1]))):
             group, rest = name.split("/", 1)
             key = rest.rsplit("/", 1)[0]

@@ -1,16 +1,18 @@
-"""results.json written after every record, atomically, so a crash loses at most one record
-and a rerun skips what is already there."""
+"""results.json written after every record, atomically and durably, so a crash loses at most
+one record and a rerun skips what is already there; concurrent writers merge under a lock."""
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from advrepair.durable import FolderLock, make_folder, write_durably, write_text_durably
 from advrepair.errors import InputError
 
 
@@ -36,39 +38,73 @@ def jsonable(value: Any) -> Any:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace ``path`` by ``text``, atomically and durably (see ``advrepair.durable``)."""
+    write_text_durably(path, text)
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 class ResultsStore:
     """A list of JSON records in ``out_dir/results.json`` plus per-record arrays in
-    ``out_dir/arrays/<key>.npz`` (per-image correctness, self-supervised losses, samples)."""
+    ``out_dir/arrays/<key>.npz`` (per-image correctness, self-supervised losses, samples).
+
+    Several processes may write into one folder at once (two ``advrepair eval`` runs, Ray
+    shards and their driver): every ``add`` takes the folder's lock, re-reads results.json,
+    merges its record in by key and writes the file back, so no writer loses another's
+    records. Each record names the SHA-256 of its arrays; a record whose arrays are missing,
+    torn or changed is not trusted on reading and is computed again.
+    """
 
     def __init__(self, out_dir: str | os.PathLike[str], resume: bool = True) -> None:
         self.out_dir = Path(out_dir)
         self.resume = resume
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise InputError(f"the output folder {self.out_dir} is a file; give a folder path")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "arrays").mkdir(exist_ok=True)
+        make_folder(self.out_dir)
+        make_folder(self.out_dir / "arrays")
         self.path = self.out_dir / "results.json"
+        self.lock = FolderLock(self.out_dir)
         self.records: list[dict[str, Any]] = []
-        if resume and self.path.exists():
-            try:
-                data = json.loads(self.path.read_text())
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{self.path} is not valid JSON ({exc}); move it away to start over") from exc
-            if not isinstance(data, list):
-                raise InputError(f"{self.path} must hold a JSON list of records")
-            self.records = data
-        elif not resume:
-            if self.path.exists():
-                atomic_write_text(self.path, "[]\n")
-            for stale in (self.out_dir / "partial").glob("*") if (self.out_dir / "partial").exists() else []:
-                stale.unlink()  # a fresh start must not pick up an interrupted run's batches
-            if (self.out_dir / "shards").exists():  # nor an interrupted distributed run's shards
-                shutil.rmtree(self.out_dir / "shards")
+        with self.lock:
+            if resume:
+                self.records = self._trusted(self._read())
+            else:
+                if self.path.exists():
+                    atomic_write_text(self.path, "[]\n")
+                for stale in (self.out_dir / "partial").glob("*") if (self.out_dir / "partial").exists() else []:
+                    stale.unlink()  # a fresh start must not pick up an interrupted run's batches
+                if (self.out_dir / "shards").exists():  # nor an interrupted distributed run's shards
+                    shutil.rmtree(self.out_dir / "shards")
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        try:
+            data = json.loads(self.path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{self.path} is not valid JSON ({exc}); move it away to start over") from exc
+        if not isinstance(data, list):
+            raise InputError(f"{self.path} must hold a JSON list of records")
+        return data
+
+    def _trusted(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The records whose arrays are there and match their checksum."""
+        kept = []
+        for r in records:
+            if not isinstance(r, dict):
+                continue
+            name, digest = r.get("arrays"), r.get("arrays_sha256")
+            if name is not None and digest is not None and _sha256(self.out_dir / name) != digest:
+                warnings.warn(f"{self.out_dir / name} is missing or does not match its checksum; the record "
+                              f"{r.get('key')} will be computed again", RuntimeWarning, stacklevel=3)
+                continue
+            kept.append(r)
+        return kept
 
     def has(self, key: str) -> bool:
         return any(r.get("key") == key for r in self.records)
@@ -79,14 +115,16 @@ class ResultsStore:
     def add(self, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
         if not isinstance(record, dict) or not isinstance(record.get("key"), str):
             raise InputError("a record must be a dict with a string 'key' (see record_key)")
-        if arrays:
-            name = f"arrays/{record['key']}.npz"
-            tmp = self.out_dir / f"arrays/.{record['key']}.tmp.npz"
-            np.savez_compressed(tmp, **arrays)
-            os.replace(tmp, self.out_dir / name)
-            record = {**record, "arrays": name}
-        self.records = [r for r in self.records if r.get("key") != record["key"]] + [jsonable(record)]
-        atomic_write_text(self.path, json.dumps(self.records, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        with self.lock:
+            if arrays:
+                name = f"arrays/{record['key']}.npz"
+                write_durably(self.out_dir / name, lambda f: np.savez_compressed(f, **arrays))
+                record = {**record, "arrays": name, "arrays_sha256": _sha256(self.out_dir / name)}
+            on_disk = self._trusted(self._read())
+            theirs = {r.get("key") for r in on_disk}
+            mine = [r for r in self.records if r.get("key") not in theirs and r.get("key") != record["key"]]
+            self.records = [r for r in on_disk if r.get("key") != record["key"]] + mine + [jsonable(record)]
+            atomic_write_text(self.path, json.dumps(self.records, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
     def arrays(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
         if "arrays" not in record:

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from advrepair.durable import write_durably, write_text_durably
 from advrepair.errors import CheckpointError
 from advrepair.models.registry import build_model
 
@@ -69,22 +70,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(model: nn.Module, stem: str | os.PathLike[str], card: ModelCard) -> Path:
     """Write ``stem.safetensors`` and ``stem.json``; returns the weights path."""
     weights, card_path = checkpoint_paths(stem)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(state, str(tmp), metadata={"kind": card.kind, "arch": card.arch})
-    os.replace(tmp, weights)
+    blob = save(state, metadata={"kind": card.kind, "arch": card.arch})
+    write_durably(weights, lambda f: f.write(blob))
     card.weights_sha256 = sha256_file(weights)
-    _atomic_write_text(card_path, card.to_json())
+    write_text_durably(card_path, card.to_json())
     return weights
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from advrepair.errors import InputError
+from advrepair.durable import write_text_durably
 from advrepair.evaluation.store import ResultsStore
 from advrepair.evaluation.worst_case import worst_case
 from advrepair.report.figures import (accuracy_bars, image_grid, iterate_accuracy_figure, lambda_sweep_figure,
@@ -113,6 +114,6 @@ def write_report(out_dir: str | Path, title: str = "advrepair report") -> Path:
         parts.append("\n## Figures\n")
         parts += [f"![{f.stem}]({f.name})\n" for f in figures]
     path = out / "report.md"
-    path.write_text("\n".join(parts))
-    (out / "table.md").write_text(accuracy_table(records))
+    write_text_durably(path, "\n".join(parts))
+    write_text_durably(out / "table.md", accuracy_table(records))
     return path

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from advrepair.durable import write_durably, write_text_durably
 from advrepair.models.checkpoint import sha256_file
 
 
@@ -44,14 +45,11 @@ class EpochCheckpoint:
                     scalars[f"{i}/{k}"] = v
         tensors["rng/batch_order"] = gen.get_state()
         tensors["rng/torch"] = torch.get_rng_state()
-        tmp = self.tensors_path.with_name(f".{self.tensors_path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.tensors_path)
+        blob = save(tensors)
+        write_durably(self.tensors_path, lambda f: f.write(blob))
         meta = {"identity": self.identity, "epochs_done": epochs_done, "history": history, "opt_scalars": scalars,
                 "tensors_sha256": sha256_file(self.tensors_path)}
-        tmp_meta = self.meta_path.with_name(f".{self.meta_path.name}.{os.getpid()}.tmp")
-        tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, self.meta_path)
+        write_text_durably(self.meta_path, json.dumps(meta))
 
     def restore(self, params: list[nn.Parameter], opt: torch.optim.Optimizer,
                 gen: torch.Generator) -> tuple[int, list[dict[str, float]]] | None:
