@@ -1,6 +1,7 @@
 """What each CLI command does, as plain functions with explicit arguments."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -139,6 +140,7 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
         if len(set(budgets)) > 1:
             raise InputError(f"attacks have different budgets {budgets}; give --eps-v explicitly")
         eps_v = 2 * float(budgets[0])
+    store = ResultsStore(out, resume=resume)  # an unwritable --out fails here, before any work
     if transfer_from is not None:
         source, _ = load_checkpoint(Path(transfer_from) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
         specs = [s if s.name == CLEAN else AttackSpec("transfer", {"source": source, "attack": s.name,
@@ -181,7 +183,6 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
         # the precision is part of the results key (via the card), so bf16 never reuses fp32 records
         entries.append(ModelEntry(Path(model_dir).name, clf, card={**card.__dict__, "precision": precision},
                                   defenses=defenses))
-    store = ResultsStore(out, resume=resume)
     if ray is not None:
         from advrepair.evaluation.distributed import evaluate_matrix_ray
 
@@ -208,10 +209,43 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
                 else:
                     run_adaptive(subset, entry, target, adaptive_config, store, batch_size=batch_size,
                                  device=device, subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
-    path = write_report(out, title=f"advrepair eval on {dataset}")
+    with store.lock:  # another run writing into the same folder must not interleave its report
+        path = write_report(out, title=f"advrepair eval on {dataset}")
     tqdm.write(accuracy_table(records))
     tqdm.write(f"report: {path}")
     return path
+
+
+def zoo_list(*, as_json: bool) -> str:
+    from advrepair import zoo
+    from advrepair.zoo.summary import metric_text
+
+    rows = [zoo.describe(e.name) for e in zoo.entries()]
+    if as_json:
+        return json.dumps(rows, indent=2)
+    lines = []
+    for r in rows:
+        eps = "standard" if r["eps"] is None else f"eps {r['eps']:g}"
+        parent = f" on {r['parent']}" if r["parent"] else ""
+        state = "; ".join(metric_text(m) for m in r["metrics"]) if r["shipped"] else "not built"
+        lines.append(f"{r['name']}  [{r['kind']}{parent}{', ' + eps if r['kind'] == 'classifier' else ''}]\n"
+                     f"    {r['description']}\n    {state}")
+    return "\n".join(lines)
+
+
+def zoo_build(*, names: Sequence[str], all_entries: bool, out: Path | None, write_shipped: bool, autoattack: bool,
+              data_root: str | None, device: str, progress: bool) -> bool:
+    from advrepair import zoo
+    from advrepair.demo import DEFAULT_HOME
+    from advrepair.zoo.build import build
+
+    if all_entries == bool(names):
+        raise InputError("name the entries to build, or pass --all (not both)")
+    chosen = [e.name for e in zoo.entries()] if all_entries else [zoo.entry(n).name for n in names]
+    target = zoo.weights_dir() if write_shipped else (out or DEFAULT_HOME / "zoo-build")
+    results = build(chosen, Path(target), data_root=data_root, device=torch.device(device), progress=progress,
+                    autoattack=autoattack)
+    return all(r.matches for r in results)
 
 
 def report(out: Path) -> Path:

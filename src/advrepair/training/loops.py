@@ -72,7 +72,10 @@ def _run_epochs(params: list[nn.Parameter], data: ImageDataset, *, epochs: int, 
                 seed: int, device: torch.device, desc: str, progress: bool,
                 step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
                 on_epoch_start: Callable[[], None] = lambda: None,
+                on_epoch_end: Callable[[dict[str, float]], bool] = lambda _entry: False,
                 resume: EpochCheckpoint | None = None) -> list[dict[str, float]]:
+    """The shared loop; ``on_epoch_end`` may add to the epoch's history entry and returns
+    True to stop training early."""
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = _optimizer(params, optimizer, lr, weight_decay)
@@ -106,8 +109,12 @@ def _run_epochs(params: list[nn.Parameter], data: ImageDataset, *, epochs: int, 
             count += x.shape[0]
             bar.set_postfix(loss=f"{loss_sum / count:.4f}")
         history.append({"epoch": epoch + 1, "loss": loss_sum / max(count, 1)})
+        stop = on_epoch_end(history[-1])
         if progress:
-            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}")
+            extra = "".join(f", {k} {v:.4f}" for k, v in history[-1].items() if k not in ("epoch", "loss"))
+            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}{extra}")
+        if stop:
+            break
         if resume is not None and epoch + 1 < epochs:
             resume.save(epoch + 1, history, params, opt, gen)
     if resume is not None:
@@ -127,8 +134,16 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
     _check_data_fits(model, data, recipe, ClassifierRecipe, labels=True)
     device = resolve_device(device)
     model.to(device)
+    batch_in_epoch = {"epoch": -1, "index": 0}
 
     def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        if recipe.augment:
+            if batch_in_epoch["epoch"] != epoch:
+                batch_in_epoch.update(epoch=epoch, index=0)
+            # seeded by (seed, epoch, batch): a resumed run draws the same augmentations
+            gen = torch.Generator().manual_seed((seed * 100_003 + epoch) * 100_003 + batch_in_epoch["index"])
+            batch_in_epoch["index"] += 1
+            x = flip_and_shift(x, gen)
         if recipe.adversarial:
             model.eval()  # craft in eval mode so BatchNorm statistics see only training inputs
             x = PGD(model, eps=recipe.eps, alpha=recipe.alpha, steps=recipe.steps,
@@ -145,10 +160,41 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
     return history
 
 
+def flip_and_shift(images: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Each image flipped left-right with probability 1/2 and shifted by up to ``max_shift``
+    pixels in each direction, the uncovered border filled with zeros. Shapes: (B, C, H, W)."""
+    b, _, h, w = images.shape
+    flip = torch.rand(b, generator=gen) < 0.5
+    shifts = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=gen)
+    out = torch.where(flip.view(b, 1, 1, 1).to(images.device), images.flip(-1), images)
+    padded = F.pad(out, (max_shift,) * 4)
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(shifts.tolist())])
+
+
+def _heldout_ssl_loss(task: SelfSupervisedTask, backbone: Classifier, heldout: ImageDataset, seed: int,
+                      device: torch.device, batch_size: int = 128) -> float:
+    """Mean training loss on held-out images with fixed draws, comparable across epochs."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    task.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, _ in heldout.batches(batch_size):
+            u = torch.rand((x.shape[0], *task.training_numbers_per_image), generator=gen).to(device)
+            total += float(task.training_loss(backbone, x.to(device), u)) * x.shape[0]
+            count += x.shape[0]
+    task.train()
+    return total / count
+
+
 def train_ssl_task(task: SelfSupervisedTask, backbone: Classifier, data: ImageDataset, recipe: SSLRecipe, *,
-                   seed: int = 0, device: str | torch.device = "cpu",
-                   progress: bool = True) -> list[dict[str, float]]:
+                   seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
+                   heldout: ImageDataset | None = None) -> list[dict[str, float]]:
     """Fit a task's head on clean images; the classifier stays frozen in eval mode.
+
+    With ``heldout`` images, each epoch's history entry gets ``heldout_loss``; with
+    ``recipe.patience`` training also stops once that loss has not improved for
+    ``patience`` epochs and the best epoch's weights are kept (its entry is marked
+    ``"best": 1.0``).
 
     Raises:
         InputError: an empty dataset, or images that do not fit the classifier.
@@ -156,6 +202,10 @@ def train_ssl_task(task: SelfSupervisedTask, backbone: Classifier, data: ImageDa
     if not isinstance(task, SelfSupervisedTask):
         raise InputError(f"task must be a SelfSupervisedTask, got {type(task).__name__}")
     _check_data_fits(backbone, data, recipe, SSLRecipe, labels=False)
+    if recipe.patience is not None and heldout is None:
+        raise InputError("an SSLRecipe with patience needs held-out images (heldout=...) to stop on")
+    if heldout is not None:
+        _check_data_fits(backbone, heldout, recipe, SSLRecipe, labels=False)
     device = resolve_device(device)
     backbone.to(device).eval()
     task.to(device)
@@ -167,14 +217,30 @@ def train_ssl_task(task: SelfSupervisedTask, backbone: Classifier, data: ImageDa
         u = torch.rand((x.shape[0], *task.training_numbers_per_image), generator=gen).to(device)
         return task.training_loss(backbone, x, u)
 
+    best: dict[str, Any] = {"loss": math.inf, "state": None, "entry": None, "since": 0}
+
+    def on_epoch_end(entry: dict[str, float]) -> bool:
+        if heldout is None:
+            return False
+        entry["heldout_loss"] = _heldout_ssl_loss(task, backbone, heldout, seed, device)
+        if entry["heldout_loss"] < best["loss"]:
+            best.update(loss=entry["heldout_loss"], entry=entry, since=0,
+                        state={k: v.detach().clone() for k, v in task.state_dict().items()})
+        else:
+            best["since"] += 1
+        return recipe.patience is not None and best["since"] >= recipe.patience
+
     try:
         history = _run_epochs([p for p in task.parameters() if p.requires_grad], data, epochs=recipe.epochs,
                               batch_size=recipe.batch_size, subset=recipe.train_subset, optimizer="adam",
                               lr=recipe.lr, weight_decay=0.0, schedule="constant", seed=seed, device=device,
                               desc=f"ssl-{task.name}", progress=progress, step=step,
-                              on_epoch_start=lambda: task.train())
+                              on_epoch_start=lambda: task.train(), on_epoch_end=on_epoch_end)
     finally:
         for p in backbone.parameters():
             p.requires_grad_(True)
+    if recipe.patience is not None and best["state"] is not None:
+        task.load_state_dict(best["state"])
+        best["entry"]["best"] = 1.0
     task.eval()
     return history

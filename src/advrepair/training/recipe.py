@@ -38,9 +38,13 @@ class ClassifierRecipe:
     alpha: float = 0.05
     steps: int = 5
     train_subset: int | None = None
+    #: random horizontal flips and shifts of up to 2 pixels (zero fill), drawn per batch
+    augment: bool = False
 
     def __post_init__(self) -> None:
         _check_common(self)
+        if not isinstance(self.augment, bool):
+            raise InputError(f"augment must be True or False, got {self.augment!r}")
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -56,6 +60,8 @@ class ClassifierRecipe:
         if not self.adversarial:
             for k in ("eps", "alpha", "steps"):
                 d.pop(k)
+        if not self.augment:  # cards written before the field existed stay comparable
+            d.pop("augment")
         return d
 
 
@@ -68,9 +74,17 @@ class SSLRecipe:
     batch_size: int = 128
     lr: float = 1e-3
     train_subset: int | None = None
+    #: with held-out data: stop once the held-out loss has not improved for this many
+    #: epochs and keep the best epoch's weights (``epochs`` is then the maximum)
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         _check_common(self)
+        if self.patience is not None:
+            check_int_at_least(self.patience, "patience", 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.patience is None:  # cards written before the field existed stay comparable
+            d.pop("patience")
+        return d

@@ -1,0 +1,186 @@
+"""Training a zoo entry from its recipe, and comparing the result with the shipped card.
+
+CPU training here is deterministic for a fixed torch version and thread count, so a
+rebuild on the same set-up gives the shipped weights bit for bit (the SHA-256 matches).
+Elsewhere (another torch, another thread count, a GPU) the rebuild is accepted when every
+accuracy on the card is within ``TOLERANCE`` of the shipped one.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from advrepair.data import ImageDataset, balanced_subset, load_dataset
+from advrepair.errors import CheckpointError
+from advrepair.models import Classifier, ModelCard, build_model, save_checkpoint
+from advrepair.ssl import ContrastiveHead, ContrastiveTask, build_task
+from advrepair.training import ClassifierRecipe, SSLRecipe, train_classifier, train_ssl_task
+from advrepair.training.checkpointing import EpochCheckpoint
+from advrepair.zoo.metrics import classifier_metrics, ssl_loss_metrics
+from advrepair.zoo.registry import NEGATIVES, ZooEntry, ZooKind, build_order, entry
+from advrepair.zoo.store import card as shipped_card
+from advrepair.zoo.store import is_shipped, load, load_negatives, save_tensor_file, weights_dir
+
+#: accepted gap between a rebuilt and a shipped accuracy when the weights differ (fraction):
+#: about two binomial standard errors of a 1,000-image robust accuracy
+TOLERANCE = {"clean_accuracy": 0.01, "robust_accuracy": 0.03}
+#: the thread count every shipped entry was trained with (reductions depend on it)
+TRAINING_THREADS = 2
+
+
+@dataclass
+class BuildResult:
+    name: str
+    seconds: float
+    card: ModelCard
+    identical: bool | None  # None: nothing shipped to compare with
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def matches(self) -> bool:
+        return self.identical is None or self.identical or not self.differences
+
+
+def _provenance(seconds: float) -> dict[str, Any]:
+    return {"training_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()}
+
+
+def _splits(e: ZooEntry, data_root: str | None) -> tuple[ImageDataset, ImageDataset | None, ImageDataset]:
+    train = load_dataset(e.dataset, split="train", root=data_root)
+    test = load_dataset(e.dataset, split="test", root=data_root)
+    if e.heldout:
+        n = len(train)
+        return train.subset(list(range(n - e.heldout))), train.subset(list(range(n - e.heldout, n))), test
+    return train, None, test
+
+
+def _build_negatives(e: ZooEntry, out: Path, data_root: str | None) -> ModelCard:
+    train = load_dataset(e.dataset, split="train", root=data_root)
+    images = balanced_subset(train, e.config["size"], seed=e.seed).tensors()[0]
+    as_bytes = torch.round(images * 255).to(torch.uint8)
+    model_card = ModelCard(kind="negative-bank", arch="uint8-images", config=dict(e.config), dataset=train.name,
+                           seed=e.seed, parent={"split": "train", "selection": "balanced_subset"})
+    save_tensor_file({"images": as_bytes}, out / e.name, model_card)
+    return model_card
+
+
+def _build_classifier(e: ZooEntry, out: Path, data_root: str | None, device: torch.device, progress: bool,
+                      autoattack: bool) -> ModelCard:
+    assert isinstance(e.recipe, ClassifierRecipe) and e.arch is not None
+    train, _, test = _splits(e, data_root)
+    config = dict(in_channels=train.image_shape[0], num_classes=train.num_classes, input_size=train.image_shape[1],
+                  **e.config)
+    torch.manual_seed(e.seed)
+    model = build_model(e.arch, **config)
+    assert isinstance(model, Classifier)
+    resume = EpochCheckpoint(out / f".{e.name}-in-progress", {"entry": e.name, "recipe": e.recipe.to_dict(),
+                                                              "seed": e.seed, "config": config})
+    start = time.perf_counter()
+    history = train_classifier(model, train, e.recipe, seed=e.seed, device=device, progress=progress, resume=resume)
+    seconds = time.perf_counter() - start
+    model_card = ModelCard(kind="classifier", arch=e.arch, config=model.config, dataset=train.name,
+                           recipe=e.recipe.to_dict(), seed=e.seed, metrics=[],
+                           parent={"zoo_name": e.name, "history": history, "provenance": _provenance(seconds)})
+    save_checkpoint(model, out / e.name, model_card)  # the weights are safe before the long measurements
+    model_card.metrics = classifier_metrics(model, test, e.eval_eps, device=device, autoattack=autoattack,
+                                            progress=progress)
+    save_checkpoint(model, out / e.name, model_card)
+    return model_card
+
+
+def _build_head(e: ZooEntry, out: Path, data_root: str | None, device: torch.device, progress: bool) -> ModelCard:
+    assert isinstance(e.recipe, SSLRecipe) and e.parent is not None
+    classifier, parent = load(e.parent, device, folder=out if is_shipped(e.parent, out) else None)
+    assert isinstance(classifier, Classifier)
+    train, heldout, test = _splits(e, data_root)
+    options = {k: v for k, v in e.task.items() if k != "name"}
+    torch.manual_seed(e.seed)
+    if e.task["name"] == "contrastive":
+        folder = out if is_shipped(NEGATIVES, out) else None
+        task: Any = ContrastiveTask(ContrastiveHead(classifier.feature_dim), negatives=load_negatives(folder, device),
+                                    **options)
+    else:
+        task = build_task(e.task["name"], classifier, **options)
+    task.to(device)
+    start = time.perf_counter()
+    history = train_ssl_task(task, classifier, train, e.recipe, seed=e.seed, device=device, progress=progress,
+                             heldout=heldout)
+    seconds = time.perf_counter() - start
+    best = next((h["epoch"] for h in history if h.get("best")), len(history))
+    head = task.head
+    model_card = ModelCard(kind=f"ssl-{e.task['name']}", arch=head.arch, config=head.config, dataset=train.name,
+                           recipe=e.recipe.to_dict(), seed=e.seed,
+                           metrics=ssl_loss_metrics(classifier, task, test, e.eval_eps, device=device),
+                           parent={"zoo_name": e.name, "classifier": e.parent,
+                                   "classifier_sha256": parent.weights_sha256, "task": task.config(),
+                                   "options": options, "history": history, "stopping_epoch": int(best),
+                                   "heldout_images": e.heldout, "provenance": _provenance(seconds)})
+    save_checkpoint(head, out / e.name, model_card)
+    return model_card
+
+
+def _compare(new: ModelCard, old: ModelCard) -> tuple[bool, list[str]]:
+    identical = new.weights_sha256 == old.weights_sha256
+    differences = []
+    for m_new, m_old in zip(new.metrics, old.metrics):
+        limit = TOLERANCE.get(m_new["metric"])
+        gap = abs(m_new["value"] - m_old["value"])
+        if limit is not None and gap > limit:
+            differences.append(f"{m_new['metric']} {100 * m_new['value']:.2f}% vs shipped {100 * m_old['value']:.2f}% "
+                               f"(tolerance {100 * limit:.1f} points)")
+    if len(new.metrics) < len(old.metrics):
+        differences.append("fewer metrics measured than on the shipped card")
+    return identical, differences
+
+
+def build_entry(name: str, out: Path, *, data_root: str | None = None, device: torch.device = torch.device("cpu"),
+                progress: bool = True, autoattack: bool = True) -> BuildResult:
+    """Train ``name`` from its recipe into ``out`` (parents from ``out`` when built there,
+    else from the shipped zoo), measure it and compare with the shipped card."""
+    e = entry(name)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAINING_THREADS)
+    start = time.perf_counter()
+    try:
+        if e.kind is ZooKind.NEGATIVE_BANK:
+            new = _build_negatives(e, out, data_root)
+        elif e.kind is ZooKind.CLASSIFIER:
+            new = _build_classifier(e, out, data_root, device, progress, autoattack)
+        else:
+            new = _build_head(e, out, data_root, device, progress)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - start
+    if out.resolve() == weights_dir().resolve() or not is_shipped(name):
+        return BuildResult(name, seconds, new, None)
+    identical, differences = _compare(new, shipped_card(name))
+    return BuildResult(name, seconds, new, identical, differences)
+
+
+def build(names: list[str], out: Path, **kwargs: Any) -> list[BuildResult]:
+    """Build ``names`` and every parent they need, parents first."""
+    results = []
+    for name in build_order(names):
+        results.append(build_entry(name, out, **kwargs))
+        r = results[-1]
+        verdict = ("written" if r.identical is None else "bit-identical to the shipped weights" if r.identical
+                   else "within tolerance of the shipped card" if not r.differences
+                   else "DIFFERS from the shipped card: " + "; ".join(r.differences))
+        tqdm.write(f"zoo build {name}: {r.seconds:.0f} s, {verdict}")
+    return results
+
+
+def card_summary(model_card: ModelCard) -> dict[str, Any]:
+    return json.loads(model_card.to_json())
+
+
+__all__ = ["BuildResult", "TOLERANCE", "build", "build_entry", "CheckpointError"]

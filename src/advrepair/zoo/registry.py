@@ -1,0 +1,115 @@
+"""The zoo's entries: what each shipped model is and the recipe that makes it.
+
+An entry names its architecture, recipe, seed, data and parent (a head names the classifier
+it was trained on), so ``advrepair zoo build NAME`` can retrain it from nothing but this
+file and our training code, and compare the result with the shipped card.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from advrepair.errors import InputError
+from advrepair.training.recipe import ClassifierRecipe, SSLRecipe
+
+
+class ZooKind(str, enum.Enum):
+    CLASSIFIER = "classifier"
+    SSL_HEAD = "ssl head"
+    NEGATIVE_BANK = "negative bank"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One named model of the zoo.
+
+    Attributes:
+        name: the zoo name, also the stem of its files in ``zoo/weights``.
+        kind: classifier, self-supervised head or the contrastive task's negative bank.
+        dataset: the data it was trained on (always the dataset's full training split,
+            less ``heldout`` images for heads that stop early).
+        parent: the zoo name this entry is built on (a head's classifier), or None.
+        arch / config: the architecture and its constructor arguments (classifiers).
+        recipe: the training recipe.
+        task: the self-supervised task's name and options (heads).
+        eps: the adversarial-training budget (L-inf), None for standard training.
+        seed: seeds everything random in the training.
+        description: one line for ``zoo list``.
+    """
+
+    name: str
+    kind: ZooKind
+    dataset: str
+    description: str
+    parent: str | None = None
+    arch: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    recipe: ClassifierRecipe | SSLRecipe | None = None
+    task: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    #: training images kept out for early stopping (the last ones of the training split)
+    heldout: int = 0
+    #: L-inf budget of the robust accuracy measured for the card
+    eval_eps: float = 0.1
+
+    @property
+    def eps(self) -> float | None:
+        recipe = self.recipe
+        if isinstance(recipe, ClassifierRecipe) and recipe.adversarial:
+            return recipe.eps
+        return None
+
+
+FMNIST = "fashion-mnist"
+NEGATIVES = "fmnist-negatives-256"
+
+# Measured on this CPU (NOTES.md): 15 epochs of standard training ~10 min, 20 epochs of PGD-7
+# adversarial training ~35 min, a contrastive head ~1 min an epoch.
+_ENTRIES: tuple[ZooEntry, ...] = (
+    ZooEntry(NEGATIVES, ZooKind.NEGATIVE_BANK, FMNIST,
+             "256 class-balanced clean training images: the reverse attack's fixed negatives (mao2021)",
+             config={"size": 256}),
+    ZooEntry("fmnist-cnn-standard", ZooKind.CLASSIFIER, FMNIST,
+             "SmallCNN (width 32), standard training, flips and 2-px shifts",
+             arch="small-cnn", config={"width": 32, "feature_dim": 128},
+             recipe=ClassifierRecipe(epochs=15, lr=1e-3, schedule="cosine", augment=True)),
+    ZooEntry("fmnist-cnn-pgd", ZooKind.CLASSIFIER, FMNIST,
+             "SmallCNN (width 32), PGD-7 adversarial training at eps 0.1 (Madry et al.), flips and shifts",
+             arch="small-cnn", config={"width": 32, "feature_dim": 128},
+             recipe=ClassifierRecipe(epochs=20, lr=1e-3, schedule="cosine", augment=True, adversarial=True,
+                                     eps=0.1, alpha=0.025, steps=7)),
+    ZooEntry("fmnist-cnn-standard-contrastive", ZooKind.SSL_HEAD, FMNIST,
+             "mao2021 contrastive head on fmnist-cnn-standard's features, early-stopped",
+             parent="fmnist-cnn-standard", task={"name": "contrastive", "tau": 0.2, "n_views": 4},
+             recipe=SSLRecipe(epochs=30, lr=1e-3, patience=2), heldout=5000),
+    ZooEntry("fmnist-cnn-pgd-contrastive", ZooKind.SSL_HEAD, FMNIST,
+             "mao2021 contrastive head on fmnist-cnn-pgd's features, early-stopped",
+             parent="fmnist-cnn-pgd", task={"name": "contrastive", "tau": 0.2, "n_views": 4},
+             recipe=SSLRecipe(epochs=30, lr=1e-3, patience=2), heldout=5000),
+)
+
+ENTRIES: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+
+
+def entry(name: str) -> ZooEntry:
+    """The entry called ``name``; InputError listing the known names otherwise."""
+    if not isinstance(name, str) or name not in ENTRIES:
+        raise InputError(f"no zoo entry {name!r}; known: {sorted(ENTRIES)} (see `advrepair zoo list`)")
+    return ENTRIES[name]
+
+
+def build_order(names: list[str]) -> list[str]:
+    """``names`` with every parent first, each once."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        e = entry(name)
+        for dep in ([e.parent] if e.parent else []) + ([NEGATIVES] if e.task.get("name") == "contrastive" else []):
+            visit(dep)
+        if name not in order:
+            order.append(name)
+
+    for n in names:
+        visit(n)
+    return order

@@ -1,0 +1,42 @@
+"""What ``advrepair zoo list`` prints: one row per entry, its metrics from the shipped card."""
+from __future__ import annotations
+
+from typing import Any
+
+from advrepair.zoo.registry import ENTRIES, ZooEntry, entry
+from advrepair.zoo.store import card, is_shipped
+
+
+def entries() -> list[ZooEntry]:
+    return list(ENTRIES.values())
+
+
+def describe(name: str) -> dict[str, Any]:
+    """name, kind, dataset, parent, eps, metrics (empty until built), recipe and provenance."""
+    e = entry(name)
+    shipped = is_shipped(name)
+    c = card(name) if shipped else None
+    return {"name": e.name, "kind": e.kind.value, "dataset": e.dataset, "parent": e.parent, "eps": e.eps,
+            "description": e.description, "arch": e.arch, "seed": e.seed,
+            "recipe": e.recipe.to_dict() if e.recipe is not None else None,
+            "shipped": shipped, "weights_sha256": c.weights_sha256 if c else None,
+            "metrics": c.metrics if c else [],
+            "stopping_epoch": c.parent.get("stopping_epoch") if c else None,
+            "provenance": c.parent.get("provenance") if c else None}
+
+
+def metric_text(metric: dict[str, Any]) -> str:
+    """'clean 91.2 ± 0.3 % (n=10000)' or 'AutoAttack eps=0.1: 70.1 ± 1.4 % (n=1000)'."""
+    atk = metric.get("attack")
+    value, se = metric["value"], metric.get("stderr")
+    if metric["metric"].startswith("mean_ssl_loss"):
+        label = metric["metric"].replace("mean_ssl_loss_", "L_s ")
+        return f"{label} {value:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+    if atk is None:
+        label = "clean"
+    else:
+        steps = atk.get("steps")
+        label = atk["name"] + (f"-{steps}" if steps and atk["name"] != "autoattack" else "")
+        label += f" eps={atk['eps']:.3g}"
+    err = f" ± {100 * se:.1f}" if se is not None else ""
+    return f"{label}: {100 * value:.1f}{err}% (n={metric['n_images']})"
