@@ -49,29 +49,26 @@ def test_train_eval_report_and_resume(tmp_path, fake_fmnist, trained_dir, capsys
     assert "FGSM from cnn" in (transfer / "report.md").read_text()
 
 
-def test_demo_runs_end_to_end_on_small_data(tmp_path, fake_fmnist, monkeypatch):
+def test_demo_runs_end_to_end_on_zoo_models_and_small_data(tmp_path, fake_fmnist, capsys):
     from advrepair.demo import DemoConfig, run_demo
     from advrepair.evaluation.adaptive import AdaptiveConfig
-    from advrepair.training import ClassifierRecipe, SSLRecipe
 
-    cfg = DemoConfig(out=tmp_path / "report", models_dir=tmp_path / "models", data_root=str(fake_fmnist),
-                     n_images=20, standard=ClassifierRecipe(epochs=1),
-                     adversarial=ClassifierRecipe(epochs=1, adversarial=True, eps=0.1, alpha=0.05, steps=2),
-                     ssl=SSLRecipe(epochs=1), reverse_steps=2, n_views=2, progress=False,
-                     adaptive=AdaptiveConfig(eps=0.1, steps=1, eot_draws=2, unroll_steps=1, lambdas=(0.0,),
-                                             square_queries=2), adaptive_images=6)
+    cfg = DemoConfig(out=tmp_path / "report", data_root=str(fake_fmnist), n_images=20, reverse_steps=2,
+                     progress=False, adaptive=AdaptiveConfig(eps=0.1, steps=1, eot_draws=2, unroll_steps=1,
+                                                             lambdas=(0.0,), square_queries=2), adaptive_images=6)
     report = run_demo(cfg)
+    printed = capsys.readouterr()
+    assert "[1/3] attack x model matrix: about" in printed.err + printed.out  # the expected remaining time
     records = json.loads((tmp_path / "report" / "results.json").read_text())
     summaries = [r for r in records if r.get("kind") == "adaptive-summary"]
     assert {s["model"] for s in summaries} == {"fmnist-cnn-standard", "fmnist-cnn-pgd"}
     assert "Adaptive evaluation" in report.read_text()
-    records = [r for r in records if "protocol" not in r and "kind" not in r]
-    assert len(records) == 12  # 2 models x 3 attacks x (standard, repaired)
-    assert {r["attack"]["name"] for r in records} == {"clean", "fgsm", "pgd"}
+    matrix = [r for r in records if "protocol" not in r and "kind" not in r]
+    assert len(matrix) == 12  # 2 models x 3 attacks x (standard, repaired)
+    assert {r["attack"]["name"] for r in matrix} == {"clean", "fgsm", "pgd"}
     assert "FGSM Repaired" in report.read_text()
-    stamp = (tmp_path / "models" / "fmnist-cnn-pgd" / "classifier.safetensors").stat().st_mtime_ns
-    run_demo(cfg)  # second run reuses models and results
-    assert (tmp_path / "models" / "fmnist-cnn-pgd" / "classifier.safetensors").stat().st_mtime_ns == stamp
+    run_demo(cfg)  # a second run finds every record and recomputes nothing
+    assert json.loads((tmp_path / "report" / "results.json").read_text()) == records
 
 
 def test_eval_through_the_defense_with_bpda(tmp_path, fake_fmnist, trained_dir):

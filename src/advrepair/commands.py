@@ -33,8 +33,7 @@ BASELINES: dict[str, Callable[[int], torch.nn.Module]] = {
 }
 
 
-def demo(*, out: Path, models_dir: Path | None, data_root: str | None, n_images: int, autoattack: bool,
-         adaptive_images: int, seed: int,
+def demo(*, out: Path, data_root: str | None, n_images: int, autoattack: bool, adaptive_images: int, seed: int,
          device: str, progress: bool) -> Path:
     from advrepair.demo import DemoConfig, run_demo
 
@@ -42,8 +41,6 @@ def demo(*, out: Path, models_dir: Path | None, data_root: str | None, n_images:
                      device=device, progress=progress, adaptive_images=adaptive_images)
     if adaptive_images == 0:
         cfg.adaptive = None
-    if models_dir is not None:
-        cfg.models_dir = models_dir
     return run_demo(cfg)
 
 
@@ -216,10 +213,12 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
     return path
 
 
-def zoo_list(*, as_json: bool) -> str:
+def zoo_list(*, as_json: bool, as_markdown: bool = False) -> str:
     from advrepair import zoo
-    from advrepair.zoo.summary import metric_text
+    from advrepair.zoo.summary import markdown_table, metric_text
 
+    if as_markdown:
+        return markdown_table()
     rows = [zoo.describe(e.name) for e in zoo.entries()]
     if as_json:
         return json.dumps(rows, indent=2)
@@ -236,7 +235,7 @@ def zoo_list(*, as_json: bool) -> str:
 def zoo_build(*, names: Sequence[str], all_entries: bool, out: Path | None, write_shipped: bool, autoattack: bool,
               data_root: str | None, device: str, progress: bool) -> bool:
     from advrepair import zoo
-    from advrepair.demo import DEFAULT_HOME
+    from advrepair.pipeline import DEFAULT_HOME
     from advrepair.zoo.build import build
 
     if all_entries == bool(names):

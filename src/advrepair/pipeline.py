@@ -11,6 +11,7 @@ train (then measure and save) otherwise.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,18 @@ from advrepair.training.checkpointing import EpochCheckpoint
 
 CLASSIFIER_FILE = "classifier"
 CONTRASTIVE_FILE = "ssl-contrastive"
+
+#: where trained-on-demand models and caches live (``$ADVREPAIR_HOME``)
+DEFAULT_HOME = Path(os.environ.get("ADVREPAIR_HOME", Path.home() / ".cache" / "advrepair"))
+#: the folder of models the experiments train on demand (``<dir>/<model name>/``)
+DEFAULT_MODELS_DIR = DEFAULT_HOME / "models"
+
+# The short recipes the experiments still train their own CNNs with (1-2 epochs; about 10
+# minutes for both on 2 cores). The zoo's entries are the well-trained versions; experiments
+# that have not moved to the zoo yet keep these so their reports stay reproducible.
+QUICK_STANDARD = ClassifierRecipe(epochs=2)
+QUICK_ADVERSARIAL = ClassifierRecipe(epochs=2, adversarial=True, eps=0.1, alpha=0.04, steps=3)
+QUICK_SSL = SSLRecipe(epochs=1)
 
 
 def _log(msg: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from advrepair.attacks.base import Attack
-from advrepair.attacks.losses import cross_entropy, dlr_loss, targeted_dlr_loss
+from advrepair.attacks.losses import cross_entropy, dlr_loss
 from advrepair.engine import default_step_rule, project
 from advrepair.enums import Norm
 from advrepair.errors import InputError

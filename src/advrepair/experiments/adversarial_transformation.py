@@ -83,6 +83,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from advrepair.pipeline import DEFAULT_HOME
 from advrepair.adaptive.bpda import BPDA  # noqa: E402
 from advrepair.adaptive.eot import EOT  # noqa: E402
 from advrepair.attacks.base import Attack  # noqa: E402
@@ -115,7 +116,6 @@ from advrepair.report.tables import accuracy_cell  # noqa: E402
 PROTOCOL = "xiao2020"
 DEPLOYED = "xiao2020"
 IMITATOR_ARCH = "xiao-reparameterization"
-DEFAULT_HOME = Path(os.environ.get("ADVREPAIR_HOME", Path.home() / ".cache" / "advrepair"))
 
 if IMITATOR_ARCH not in available_architectures():
     # so that load_checkpoint can rebuild the imitator h from its card

@@ -63,19 +63,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from advrepair.data import balanced_subset
 from advrepair.defenses.reverse_attack import ReverseAttack
-from advrepair.demo import DemoConfig
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
 from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import read_card
 from advrepair.experiments.setup import start_run  # noqa: E402
-from advrepair.pipeline import ensure_classifier, ensure_ssl_task, negative_bank, ssl_file
+from advrepair.pipeline import (DEFAULT_MODELS_DIR, QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD, ensure_classifier,
+                                ensure_ssl_task, negative_bank, ssl_file)
 from advrepair.report.figures import lambda_sweep_figure
 from advrepair.report.tables import accuracy_cell, adaptive_table
 from advrepair.ssl.registry import TASK_NAMES, check_task_name
@@ -169,10 +168,6 @@ def parse_combination(spec: str) -> Combination:
     return check_combinations([items])[0]
 
 
-def _demo_default(name: str) -> Any:
-    return getattr(DemoConfig(), name)
-
-
 @dataclass
 class MultiTaskConfig:
     """Everything the ablation needs; defaults reproduce issue 5 on the demo's models.
@@ -199,7 +194,7 @@ class MultiTaskConfig:
     """
 
     out: Path = Path("reports/multitask")
-    models_dir: Path = field(default_factory=lambda: _demo_default("models_dir"))
+    models_dir: Path = field(default_factory=lambda: DEFAULT_MODELS_DIR)
     data_root: str | None = None
     n_images: int = 600
     seed: int = 0
@@ -211,9 +206,9 @@ class MultiTaskConfig:
     reverse_steps: int = 40
     n_views: int = 4
     tau: float = 0.2
-    standard: ClassifierRecipe = field(default_factory=lambda: _demo_default("standard"))
-    adversarial: ClassifierRecipe = field(default_factory=lambda: _demo_default("adversarial"))
-    ssl: SSLRecipe = field(default_factory=lambda: _demo_default("ssl"))
+    standard: ClassifierRecipe = QUICK_STANDARD
+    adversarial: ClassifierRecipe = QUICK_ADVERSARIAL
+    ssl: SSLRecipe = QUICK_SSL
     inpainting_mask: str = "center"
     arch_config: dict[str, Any] | None = None
     head_width: int | None = None

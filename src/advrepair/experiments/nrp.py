@@ -89,7 +89,6 @@ from advrepair.defenses.median import MedianFilter
 from advrepair.defenses.purifier import NRPDefense, load_purifier, save_purifier
 from advrepair.defenses.resize_pad import RandomResizePad
 from advrepair.defenses.total_variation import TotalVariation
-from advrepair.demo import DemoConfig
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
@@ -98,7 +97,7 @@ from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
 from advrepair.models.purifier import Critic, Purifier
 from advrepair.experiments.setup import start_run  # noqa: E402
-from advrepair.pipeline import ensure_classifier
+from advrepair.pipeline import DEFAULT_MODELS_DIR, QUICK_STANDARD, ensure_classifier
 from advrepair.report.tables import accuracy_cell, adaptive_table
 from advrepair.training import ClassifierRecipe
 from advrepair.training.purifier import PurifierRecipe, pixel_loss, train_purifier
@@ -129,10 +128,6 @@ ATTACK_KINDS: dict[str, tuple[str, str]] = {
     "dim-ti": ("DIM-TI", "tifgsm"), "ssp": ("SSP", "ssp"),
 }
 SOURCE_TITLES = {SOURCE_VGG: "SmallVGG", SOURCE_CNN: "SmallCNN (seed 1)", ENSEMBLE: "Ensemble (VGG + CNN-seed1)"}
-
-
-def _demo_default(name: str) -> Any:
-    return getattr(DemoConfig(), name)
 
 
 def _log(msg: str) -> None:
@@ -179,7 +174,7 @@ class NRPConfig:
     """
 
     out: Path = Path("reports/nrp")
-    models_dir: Path = field(default_factory=lambda: _demo_default("models_dir"))
+    models_dir: Path = field(default_factory=lambda: DEFAULT_MODELS_DIR)
     data_root: str | None = None
     n_images: int = 500
     seed: int = 0
@@ -190,7 +185,7 @@ class NRPConfig:
     table1_attacks: tuple[str, ...] = ("fgsm", "mifgsm", "dim", "dim-ti")
     table5_attacks: tuple[str, ...] = ("fgsm", "pgd", "mifgsm", "dim", "ssp")
     ensemble: bool = True
-    target_recipe: ClassifierRecipe = field(default_factory=lambda: _demo_default("standard"))
+    target_recipe: ClassifierRecipe = QUICK_STANDARD
     source_recipe: ClassifierRecipe = field(default_factory=lambda: ClassifierRecipe(epochs=1))
     source_seed: int = 1
     vgg_config: dict[str, Any] = field(default_factory=lambda: {"width": 16})

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
@@ -76,22 +75,15 @@ from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, evaluate
 from advrepair.evaluation.metrics import accuracy_of  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, jsonable, record_key  # noqa: E402
 from advrepair.experiments.setup import start_run  # noqa: E402
-from advrepair.pipeline import ensure_classifier  # noqa: E402
+from advrepair.pipeline import DEFAULT_MODELS_DIR, QUICK_STANDARD, ensure_classifier  # noqa: E402
 from advrepair.training.recipe import ClassifierRecipe  # noqa: E402
 from advrepair.validation import check_int_at_least, check_positive  # noqa: E402
 from advrepair.report.tables import accuracy_cell  # noqa: E402
 
 PROTOCOL = "ride"
-DEFAULT_HOME = Path(os.environ.get("ADVREPAIR_HOME", Path.home() / ".cache" / "advrepair"))
 #: most points kept per trajectory curve in results.json (the arrays keep every step)
 TRAJECTORY_POINTS = 200
 DEFENSE_ORDER = ("median-3x3", "tv", "ride")
-
-
-def _demo_standard_recipe() -> ClassifierRecipe:
-    from advrepair.demo import DemoConfig
-
-    return DemoConfig().standard
 
 
 @dataclass
@@ -114,9 +106,9 @@ class RideConfig:
     """
 
     out: Path = Path("reports/ride")
-    models_dir: Path = DEFAULT_HOME / "models"
+    models_dir: Path = DEFAULT_MODELS_DIR
     classifier_name: str = "fmnist-cnn-standard"
-    classifier_recipe: ClassifierRecipe = field(default_factory=_demo_standard_recipe)
+    classifier_recipe: ClassifierRecipe = QUICK_STANDARD
     data_root: str | None = None
     dataset: str = "fashion-mnist"
     seed: int = 0

@@ -75,7 +75,9 @@ def save_checkpoint(model: nn.Module, stem: str | os.PathLike[str], card: ModelC
     weights, card_path = checkpoint_paths(stem)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = save(state, metadata={"kind": card.kind, "arch": card.arch})
+    # one metadata key: safetensors writes several in hash-map order, which would make two
+    # saves of the same weights differ in bytes and SHA-256
+    blob = save(state, metadata={"advrepair": json.dumps({"kind": card.kind, "arch": card.arch}, sort_keys=True)})
     write_durably(weights, lambda f: f.write(blob))
     card.weights_sha256 = sha256_file(weights)
     write_text_durably(card_path, card.to_json())

@@ -40,3 +40,24 @@ def metric_text(metric: dict[str, Any]) -> str:
         label += f" eps={atk['eps']:.3g}"
     err = f" ± {100 * se:.1f}" if se is not None else ""
     return f"{label}: {100 * value:.1f}{err}% (n={metric['n_images']})"
+
+
+def markdown_table() -> str:
+    """ZOO.md's table: every entry with what its card measured (``advrepair zoo list --markdown``)."""
+    lines = ["| name | kind | parent | trained | measured (attack, images, ± s.e.) |", "|---|---|---|---|---|"]
+    for e in entries():
+        d = describe(e.name)
+        prov = d["provenance"] or {}
+        recipe = d["recipe"] or {}
+        if e.kind.value == "classifier":
+            how = (f"{recipe.get('epochs')} ep" + (f", PGD-{recipe['steps']} eps {recipe['eps']:g}"
+                                                   if recipe.get("adversarial") else ", standard"))
+        elif e.kind.value == "ssl head":
+            how = f"stopped at epoch {d['stopping_epoch']} of {recipe.get('epochs')} (held-out loss)"
+        else:
+            how = "selected, not trained"
+        if prov.get("training_seconds") is not None:
+            how += f", {prov['training_seconds'] / 60:.1f} min"
+        measured = "<br>".join(metric_text(m) for m in d["metrics"]) if d["shipped"] else "not built"
+        lines.append(f"| `{e.name}` | {e.kind.value} | {d['parent'] or ''} | {how} | {measured} |")
+    return "\n".join(lines) + "\n"
