@@ -30,7 +30,7 @@ def test_train_eval_report_and_resume(tmp_path, fake_fmnist, trained_dir, capsys
     assert (model / "ssl-contrastive.safetensors").exists()
     out = tmp_path / "eval"
     args = ["eval", "--model-dir", str(model), "--attack", "clean", "--attack", "pgd:eps=0.1,alpha=0.05,steps=2",
-            "--n-images", "20", "--reverse-steps", "2", "--out", str(out), *common]
+            "--n-images", "20", "--defense", "reverse-attack", "--reverse-steps", "2", "--out", str(out), *common]
     assert main(args) == 0
     records = json.loads((out / "results.json").read_text())
     assert len(records) == 4 and {r["n_images"] for r in records} == {20}
@@ -74,7 +74,7 @@ def test_demo_runs_end_to_end_on_zoo_models_and_small_data(tmp_path, fake_fmnist
 def test_eval_through_the_defense_with_bpda(tmp_path, fake_fmnist, trained_dir):
     out = tmp_path / "adaptive"
     args = ["eval", "--model-dir", str(trained_dir), "--attack", "pgd:eps=0.1,alpha=0.05,steps=2", "--through", "bpda",
-            "--n-images", "20", "--reverse-steps", "2", "--out", str(out), "--data-root", str(fake_fmnist),
+            "--n-images", "20", "--defense", "reverse-attack", "--reverse-steps", "2", "--out", str(out), "--data-root", str(fake_fmnist),
             "--device", "cpu", "--no-progress"]
     assert main(args) == 0
     records = json.loads((out / "results.json").read_text())
@@ -87,7 +87,7 @@ def test_eval_adaptive_runs_the_protocol_and_reports_it(tmp_path, fake_fmnist, t
     out = tmp_path / "adaptive"
     args = ["eval", "--model-dir", str(trained_dir), "--attack", "pgd:eps=0.1,alpha=0.05,steps=2", "--adaptive",
             "--adaptive-steps", "2", "--eot-draws", "2", "--unroll-steps", "1", "--lambdas", "0,2",
-            "--square-queries", "3", "--n-images", "10", "--reverse-steps", "2", "--out", str(out),
+            "--square-queries", "3", "--n-images", "10", "--defense", "reverse-attack", "--reverse-steps", "2", "--out", str(out),
             "--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress"]
     assert main(args) == 0
     records = json.loads((out / "results.json").read_text())
@@ -117,7 +117,7 @@ def test_multi_task_repair_from_the_command_line(tmp_path, fake_fmnist, trained_
         assert card["kind"] == f"ssl-{task}" and card["metrics"][0]["metric"] == "mean_ssl_loss_clean"
     out = tmp_path / "multi"
     args = ["eval", "--model-dir", str(trained_dir), "--attack", "fgsm:eps=0.1", "--n-images", "10",
-            "--reverse-steps", "2", "--ssl-tasks", "contrastive:1,rotation:50,inpainting:10", "--out", str(out), *common]
+            "--defense", "reverse-attack", "--reverse-steps", "2", "--ssl-tasks", "contrastive:1,rotation:50,inpainting:10", "--out", str(out), *common]
     assert main(args) == 0
     defended = next(r for r in json.loads((out / "results.json").read_text()) if r.get("defense"))
     assert [(t["task"], t["weight"]) for t in defended["defense"]["tasks"]] == [
@@ -192,3 +192,18 @@ def test_bf16_evaluation_gets_its_own_records(tmp_path, fake_fmnist, trained_dir
     records = json.loads((out / "results.json").read_text())
     assert len(records) == 2 and len({r["model_weights"] for r in records}) == 2
     assert main([*base, "--precision", "fp16", *common]) == 2  # fp16 needs CUDA
+
+
+def test_eval_config_file_runs_the_same_request_as_the_flags(tmp_path, fake_fmnist, trained_dir):
+    flags = ["--model-dir", str(trained_dir), "--attack", "clean", "--attack", "fgsm:eps=0.1", "--defense", "jpeg",
+             "--n-images", "12", "--data-root", str(fake_fmnist), "--device", "cpu", "--no-progress"]
+    assert main(["eval", *flags, "--out", str(tmp_path / "flags")]) == 0
+    (tmp_path / "run.toml").write_text(
+        f'model-dir = ["{trained_dir}"]\nattack = ["clean", "fgsm:eps=0.1"]\ndefense = ["jpeg"]\n'
+        f'n-images = 12\ndata-root = "{fake_fmnist}"\ndevice = "cpu"\nno-progress = true\n')
+    assert main(["eval", "--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "toml")]) == 0
+    strip = lambda p: [{k: v for k, v in r.items() if k not in ("seconds", "attack_cost")}  # noqa: E731
+                       for r in json.loads((p / "results.json").read_text())]
+    assert strip(tmp_path / "toml") == strip(tmp_path / "flags")
+    (tmp_path / "bad.toml").write_text("n_imagez = 3\n")
+    assert main(["eval", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "x")]) == 2

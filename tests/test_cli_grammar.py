@@ -58,8 +58,9 @@ def eval_argv(draw, world):
         argv += ["--n-images", "6"]
     if draw(st.booleans()):
         argv += ["--batch-size", draw(st.one_of(st.integers(-1, 6).map(str), st.just("b")))]
-    argv += ["--defense", draw(st.sampled_from(["none", "none", "jpeg", "median", "bit-depth", "reverse-attack", "nrp",
-                                                "magic", ""]))]
+    for defense in draw(st.lists(st.sampled_from(["none", "jpeg", "median", "bit-depth", "reverse-attack", "nrp",
+                                                  "magic", ""]), max_size=3)):  # repeated, or missing
+        argv += ["--defense", defense]
     if draw(st.booleans()):
         argv += ["--eps-v", draw(numbers)]
     argv += ["--reverse-steps", draw(st.sampled_from(["1", "2", "-1", "x"])), "--n-views", draw(
@@ -86,13 +87,16 @@ def valid_eval_argv(draw, world):
                             unique=True))
     pairs = [("--model-dir", str(world["model"])), ("--n-images", str(draw(st.integers(1, 6)))),
              ("--batch-size", str(draw(st.integers(1, 8)))),
-             ("--defense", draw(st.sampled_from(["none", "jpeg", "median", "bit-depth", "reverse-attack"]))),
              ("--reverse-steps", "1"), ("--n-views", "2"), ("--eps-v", "0.2"),
              ("--out", str(world["root"] / "valid" / draw(st.sampled_from(["a", "b", "c/d"])))),
              ("--data-root", str(world["data"])), ("--seed", str(draw(st.integers(0, 3))))]
     pairs += [("--attack", a) for a in attacks]
+    pairs += [("--defense", d) for d in draw(st.lists(st.sampled_from(["none", "jpeg", "median", "bit-depth",
+                                                                       "reverse-attack"]), max_size=2, unique=True))]
     argv = ["eval"] + [x for pair in draw(st.permutations(pairs)) for x in pair] + ["--device", "cpu", "--no-progress"]
-    return argv + draw(st.sampled_from([[], ["--no-resume"], ["--through", "bpda"]]))
+    defended = any(pairs[i] == ("--defense", d) for i in range(len(pairs)) for d in ("jpeg", "median", "bit-depth",
+                                                                                     "reverse-attack"))
+    return argv + draw(st.sampled_from([[], ["--no-resume"]] + ([["--through", "bpda"]] if defended else [])))
 
 
 def _run(argv):

@@ -144,7 +144,7 @@ def test_attacks_through_a_defense(tmp_path, trained_cnn, shapes_test, through):
     adaptive = next(r for r in records if r["attack"].get("through") == through)
     assert adaptive["defense"]["label"] == "noop" and len(records) == 3
     assert adaptive["accuracy"] == pytest.approx(static["accuracy"])
-    assert f"PGD-5 through" in write_report(tmp_path).read_text()
+    assert "PGD-5 through" in write_report(tmp_path).read_text()
 
 
 def test_through_needs_a_known_mode_and_an_attack():

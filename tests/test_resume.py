@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from advrepair.evaluation import AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
+from advrepair.evaluation import ResultsStore
 from advrepair.evaluation.partial import PartialCells
 
 SCRIPT = textwrap.dedent("""

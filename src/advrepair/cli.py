@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also craft every attack through the defense: BPDA (identity gradient) or the "
                          "defense's own autograd graph (adaptive attacks)")
     ev.add_argument("--defense", choices=["none", "reverse-attack", "nrp", "ride", "jpeg", "tv", "median", "bit-depth",
-                                                   "resize-pad"],
-                    default="reverse-attack", help="the defense in front of the classifier (baselines: JPEG q75, "
+                                          "resize-pad"],
+                    action="append", default=None,
+                    help="a defense in front of the classifier (repeatable; default none; baselines: JPEG q75, "
                     "TV split-Bregman with pixel dropout, 3x3 median, 4-bit depth, random resize-and-pad)")
     ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                     help="autocast precision of the classifier (bf16: CPU or CUDA; fp16: CUDA only)")
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n-images", type=int, default=500)
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--out", type=Path, required=True)
+    ev.add_argument("--config", type=Path, default=None, metavar="RUN.toml",
+                    help="read flags from a TOML file (keys are the flag names: n-images = 500, attack = [...]); "
+                         "flags given on the command line override it, repeatable ones add to its lists")
     ev.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="shard the images over Ray workers (the attack matrix and, with --adaptive, the "
                          "protocol's rows): a local cluster, or ADDRESS ('auto', 'ray://host:port'); resumable "
@@ -204,8 +208,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_argv(path: Path, parser: argparse.ArgumentParser) -> list[str]:
+    """The flags a TOML run file stands for, so both go through the same parser and checks."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        table = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise AdvRepairError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AdvRepairError(f"the config file {path} is not valid TOML: {exc}") from None
+    known = {opt for action in parser._actions for opt in action.option_strings}
+    argv: list[str] = []
+    for key, value in table.items():
+        flag = "--" + key.replace("_", "-")
+        if flag not in known or flag in ("--config", "--help"):
+            raise AdvRepairError(f"unknown key {key!r} in {path}; keys are the flag names of `advrepair eval`")
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bool):
+                if item:
+                    argv.append(flag)
+            elif isinstance(item, (str, int, float)):
+                argv += [flag, str(item)]
+            else:
+                raise AdvRepairError(f"{key!r} in {path} must be a string, number, boolean or a list of them")
+    return argv
+
+
+def _with_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    if not argv or argv[0] != "eval" or "--config" not in argv[1:] and not any(a.startswith("--config=") for a in argv):
+        return argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv[1:])
+    eval_parser = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction)
+                       ).choices["eval"]  # type: ignore[union-attr]
+    return ["eval", *config_argv(known.config, eval_parser), *argv[1:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        full = _with_config(list(sys.argv[1:] if argv is None else argv), parser)
+    except AdvRepairError as exc:
+        print(f"advrepair: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(full)
     try:
         return _dispatch(args)
     except AdvRepairError as exc:
@@ -275,9 +325,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                             square_queries=args.square_queries, seed=args.seed)
         commands.evaluate(adaptive=adaptive, ssl_tasks=args.ssl_tasks, ray=args.ray, ray_workers=args.ray_workers,
                           purifier=args.purifier, nrp_dynamic=args.nrp_dynamic, precision=args.precision,
-                          channels_last=args.channels_last, ride_iterations=args.ride_iterations, dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
+                          channels_last=args.channels_last, ride_iterations=args.ride_iterations,
+                          dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
                           attack_specs=args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"],
-                          transfer_from=args.transfer_from, through=args.through, defense=args.defense,
+                          transfer_from=args.transfer_from, through=args.through, defenses=args.defense or ["none"],
                           eps_v=args.eps_v, reverse_steps=args.reverse_steps,
                           n_views=args.n_views, n_images=args.n_images, batch_size=args.batch_size,
                           out=args.out, resume=not args.no_resume, seed=args.seed, device=device,

@@ -106,7 +106,7 @@ def parse_ssl_tasks(spec: str) -> list[tuple[str, float]]:
 
 
 def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path], attack_specs: Sequence[str],
-             defense: str, eps_v: float | None, reverse_steps: int, transfer_from: Path | None = None,
+             defenses: Sequence[str], eps_v: float | None, reverse_steps: int, transfer_from: Path | None = None,
              through: str | None = None, n_views: int, n_images: int, batch_size: int,
              out: Path, resume: bool, seed: int, device: str, progress: bool,
              adaptive: dict[str, Any] | None = None, ssl_tasks: str = "contrastive", ray: str | None = None,
@@ -115,12 +115,13 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
     from advrepair.runtime import AutocastModule, autocast_context, prepare_module
 
     autocast_context(device, precision)  # refuse fp16 on a CPU before any work
+    chosen = list(dict.fromkeys(d for d in defenses if d != "none"))
     specs = [AttackSpec(*parse_spec(s)) for s in attack_specs]
     parse_ssl_tasks(ssl_tasks)
     adaptive_config = None
     if adaptive is not None:
-        if defense == "none":
-            raise InputError("--adaptive needs a defense to attack")
+        if not chosen:
+            raise InputError("--adaptive needs a defense to attack (--defense NAME)")
         if adaptive.get("eps") is None:
             budgets = {s.params.get("eps") for s in specs if s.name != CLEAN} - {None}
             if len(budgets) != 1:
@@ -130,7 +131,7 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
     for spec in specs:  # fail on a bad name or parameter before any work is done
         if spec.name != CLEAN:
             make_attack(spec.name, torch.nn.Identity(), **spec.params)
-    if defense == "reverse-attack" and eps_v is None:
+    if "reverse-attack" in chosen and eps_v is None:
         budgets = [s.params.get("eps") for s in specs if s.name != CLEAN]
         if not budgets or budgets[0] is None:
             raise InputError("give --eps-v, or an attack with eps=..., to size the reverse attack (eps_v = 2 eps)")
@@ -144,42 +145,44 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
                                                                    "source_name": Path(transfer_from).name, **s.params})
                  for s in specs]
     if through is not None:
-        if defense == "none":
-            raise InputError("--through needs a defense to attack through")
+        if not chosen:
+            raise InputError("--through needs a defense to attack through (--defense NAME)")
         specs += [AttackSpec(s.name, s.params, through=through) for s in specs if s.name != CLEAN]
     test = load_dataset(dataset, split="test", root=data_root)
     subset = balanced_subset(test, min(n_images, len(test)), seed=seed)
-    train = load_dataset(dataset, split="train", root=data_root) if defense == "reverse-attack" else None
+    train = load_dataset(dataset, split="train", root=data_root) if "reverse-attack" in chosen else None
     entries = []
     for model_dir in model_dirs:
         clf, card = load_checkpoint(Path(model_dir) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
         clf = prepare_module(clf, device, channels_last)
         if precision != "fp32":
             clf = AutocastModule(clf, device, precision)
-        defenses: dict[str, torch.nn.Module] = {}
-        if defense in BASELINES:
-            defenses[defense] = BASELINES[defense](seed)
-        elif defense == "ride":
-            from advrepair.defenses import RIDE
+        modules: dict[str, torch.nn.Module] = {}
+        for defense in chosen:
+            if defense in BASELINES:
+                modules[defense] = BASELINES[defense](seed)
+            elif defense == "ride":
+                from advrepair.defenses import RIDE
 
-            defenses["ride"] = RIDE(seed=seed, iterations=ride_iterations, progress=progress)
-        elif defense == "nrp":
-            from advrepair.defenses import NRPDefense
+                modules["ride"] = RIDE(seed=seed, iterations=ride_iterations, progress=progress)
+            elif defense == "nrp":
+                from advrepair.defenses import NRPDefense
 
-            if purifier is None:
-                raise InputError("--defense nrp needs --purifier STEM (made by `advrepair train purifier`)")
-            defenses["nrp"] = NRPDefense.from_checkpoint(purifier, map_location=device, dynamic=nrp_dynamic, seed=seed)
-        elif defense == "reverse-attack":
-            assert train is not None and eps_v is not None
-            negatives = negative_bank(train, seed=seed)
-            tasks = [(load_contrastive_task(model_dir, card, negatives, n_views, torch.device(device))
-                      if name == "contrastive" else load_ssl_task(model_dir, name, card, device=torch.device(device)),
-                      weight) for name, weight in parse_ssl_tasks(ssl_tasks)]
-            defenses["reverse-attack"] = ReverseAttack(clf, tasks, eps_v=eps_v, steps=reverse_steps,  # type: ignore[arg-type]
-                                                       seed=seed)
+                if purifier is None:
+                    raise InputError("--defense nrp needs --purifier STEM (made by `advrepair train purifier`)")
+                modules["nrp"] = NRPDefense.from_checkpoint(purifier, map_location=device, dynamic=nrp_dynamic,
+                                                            seed=seed)
+            elif defense == "reverse-attack":
+                assert train is not None and eps_v is not None
+                negatives = negative_bank(train, seed=seed)
+                tasks = [(load_contrastive_task(model_dir, card, negatives, n_views, torch.device(device))
+                          if name == "contrastive" else load_ssl_task(model_dir, name, card, device=torch.device(device)),
+                          weight) for name, weight in parse_ssl_tasks(ssl_tasks)]
+                modules["reverse-attack"] = ReverseAttack(clf, tasks, eps_v=eps_v, steps=reverse_steps,  # type: ignore[arg-type]
+                                                           seed=seed)
         # the precision is part of the results key (via the card), so bf16 never reuses fp32 records
         entries.append(ModelEntry(Path(model_dir).name, clf, card={**card.__dict__, "precision": precision},
-                                  defenses=defenses))
+                                  defenses=modules))
     if ray is not None:
         from advrepair.evaluation.distributed import evaluate_matrix_ray
 

@@ -20,8 +20,6 @@ from tqdm.auto import tqdm
 
 from advrepair.attacks import PGD
 from advrepair.data import ImageDataset, balanced_subset
-from advrepair.defenses import ReverseAttack
-from advrepair.evaluation.metrics import accuracy_of
 from advrepair.models import Classifier, ModelCard, build_model, load_checkpoint, read_card, save_checkpoint
 from advrepair.models.checkpoint import checkpoint_paths
 from advrepair.errors import CheckpointError
@@ -29,6 +27,7 @@ from advrepair.ssl import (AugmentConfig, ContrastiveHead, ContrastiveTask, Self
                           check_task_name, task_from_checkpoint_parts)
 from advrepair.training import ClassifierRecipe, SSLRecipe, train_classifier, train_ssl_task
 from advrepair.training.checkpointing import EpochCheckpoint
+from advrepair.zoo.metrics import accuracy_metric, ssl_loss_metrics
 
 CLASSIFIER_FILE = "classifier"
 CONTRASTIVE_FILE = "ssl-contrastive"
@@ -50,30 +49,16 @@ def _log(msg: str) -> None:
     tqdm.write(msg)
 
 
-def _accuracy(model: Classifier, data: ImageDataset, attack: PGD | None, batch_size: int = 250,
-              device: torch.device = torch.device("cpu")) -> float:
-    correct = []
-    for x, y in data.batches(batch_size):
-        x, y = x.to(device), y.to(device)
-        if attack is not None:
-            x = attack(x, y)
-        with torch.no_grad():
-            correct.append((model(x).argmax(1) == y).cpu())
-    return accuracy_of(torch.cat(correct)).value
-
-
 def classifier_metrics(model: Classifier, test: ImageDataset, eps: float, n_clean: int = 1000,
                        n_robust: int = 500, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
-    """Clean and PGD-20 accuracy for the card, each with the attack and image count behind it."""
+    """Clean and PGD-20 accuracy for the card, each with the attack, image count and s.e. behind it."""
     clean = balanced_subset(test, min(n_clean, len(test)), seed=0)
     robust = balanced_subset(test, min(n_robust, len(test)), seed=0)
     pgd = PGD(model, eps=eps, alpha=2.5 * eps / 20, steps=20)
-    return [
-        {"metric": "clean_accuracy", "value": _accuracy(model, clean, None, device=device),
-         "attack": None, "n_images": len(clean), "split": test.split},
-        {"metric": "robust_accuracy", "value": _accuracy(model, robust, pgd, device=device),
-         "attack": pgd.params(), "n_images": len(robust), "split": test.split},
-    ]
+    return [accuracy_metric(model, clean, None, metric="clean_accuracy", device=device, batch_size=250,
+                            progress=False),
+            accuracy_metric(model, robust, pgd, metric="robust_accuracy", device=device, batch_size=250,
+                            progress=False)]
 
 
 def ensure_classifier(model_dir: str | Path, train: ImageDataset, test: ImageDataset, *, arch: str,
@@ -226,18 +211,7 @@ def ensure_ssl_task(model_dir: str | Path, name: str, classifier: Classifier, cl
 def contrastive_metrics(classifier: Classifier, task: SelfSupervisedTask, test: ImageDataset, eps: float,
                         device: torch.device, n: int = 500) -> list[dict[str, Any]]:
     """Mean L_s on clean and on PGD images: mao2021's premise is that attacks raise it."""
-    data = balanced_subset(test, min(n, len(test)), seed=0)
-    probe = ReverseAttack(classifier, task, eps_v=0.0, steps=0, seed=0)
-    pgd = PGD(classifier, eps=eps, alpha=2.5 * eps / 20, steps=20)
-    clean, attacked = [], []
-    for x, y in data.batches(250):
-        x, y = x.to(device), y.to(device)
-        clean.append(probe.ssl_loss(x).cpu())
-        attacked.append(probe.ssl_loss(pgd(x, y)).cpu())
-    c, a = torch.cat(clean), torch.cat(attacked)
-    return [{"metric": "mean_ssl_loss_clean", "value": float(c.mean()), "attack": None, "n_images": len(data)},
-            {"metric": "mean_ssl_loss_attacked", "value": float(a.mean()), "attack": pgd.params(),
-             "n_images": len(data)}]
+    return ssl_loss_metrics(classifier, task, test, eps, device=device, n=n)
 
 
 def _ssl_summary(card: ModelCard) -> str:

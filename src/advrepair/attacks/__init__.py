@@ -17,5 +17,8 @@ from advrepair.attacks.ssp import SSP
 from advrepair.attacks.tifgsm import TIFGSM
 from advrepair.attacks.transfer import Transfer
 
-__all__ = ["APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "Attack", "AttackStats", "BIM", "CW", "CWPGD", "DIFGSM", "FGSM", "MIFGSM", "PGD", "SSP", "TIFGSM",
-           "ATTACKS", "make_attack", "parse_spec", "FAB", "FABT", "HopSkipJump", "Square", "Transfer"]
+__all__ = [
+    "APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "Attack", "AttackStats", "BIM", "CW", "CWPGD",
+    "DIFGSM", "FGSM", "MIFGSM", "PGD", "SSP", "TIFGSM", "ATTACKS", "make_attack", "parse_spec", "FAB",
+    "FABT", "HopSkipJump", "Square", "Transfer",
+]

@@ -10,5 +10,8 @@ from advrepair.defenses.reverse_attack import ReverseAttack
 from advrepair.defenses.ride import RIDE, RIDE_NETWORKS, RideNetSpec
 from advrepair.defenses.total_variation import TotalVariation
 
-__all__ = ["AdversarialTransformation", "BPDASurrogate", "selection_statistic", "BitDepthReduction", "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "NRPDefense", "load_purifier", "save_purifier", "RandomResizePad",
-           "ReverseAttack", "RIDE", "RIDE_NETWORKS", "RideNetSpec", "TotalVariation"]
+__all__ = [
+    "AdversarialTransformation", "BPDASurrogate", "selection_statistic", "BitDepthReduction",
+    "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "NRPDefense", "load_purifier", "save_purifier",
+    "RandomResizePad", "ReverseAttack", "RIDE", "RIDE_NETWORKS", "RideNetSpec", "TotalVariation",
+]

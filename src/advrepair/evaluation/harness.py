@@ -243,7 +243,8 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
                   "n_correct": acc.correct, "attack_seconds": seconds[None],
                   "defense_seconds": 0.0 if dname is None else seconds[dname],
                   "seconds": seconds[None] + (0.0 if dname is None else seconds[dname]),
-                  "attack_cost": cost, "attack_members": getattr(attack, "report", None), "model_card": {k: entry.card.get(k) for k in ("arch", "recipe", "kind")}}
+                  "attack_cost": cost, "attack_members": getattr(attack, "report", None),
+                  "model_card": {k: entry.card.get(k) for k in ("arch", "recipe", "kind")}}
         arrays: dict[str, np.ndarray] = {"correct": torch.cat(correct[dname]).numpy()}
         arrays.update({k: torch.cat(v).numpy() for k, v in samples.items() if v and (
             not k.startswith("repaired_") or k == f"repaired_{dname}")})

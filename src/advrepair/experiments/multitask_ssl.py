@@ -513,7 +513,7 @@ def ablation_figures(cfg: MultiTaskConfig, index: dict[tuple[str, str | None, st
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(CLASSIFIERS), figsize=(5.5 * len(CLASSIFIERS), 4.5), squeeze=False)
-    for ax, (m, title) in zip(axes[0], CLASSIFIERS):
+    for ax, (m, _title) in zip(axes[0], CLASSIFIERS):
         for k, (name, label) in enumerate(rows):
             c, p = index.get((m, label, "clean")), index.get((m, label, "pgd"))
             if not c or not p:

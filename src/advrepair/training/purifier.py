@@ -125,7 +125,7 @@ def random_crops(images: torch.Tensor, size: int, padding: int, gen: torch.Gener
         return x
     top = torch.randint(0, h - size + 1, (x.shape[0],), generator=gen).tolist()
     left = torch.randint(0, w - size + 1, (x.shape[0],), generator=gen).tolist()
-    return torch.stack([x[i, :, t:t + size, l:l + size] for i, (t, l) in enumerate(zip(top, left))])
+    return torch.stack([x[i, :, t:t + size, lf:lf + size] for i, (t, lf) in enumerate(zip(top, left))])
 
 
 def pixel_loss(purified: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
