@@ -47,6 +47,7 @@ demo: setup data
 	$(BIN)/advrepair demo
 
 test: setup-test data
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
 bench: setup-test

@@ -74,7 +74,8 @@ def test_demo_runs_end_to_end_on_zoo_models_and_small_data(tmp_path, fake_fmnist
 def test_eval_through_the_defense_with_bpda(tmp_path, fake_fmnist, trained_dir):
     out = tmp_path / "adaptive"
     args = ["eval", "--model-dir", str(trained_dir), "--attack", "pgd:eps=0.1,alpha=0.05,steps=2", "--through", "bpda",
-            "--n-images", "20", "--defense", "reverse-attack", "--reverse-steps", "2", "--out", str(out), "--data-root", str(fake_fmnist),
+            "--n-images", "20", "--defense", "reverse-attack", "--reverse-steps", "2", "--out", str(out),
+            "--data-root", str(fake_fmnist),
             "--device", "cpu", "--no-progress"]
     assert main(args) == 0
     records = json.loads((out / "results.json").read_text())
@@ -117,7 +118,8 @@ def test_multi_task_repair_from_the_command_line(tmp_path, fake_fmnist, trained_
         assert card["kind"] == f"ssl-{task}" and card["metrics"][0]["metric"] == "mean_ssl_loss_clean"
     out = tmp_path / "multi"
     args = ["eval", "--model-dir", str(trained_dir), "--attack", "fgsm:eps=0.1", "--n-images", "10",
-            "--defense", "reverse-attack", "--reverse-steps", "2", "--ssl-tasks", "contrastive:1,rotation:50,inpainting:10", "--out", str(out), *common]
+            "--defense", "reverse-attack", "--reverse-steps", "2", "--ssl-tasks", "contrastive:1,rotation:50,inpainting:10",
+            "--out", str(out), *common]
     assert main(args) == 0
     defended = next(r for r in json.loads((out / "results.json").read_text()) if r.get("defense"))
     assert [(t["task"], t["weight"]) for t in defended["defense"]["tasks"]] == [

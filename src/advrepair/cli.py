@@ -9,6 +9,10 @@ from typing import NoReturn, Sequence
 from advrepair.errors import AdvRepairError
 
 
+#: each top-level parser's ``eval`` subparser, whose flags a TOML run file may set
+_EVAL_PARSERS: dict[int, argparse.ArgumentParser] = {}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``advrepair eval: error: ...`` and exit code 2."""
 
@@ -90,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pur)
 
     ev = sub.add_parser("eval", help="model x attack matrix, with and without the reverse attack")
+    _EVAL_PARSERS[id(parser)] = ev
     ev.add_argument("--dataset", default="fashion-mnist")
     ev.add_argument("--model-dir", type=Path, action="append", required=True,
                     help="a model directory (repeatable); its name labels the rows")
@@ -213,7 +218,7 @@ def config_argv(path: Path, parser: argparse.ArgumentParser) -> list[str]:
     try:
         import tomllib
     except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib
     try:
         table = tomllib.loads(Path(path).read_text())
     except OSError as exc:
@@ -243,9 +248,7 @@ def _with_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(argv[1:])
-    eval_parser = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction)
-                       ).choices["eval"]  # type: ignore[union-attr]
-    return ["eval", *config_argv(known.config, eval_parser), *argv[1:]]
+    return ["eval", *config_argv(known.config, _EVAL_PARSERS[id(parser)]), *argv[1:]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -271,8 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else None
-    if text and getattr(exc, "filename", None):
-        text = f"{exc.filename}: {text}"
+    filename = getattr(exc, "filename", None)
+    if text and filename:
+        text = f"{filename}: {text}"
     return " ".join((text or str(exc) or type(exc).__name__).split())
 
 
@@ -298,20 +302,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "train" and args.what == "ssl":
         from advrepair.training import SSLRecipe
 
-        recipe = SSLRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           train_subset=args.train_subset)
+        ssl_recipe = SSLRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               train_subset=args.train_subset)
         commands.train_ssl(dataset=args.dataset, data_root=args.data_root, model_dir=args.model_dir,
-                           recipe=recipe, tau=args.tau, n_views=args.n_views, eval_eps=args.eps,
+                           recipe=ssl_recipe, tau=args.tau, n_views=args.n_views, eval_eps=args.eps,
                            seed=args.seed, device=device, progress=progress, task=args.task, mask=args.mask)
     elif args.command == "train" and args.what == "purifier":
         from advrepair.training import PurifierRecipe
 
-        recipe = PurifierRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, ssp_eps=args.ssp_eps,
-                                ssp_alpha=args.ssp_eps / 8, ssp_steps=args.ssp_steps, layer=args.layer,
-                                train_subset=args.train_subset, seed=args.seed)
+        purifier_recipe = PurifierRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                         ssp_eps=args.ssp_eps, ssp_alpha=args.ssp_eps / 8, ssp_steps=args.ssp_steps,
+                                         layer=args.layer, train_subset=args.train_subset, seed=args.seed)
         commands.train_purifier(dataset=args.dataset, data_root=args.data_root,
                                 feature_model_dir=args.feature_model_dir, layer=args.layer, out=args.out,
-                                recipe=recipe, width=args.width, seed=args.seed, device=device, progress=progress)
+                                recipe=purifier_recipe, width=args.width, seed=args.seed, device=device, progress=progress)
     elif args.command == "eval":
         adaptive = None
         if args.adaptive:

@@ -123,10 +123,10 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
         if not chosen:
             raise InputError("--adaptive needs a defense to attack (--defense NAME)")
         if adaptive.get("eps") is None:
-            budgets = {s.params.get("eps") for s in specs if s.name != CLEAN} - {None}
-            if len(budgets) != 1:
-                raise InputError(f"give --adaptive-eps: the attacks' budgets {sorted(budgets)} do not name one eps")
-            adaptive = {**adaptive, "eps": float(budgets.pop())}
+            given = {float(s.params["eps"]) for s in specs if s.name != CLEAN and s.params.get("eps") is not None}
+            if len(given) != 1:
+                raise InputError(f"give --adaptive-eps: the attacks' budgets {sorted(given)} do not name one eps")
+            adaptive = {**adaptive, "eps": given.pop()}
         adaptive_config = AdaptiveConfig(**adaptive)
     for spec in specs:  # fail on a bad name or parameter before any work is done
         if spec.name != CLEAN:
@@ -277,15 +277,16 @@ def experiment(args: Any, *, device: str, progress: bool) -> Path:
             deltas=_numbers(args.deltas, float, "--deltas"), sweep_random_start=not args.paper_fig5,
             square_queries=args.square_queries, **extra))
     if args.which in ("nrp", "multitask"):
-        if args.which == "nrp":
-            from advrepair.experiments.nrp import NRPConfig as Config, run_nrp_experiment as run
-        else:
-            from advrepair.experiments.multitask_ssl import MultiTaskConfig as Config, run_multitask_ablation as run
-        extra: dict[str, Any] = {} if args.models_dir is None else {"models_dir": args.models_dir}
+        from advrepair.experiments.multitask_ssl import MultiTaskConfig, run_multitask_ablation
+        from advrepair.experiments.nrp import NRPConfig, run_nrp_experiment
+
+        Config: Any = NRPConfig if args.which == "nrp" else MultiTaskConfig
+        run: Any = run_nrp_experiment if args.which == "nrp" else run_multitask_ablation
+        options: dict[str, Any] = {} if args.models_dir is None else {"models_dir": args.models_dir}
         if args.adaptive_images == 0:
-            extra["adaptive"] = None
+            options["adaptive"] = None
         return run(Config(out=args.out, data_root=args.data_root, seed=args.seed, device=device, progress=progress,
-                          n_images=args.n_images, eps=args.eps, adaptive_images=args.adaptive_images, **extra))
+                          n_images=args.n_images, eps=args.eps, adaptive_images=args.adaptive_images, **options))
     if args.which == "ride":
         from advrepair.experiments.ride import RideConfig, run_ride_experiment
 

@@ -25,6 +25,7 @@ from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_
 from advrepair.models import Classifier
 from advrepair.report import accuracy_table, write_report
 from advrepair.runtime import resolve_device
+from advrepair.ssl import SelfSupervisedTask
 
 
 @dataclass
@@ -79,7 +80,7 @@ class _Clock:
         self.done_units += self.plan[index][1]
 
 
-def _seconds_per_repaired_image(defense: ReverseAttack, images: torch.Tensor) -> float:
+def _seconds_per_repaired_image(defense: torch.nn.Module, images: torch.Tensor) -> float:
     start = time.perf_counter()
     with torch.no_grad():
         defense(images)
@@ -95,7 +96,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     for name in cfg.classifiers:
         clf, card = zoo.load(name, device)
         task, _ = zoo.load(f"{name}-contrastive", device)
-        assert isinstance(clf, Classifier)
+        assert isinstance(clf, Classifier) and isinstance(task, SelfSupervisedTask)
         defense = ReverseAttack(clf, task, eps_v=2 * cfg.eps, steps=cfg.reverse_steps, seed=cfg.seed)
         entries.append(ModelEntry(name, clf, card=card.__dict__, defenses={"reverse-attack": defense}))
         tqdm.write(f"zoo model {name} ({card.weights_sha256[:12]}) with its contrastive head")
@@ -124,8 +125,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     if adaptive_subset is not None and cfg.adaptive is not None:
         for index, entry in enumerate(entries, start=1):
             clock.stage(index)
-            for label, defense in entry.defenses.items():
-                run_adaptive(adaptive_subset, entry, DefenseUnderTest.build(label, defense, cfg.adaptive),
+            for label, module in entry.defenses.items():
+                run_adaptive(adaptive_subset, entry, DefenseUnderTest.build(label, module, cfg.adaptive),
                              cfg.adaptive, store, batch_size=100, device=device,
                              subset=f"balanced {len(adaptive_subset)} of balanced {len(subset)} (seed {cfg.seed})",
                              progress=cfg.progress)

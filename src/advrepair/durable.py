@@ -58,7 +58,7 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_durably(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+def write_durably(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
     """Replace ``path`` with what ``write(file)`` writes, atomically and durably.
 
     Raises:

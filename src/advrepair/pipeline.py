@@ -198,7 +198,7 @@ def ensure_ssl_task(model_dir: str | Path, name: str, classifier: Classifier, cl
     _log(f"training the {name} head of {Path(model_dir).name} ({recipe.epochs} epochs)")
     history = train_ssl_task(task, classifier, train, recipe, seed=seed, device=device, progress=progress)
     metrics = contrastive_metrics(classifier, task, test, eval_eps, device)
-    head = task.head  # type: ignore[attr-defined]
+    head: Any = task.head  # ContrastiveHead, RotationHead or InpaintingNet: each has arch and config
     card = ModelCard(kind=ssl_file(name), arch=head.arch, config=head.config, dataset=train.name,
                      recipe=recipe.to_dict(), seed=seed, metrics=metrics,
                      parent={"classifier_sha256": classifier_card.weights_sha256, "task": task.config(),

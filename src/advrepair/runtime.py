@@ -165,7 +165,7 @@ def prepare_module(module: nn.Module, device: DeviceLike, channels_last: bool = 
     dev = resolve_device(device)
     module.to(dev)
     if channels_last:
-        module.to(memory_format=torch.channels_last)
+        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted at run time; the stubs omit it
     return module
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import nn
@@ -141,10 +141,11 @@ class Attack(ABC):
                 with torch.no_grad():
                     num_classes = self.model(images[:1]).shape[-1]
                 check_labels(labels, images.shape[0], num_classes)
+                assert labels is not None  # check_labels refuses None
                 self.targets = self._choose_targets(images, labels, targets, num_classes)
             elif self.uses_labels:
                 self._unchecked_labels = labels
-            adv = self.perturb(images.detach(), labels)
+            adv = self.perturb(images.detach(), cast(torch.Tensor, labels))  # None only for label-free attacks
         finally:
             self.targets = None
             self._unchecked_labels = None

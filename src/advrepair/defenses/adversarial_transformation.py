@@ -238,13 +238,13 @@ class _Eq5Clip(torch.autograd.Function):
     """Forward: ``clamp(u, -delta, delta)``; backward: Eq. 5's derivative."""
 
     @staticmethod
-    def forward(ctx: Any, u: torch.Tensor, delta: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, u: torch.Tensor, delta: float) -> torch.Tensor:
         ctx.save_for_backward(u)
         ctx.delta = delta
         return u.clamp(-delta, delta)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (u,) = ctx.saved_tensors
         return grad * eq5_projection_derivative(u.detach(), ctx.delta), None
 

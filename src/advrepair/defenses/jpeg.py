@@ -174,6 +174,8 @@ class DifferentiableJPEG(nn.Module):
         if rounding not in ROUNDING:
             raise InputError(f"rounding must be one of {ROUNDING}, got {rounding!r}")
         self.rounding = rounding
+        self.luma_q: torch.Tensor
+        self.chroma_q: torch.Tensor
         self.register_buffer("luma_q", quantization_table(self.quality).float(), persistent=False)
         self.register_buffer("chroma_q", quantization_table(self.quality, chroma=True).float(), persistent=False)
 

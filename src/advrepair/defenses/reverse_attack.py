@@ -26,7 +26,7 @@ contrastive task it is exactly mao2021.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import nn
@@ -102,16 +102,21 @@ class ReverseAttack(nn.Module):
                 "step_size": self.step_size, "norm": self.norm.value, "random_start": self.random_start,
                 "seed": self.seed,
                 "tasks": [{"task": t.name, "weight": w, "weights_sha1": weights_fingerprint(t), **t.config()}
-                          for t, w in zip(self.tasks, self.weights)]}
+                          for t, w in zip(self.task_list, self.weights)]}
+
+    @property
+    def task_list(self) -> list[SelfSupervisedTask]:
+        """The tasks, typed (``self.tasks`` is the ModuleList that registers them)."""
+        return cast(list[SelfSupervisedTask], list(self.tasks))
 
     def _draw(self, images: torch.Tensor, steps: int, stream: str) -> list[torch.Tensor]:
         return [per_image_uniform(images, None if self.seed is None else self.seed + 7919 * i,
                                   (steps, *task.numbers_per_image), stream=f"{stream}-{task.name}")
-                for i, task in enumerate(self.tasks)]
+                for i, task in enumerate(self.task_list)]
 
     def _loss(self, x: torch.Tensor, numbers: list[torch.Tensor], contexts: list[Any]) -> torch.Tensor:
         total = torch.zeros(x.shape[0], device=x.device)
-        for task, w, u, ctx in zip(self.tasks, self.weights, numbers, contexts):
+        for task, w, u, ctx in zip(self.task_list, self.weights, numbers, contexts):
             total = total + w * task.per_image_loss(self.classifier, x, u, ctx)
         return total
 
@@ -124,7 +129,7 @@ class ReverseAttack(nn.Module):
         check_images(images)
         with eval_mode(self), torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             with torch.no_grad():
-                contexts = [t.context(self.classifier) for t in self.tasks]
+                contexts = [t.context(self.classifier) for t in self.task_list]
             numbers = [u[:, 0] for u in self._draw(images.detach(), 1, stream)]
             return self._loss(images, numbers, contexts)
 
@@ -133,7 +138,7 @@ class ReverseAttack(nn.Module):
         if self.steps == 0 or self.eps_v == 0:
             return images
         with eval_mode(self):
-            contexts = [t.context(self.classifier) for t in self.tasks]
+            contexts = [t.context(self.classifier) for t in self.task_list]
             traces = [LoopTrace() for _ in range(0, images.shape[0], self.chunk_size)]
             repaired = torch.cat([self._repair(chunk, contexts, trace) for chunk, trace in
                                   zip(images.split(self.chunk_size), traces)])
@@ -163,7 +168,7 @@ class ReverseAttack(nn.Module):
         if "steps" not in overrides:
             options["step_size"] = self.step_size
         options.update(overrides)
-        return ReverseAttack(self.classifier, list(zip(self.tasks, self.weights)), **options)
+        return ReverseAttack(self.classifier, list(zip(self.task_list, self.weights)), **options)
 
     def trajectory(self, images: torch.Tensor) -> torch.Tensor:
         """Every iterate of the repair: (B, C, H, W) -> (K + 1, B, C, H, W); the first is the

@@ -56,8 +56,8 @@ def project(x: torch.Tensor, center: torch.Tensor, eps: float | torch.Tensor, no
         else:
             delta = delta.clamp(-eps, eps)
     else:
-        e = eps.view(-1, *([1] * (x.dim() - 1))) if isinstance(eps, torch.Tensor) else eps
-        scale = torch.clamp(e / (_flat_norm(delta) + 1e-12), max=1.0)
+        radius: torch.Tensor | float = eps.view(-1, *([1] * (x.dim() - 1))) if isinstance(eps, torch.Tensor) else eps
+        scale = torch.clamp(radius / (_flat_norm(delta) + 1e-12), max=1.0)
         delta = delta * scale
     return (center + delta).clamp(0.0, 1.0)
 

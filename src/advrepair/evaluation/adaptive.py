@@ -115,15 +115,15 @@ class DefenseUnderTest:
         if callable(getattr(defense, "variant", None)) and callable(getattr(defense, "ssl_loss", None)):
             return cls.reverse_attack(defense, config, label)
         notes = []
-        surrogate = getattr(defense, "bpda_surrogate", None)
-        unrolled = surrogate() if callable(surrogate) else None
+        make_surrogate = getattr(defense, "bpda_surrogate", None)
+        unrolled: nn.Module | None = make_surrogate() if callable(make_surrogate) else None
         notes.append("full gradient through the defense's differentiable approximation "
                      f"{_params_of(unrolled)}" if unrolled is not None else
                      "full gradient: the defense's own autograd graph")
-        randomized = None
+        randomized: nn.Module | None = None
         if getattr(defense, "seed", None) is not None:
             randomized = copy.copy(defense)
-            randomized.seed = None
+            setattr(randomized, "seed", None)  # noqa: B010 - a plain attribute; the stubs type Module attributes as tensors
         elif hasattr(defense, "seed"):
             randomized = defense
         else:

@@ -126,17 +126,17 @@ def merge_shards(parts: list[list[tuple[dict[str, Any], dict[str, np.ndarray]]]]
                                  for k in records[0]["attack_cost"]}
         if any(r.get("attack_members") for r in records):
             record["attack_members"] = [r.get("attack_members") for r in records]
-        arrays: dict[str, np.ndarray] = {"correct": correct}
+        record_arrays: dict[str, np.ndarray] = {"correct": correct}
         for name in pieces[0][1]:
             if name in ("ssl_loss_input", "ssl_loss_repaired"):
-                arrays[name] = np.concatenate([a[name] for _, a in pieces])
+                record_arrays[name] = np.concatenate([a[name] for _, a in pieces])
             elif name == "correct_iterates":
-                arrays[name] = np.concatenate([a[name] for _, a in pieces], axis=1)
-                record["iterate_accuracy"] = arrays[name].mean(1).tolist()
-                record["worst_over_iterates"] = float(arrays[name].all(0).mean())
+                record_arrays[name] = np.concatenate([a[name] for _, a in pieces], axis=1)
+                record["iterate_accuracy"] = record_arrays[name].mean(1).tolist()
+                record["worst_over_iterates"] = float(record_arrays[name].all(0).mean())
             elif name != "correct":
-                arrays[name] = pieces[0][1][name]  # kept samples: the first images, as in one process
-        merged.append((record, arrays))
+                record_arrays[name] = pieces[0][1][name]  # kept samples: the first images, as in one process
+        merged.append((record, record_arrays))
     return merged
 
 
@@ -187,7 +187,7 @@ def _run_sharded(fn: Any, args: tuple[Any, ...], data: ImageDataset, store: Resu
     for record, arrays in merge_shards(parts, len(data)):
         if not store.has(record["key"]):
             store.add(record, arrays)
-        out.append(store.get(record["key"]))
+        out.append(store.require(record["key"]))
     for d in dirs:
         if d is not None and d.exists():
             shutil.rmtree(d)

@@ -139,11 +139,11 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
             attack_desc = spec.describe(clf)
             base = dict(dataset=data.name, subset=subset, n_images=key_images or len(data), model=entry.name,
                         model_weights=weights_id(entry.card), attack=attack_desc)
-            cells = {None: record_key(**base, defense=None)}
+            cells: dict[str | None, str] = {None: record_key(**base, defense=None)}
             for dname, dmod in entry.defenses.items():
                 cells[dname] = record_key(**base, defense=_params_of(dmod))
             if all(store.has(k) for k in cells.values()):
-                out += [store.get(k) for k in cells.values()]  # type: ignore[misc]
+                out += [store.require(k) for k in cells.values()]
                 continue
             out += _evaluate_cells(data, entry, clf, spec, attack_desc, base, cells, store, batch_size,
                                    device, progress)
@@ -164,7 +164,7 @@ def _evaluate_through(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spe
                     model_weights=weights_id(entry.card), attack=attack_desc)
         cells: dict[str | None, str] = {dname: record_key(**base, defense=_params_of(dmod))}
         if store.has(cells[dname]):
-            out.append(store.get(cells[dname]))
+            out.append(store.require(cells[dname]))
             continue
         single = ModelEntry(entry.name, clf, card=entry.card, defenses={dname: dmod})
         out += _evaluate_cells(data, single, clf, spec, attack_desc, base, cells, store, batch_size, device,
@@ -191,7 +191,8 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
     ssl_out: dict[str, list[torch.Tensor]] = {k: [] for k in entry.defenses}
     samples: dict[str, list[torch.Tensor]] = {"input": [], "clean": [], "labels": []}
     samples.update({f"repaired_{k}": [] for k in entry.defenses})
-    groups = {"correct": correct, "iterates": by_iterate, "ssl_in": ssl_in, "ssl_out": ssl_out, "samples": samples}
+    groups: dict[str, dict[Any, list[torch.Tensor]]] = {"correct": correct, "iterates": by_iterate, "ssl_in": ssl_in,
+                                                        "ssl_out": ssl_out, "samples": samples}
     partial = PartialCells(store.out_dir, list(cells.values()), batch_size, len(data))
     done = partial.restore(groups, seconds, attack.stats if attack is not None else None)
     n_batches = -(-len(data) // batch_size)
@@ -224,41 +225,42 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
                 correct[dname].append((clf(repaired).argmax(1) == y).cpu())
                 if callable(trajectory):
                     by_iterate[dname].append(torch.stack([clf(z).argmax(1) == y for z in iterates]).cpu())
-            if hasattr(defense, "ssl_loss"):
-                ssl_in[dname].append(defense.ssl_loss(adv).cpu())
-                ssl_out[dname].append(defense.ssl_loss(repaired).cpu())
+            ssl_loss = getattr(defense, "ssl_loss", None)
+            if callable(ssl_loss):
+                ssl_in[dname].append(ssl_loss(adv).cpu())
+                ssl_out[dname].append(ssl_loss(repaired).cpu())
             if keep:
                 samples[f"repaired_{dname}"].append(repaired[:SAMPLES_KEPT].cpu())
         if index + 1 < n_batches:
             partial.save(index + 1, groups, seconds, attack.stats if attack is not None else None)
-    records = []
+    records: list[dict[str, Any]] = []
     cost = attack.stats.per_image() if attack is not None else {"forward_per_image": 0.0, "backward_per_image": 0.0}
-    for dname, key in cells.items():
+    for cell, key in cells.items():
         if store.has(key):
-            records.append(store.get(key))
+            records.append(store.require(key))
             continue
-        acc = accuracy_of(torch.cat(correct[dname]))
-        defense_desc = None if dname is None else {"label": dname, **_params_of(entry.defenses[dname])}
+        acc = accuracy_of(torch.cat(correct[cell]))
+        defense_desc = None if cell is None else {"label": cell, **_params_of(entry.defenses[cell])}
         record = {**base, "key": key, "defense": defense_desc, "accuracy": acc.value, "stderr": acc.stderr,
                   "n_correct": acc.correct, "attack_seconds": seconds[None],
-                  "defense_seconds": 0.0 if dname is None else seconds[dname],
-                  "seconds": seconds[None] + (0.0 if dname is None else seconds[dname]),
+                  "defense_seconds": 0.0 if cell is None else seconds[cell],
+                  "seconds": seconds[None] + (0.0 if cell is None else seconds[cell]),
                   "attack_cost": cost, "attack_members": getattr(attack, "report", None),
                   "model_card": {k: entry.card.get(k) for k in ("arch", "recipe", "kind")}}
-        arrays: dict[str, np.ndarray] = {"correct": torch.cat(correct[dname]).numpy()}
+        arrays: dict[str, np.ndarray] = {"correct": torch.cat(correct[cell]).numpy()}
         arrays.update({k: torch.cat(v).numpy() for k, v in samples.items() if v and (
-            not k.startswith("repaired_") or k == f"repaired_{dname}")})
-        if dname is not None and ssl_in[dname]:
-            arrays["ssl_loss_input"] = torch.cat(ssl_in[dname]).numpy()
-            arrays["ssl_loss_repaired"] = torch.cat(ssl_out[dname]).numpy()
-        if dname is not None and by_iterate[dname]:
-            per_iterate = torch.cat(by_iterate[dname], 1)  # (K + 1, N)
+            not k.startswith("repaired_") or k == f"repaired_{cell}")})
+        if cell is not None and ssl_in[cell]:
+            arrays["ssl_loss_input"] = torch.cat(ssl_in[cell]).numpy()
+            arrays["ssl_loss_repaired"] = torch.cat(ssl_out[cell]).numpy()
+        if cell is not None and by_iterate[cell]:
+            per_iterate = torch.cat(by_iterate[cell], 1)  # (K + 1, N)
             arrays["correct_iterates"] = per_iterate.numpy()
             record["iterate_accuracy"] = per_iterate.float().mean(1).tolist()
             record["worst_over_iterates"] = accuracy_of(per_iterate.all(0)).value
         if extra:
             record.update(extra)
         store.add(record, arrays)
-        records.append(store.get(key))
+        records.append(store.require(key))
     partial.clear()
     return records

@@ -40,7 +40,7 @@ class PartialCells:
         self.dir.mkdir(parents=True, exist_ok=True)
         arrays = {f"{group}/{_NONE if k is None else k}/{i}": t.numpy()
                   for group, lists in groups.items() for k, ts in lists.items() for i, t in enumerate(ts)}
-        write_durably(self.arrays_path, lambda f: np.savez(f, **arrays))
+        write_durably(self.arrays_path, lambda f: np.savez(f, **dict[str, Any](arrays)))
         meta = {**self.meta_base, "batches_done": batches_done,
                 "seconds": {(_NONE if k is None else k): v for k, v in seconds.items()},
                 "stats": None if stats is None else {"images": stats.images, "forward": stats.forward,

@@ -112,13 +112,20 @@ class ResultsStore:
     def get(self, key: str) -> dict[str, Any] | None:
         return next((r for r in self.records if r.get("key") == key), None)
 
+    def require(self, key: str) -> dict[str, Any]:
+        """The record ``key``, which the caller knows is there (it has just added or found it)."""
+        record = self.get(key)
+        if record is None:
+            raise InputError(f"no record {key!r} in {self.path}")
+        return record
+
     def add(self, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
         if not isinstance(record, dict) or not isinstance(record.get("key"), str):
             raise InputError("a record must be a dict with a string 'key' (see record_key)")
         with self.lock:
             if arrays:
                 name = f"arrays/{record['key']}.npz"
-                write_durably(self.out_dir / name, lambda f: np.savez_compressed(f, **arrays))
+                write_durably(self.out_dir / name, lambda f: np.savez_compressed(f, **dict[str, Any](arrays)))
                 record = {**record, "arrays": name, "arrays_sha256": _sha256(self.out_dir / name)}
             on_disk = self._trusted(self._read())
             theirs = {r.get("key") for r in on_disk}

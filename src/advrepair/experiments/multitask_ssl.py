@@ -478,8 +478,7 @@ def _cost_table(cfg: MultiTaskConfig, index: dict[tuple[str, str | None, str], d
     for title, label in _rows(cfg)[1:]:
         cells = []
         for m, _ in CLASSIFIERS:
-            rs = [index.get((m, label, a)) for a in ("clean", "pgd")]
-            rs = [r for r in rs if r]
+            rs = [r for a in ("clean", "pgd") if (r := index.get((m, label, a)))]
             n = sum(r["n_images"] for r in rs)
             cells.append(f"{sum(r['defense_seconds'] for r in rs) / n:.3f}" if n else "n/a")
         lines.append(f"| {title} | " + " | ".join(cells) + " |")

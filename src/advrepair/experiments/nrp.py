@@ -289,7 +289,7 @@ def attack_params(key: str, eps: float, steps: int, ti_kernel: int = 5, ssp_laye
     iterative = {"eps": eps, "alpha": eps / steps, "steps": steps}
     diversity = {"resize_rate": 0.9, "diversity_prob": 0.5}
     kernel = {"kernel_name": "gaussian", "len_kernel": ti_kernel, "nsig": 3.0}
-    params: dict[str, Any] = {
+    by_kind: dict[str, dict[str, Any]] = {
         "fgsm": {"eps": eps},
         "fgsm-ti": {"eps": eps, "alpha": eps, "steps": 1, "decay": 0.0, "diversity_prob": 0.0, **kernel},
         "pgd": {"eps": eps, "alpha": eps / 4, "steps": steps},
@@ -298,7 +298,8 @@ def attack_params(key: str, eps: float, steps: int, ti_kernel: int = 5, ssp_laye
         "dim": {**iterative, "decay": 1.0, **diversity},
         "dim-ti": {**iterative, "decay": 1.0, **diversity, **kernel},
         "ssp": {"eps": eps, "alpha": eps / 4, "steps": steps, "layer": ssp_layer, "distance": ssp_distance},
-    }[key]
+    }
+    params = by_kind[key]
     if key == "ssp" and ssp_layer is None:
         raise InputError("SSP needs the source network's layer (ssp_layer)")
     return name, params
@@ -638,9 +639,9 @@ def table1_markdown(cfg: NRPConfig, store: ResultsStore,
                       for s in cfg.sources()]
         everything = worst_case_correct(store, [table1.get((s, k), {}).get(key) for s in cfg.sources()
                                                 for k in cfg.table1_attacks])
-        recs = [r for cell in table1.values() if (r := cell.get(key)) is not None]
-        n = sum(r["n_images"] for r in recs)
-        secs = "-" if key is None or not n else f"{sum(r['defense_seconds'] for r in recs) / n:.4f}"
+        found = [r for cell in table1.values() if (r := cell.get(key)) is not None]
+        n = sum(r["n_images"] for r in found)
+        secs = "-" if key is None or not n else f"{sum(r['defense_seconds'] for r in found) / n:.4f}"
         lines.append(f"| {DEFENSE_TITLES[label]} | {accuracy_cell(clean.get(key))} | {cost_text} | "
                      + " | ".join(_acc_text(c) for c in per_source) + f" | {_acc_text(everything)} | {secs} |")
     blocks.append("\n".join(lines) + "\n")

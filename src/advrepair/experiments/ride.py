@@ -238,8 +238,9 @@ def _subsample(values: torch.Tensor) -> tuple[list[int], list[float]]:
 def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str, Any], val: ImageDataset,
            subset: str, device: torch.device) -> list[dict[str, Any]]:
     """Fig. 5a: one record per (attack, K) with the accuracy after every checkpoint."""
-    x = y = None
-    records = []
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    records: list[dict[str, Any]] = []
     for spec in cfg.attacks():
         desc = spec.describe(clf)
         adv = None
@@ -248,12 +249,13 @@ def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str,
             key = record_key(kind="ride-sweep", dataset=val.name, subset=subset, n_images=len(val),
                              model_weights=weights_id(card), attack=desc, defense=ride.params())
             if store.has(key):
-                records.append(store.get(key))
+                records.append(store.require(key))
                 continue
             if x is None:
                 x, y = _all(val)
                 x, y = x.to(device), y.to(device)
             if adv is None:
+                assert x is not None and y is not None
                 adv = _craft(spec, clf, x, y, cfg.batch_size)
             _log(f"sweep: RIDE K={k} x T={cfg.sweep_checkpoints} on {len(val)} {desc['name']} images")
             t0 = time.perf_counter()
@@ -277,7 +279,7 @@ def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str,
                       "seconds": seconds, "seconds_per_image_step": seconds / (len(val) * ride.total_steps)}
             store.add(record, {"correct_checkpoints": correct.numpy(), "to_clean": traj.to_clean.numpy(),
                                "to_adv": traj.to_adv.numpy()})
-            records.append(store.get(key))
+            records.append(store.require(key))
     return records
 
 

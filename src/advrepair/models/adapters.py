@@ -290,7 +290,8 @@ def wrap_model(module: nn.Module, mean: Sequence[float], std: Sequence[float], *
         raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
     size = _parse_size(input_size) if input_size is not None else _declared_input_size(module)
 
-    common = dict(num_classes=num_classes or 0, in_channels=in_channels, input_size=size, source=source)
+    common: dict[str, Any] = dict(num_classes=num_classes or 0, in_channels=in_channels, input_size=size,
+                                  source=source)
     wrapped: WrappedClassifier
     if feature_layer is not None:
         wrapped = WrappedFeatureClassifier(module, mean_l, std_l, feature_layer=feature_layer,
@@ -368,8 +369,8 @@ def from_timm(name: str, *, pretrained: bool = False, num_classes: int | None = 
     mean = list(cfg.get("mean") or IMAGENET_MEAN)
     std = list(cfg.get("std") or IMAGENET_STD)
     cfg_size = kwargs.get("img_size") or cfg.get("input_size")
-    channels = kwargs.get("in_chans", cfg_size[0] if isinstance(cfg_size, (tuple, list)) and len(cfg_size) == 3
-                          else len(mean))
+    channels = int(kwargs.get("in_chans") or (cfg_size[0] if isinstance(cfg_size, (tuple, list)) and len(cfg_size) == 3
+                                              else len(mean)))
     if len(mean) != channels:
         mean = [sum(mean) / len(mean)] * channels
     if len(std) != channels:

@@ -24,6 +24,9 @@ def _channel_values(values: Any, what: str) -> list[float]:
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, kept inside the model so attacks see [0, 1] images."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_l, std_l = _channel_values(mean, "mean"), _channel_values(std, "std")

@@ -87,7 +87,8 @@ def write_report(out_dir: str | Path, title: str = "advrepair report") -> Path:
     parts += adaptive_parts
     if records:
         figures.append(accuracy_bars(records, out / "accuracy_bars.png"))
-    panels, grid_rows = [], []
+    panels: list[dict[str, Any]] = []
+    grid_rows: list[tuple[str, Any]] = []
     for model in dict.fromkeys(r["model"] for r in records):
         worst = _strongest_attack(records, model)
         if worst is None:

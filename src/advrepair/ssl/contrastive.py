@@ -112,6 +112,7 @@ class ContrastiveTask(SelfSupervisedTask):
     """
 
     name = "contrastive"
+    negatives: torch.Tensor
 
     def __init__(self, head: ContrastiveHead, tau: float = 0.2, n_views: int = 4,
                  augment_cfg: AugmentConfig = AugmentConfig(), negatives: torch.Tensor | None = None,

@@ -100,10 +100,9 @@ def build_task(name: str, classifier: Classifier, **cfg: Any) -> SelfSupervisedT
         source = head_cfg.pop("source", "image")
         dims = (dict(in_dim=classifier.feature_dim) if source == "features"
                 else dict(in_channels=classifier.in_channels))
-        head = RotationHead(source, **dims, **head_cfg)  # validates source
-        return RotationTask(head)
-    head = InpaintingNet(in_channels=classifier.in_channels, input_size=classifier.input_size, **head_cfg)
-    return InpaintingTask(head, **task_cfg)
+        return RotationTask(RotationHead(source, **dims, **head_cfg))  # validates source
+    net = InpaintingNet(in_channels=classifier.in_channels, input_size=classifier.input_size, **head_cfg)
+    return InpaintingTask(net, **task_cfg)
 
 
 def task_from_checkpoint_parts(name: str, head_module: nn.Module, task_config: dict[str, Any],
@@ -137,6 +136,6 @@ def task_from_checkpoint_parts(name: str, head_module: nn.Module, task_config: d
     else:
         task = InpaintingTask(head_module, mask=cfg.get("mask", "center"),  # type: ignore[arg-type]
                               mask_frac=cfg.get("mask_frac", 0.5),
-                              rect_frac=tuple(cfg.get("rect_frac", (0.2, 0.35))),  # type: ignore[arg-type]
+                              rect_frac=tuple(cfg.get("rect_frac", (0.2, 0.35))),
                               n_rects=cfg.get("n_rects", 2))
     return task.eval()

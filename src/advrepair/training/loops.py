@@ -83,7 +83,8 @@ def _run_epochs(params: list[nn.Parameter], data: ImageDataset, *, epochs: int, 
     if n == 0:
         raise InputError(f"the training set {getattr(data, 'name', '')!r} is empty: there is nothing to train on")
     per_epoch = math.ceil(n / batch_size)
-    total, done, history = epochs * per_epoch, 0, []
+    total, done = epochs * per_epoch, 0
+    history: list[dict[str, float]] = []
     first = 0
     if resume is not None:
         restored = resume.restore(params, opt, gen)
@@ -230,12 +231,15 @@ def train_ssl_task(task: SelfSupervisedTask, backbone: Classifier, data: ImageDa
             best["since"] += 1
         return recipe.patience is not None and best["since"] >= recipe.patience
 
+    def start_epoch() -> None:
+        task.train()
+
     try:
         history = _run_epochs([p for p in task.parameters() if p.requires_grad], data, epochs=recipe.epochs,
                               batch_size=recipe.batch_size, subset=recipe.train_subset, optimizer="adam",
                               lr=recipe.lr, weight_decay=0.0, schedule="constant", seed=seed, device=device,
                               desc=f"ssl-{task.name}", progress=progress, step=step,
-                              on_epoch_start=lambda: task.train(), on_epoch_end=on_epoch_end)
+                              on_epoch_start=start_epoch, on_epoch_end=on_epoch_end)
     finally:
         for p in backbone.parameters():
             p.requires_grad_(True)

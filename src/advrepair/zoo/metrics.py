@@ -13,6 +13,7 @@ from advrepair.attacks import PGD, AutoAttack
 from advrepair.data import ImageDataset, balanced_subset
 from advrepair.defenses.reverse_attack import ReverseAttack
 from advrepair.evaluation.metrics import accuracy_of
+from advrepair.models.base import Classifier
 from advrepair.ssl.task import SelfSupervisedTask
 
 #: robust accuracies on this many class-balanced test images (s.e. <= 1.6 points)
@@ -57,7 +58,7 @@ def classifier_metrics(model: nn.Module, test: ImageDataset, eps: float, *, devi
     return metrics
 
 
-def ssl_loss_metrics(classifier: nn.Module, task: SelfSupervisedTask, test: ImageDataset, eps: float, *,
+def ssl_loss_metrics(classifier: Classifier, task: SelfSupervisedTask, test: ImageDataset, eps: float, *,
                      device: torch.device, n: int = ROBUST_IMAGES) -> list[dict[str, Any]]:
     """Mean L_s on clean and on PGD-20 images: mao2021's premise is that attacks raise it."""
     data = balanced_subset(test, min(n, len(test)), seed=0)
