@@ -58,10 +58,11 @@ def test_demo_runs_end_to_end_on_zoo_models_and_small_data(tmp_path, fake_fmnist
                                                              lambdas=(0.0,), square_queries=2), adaptive_images=6)
     report = run_demo(cfg)
     printed = capsys.readouterr()
-    assert "[1/3] attack x model matrix: about" in printed.err + printed.out  # the expected remaining time
+    assert "[1/2] attack x model matrix: about" in printed.err + printed.out  # the expected remaining time
+    assert "[2/2] adaptive protocol on fmnist-cnn-pgd: about" in printed.err + printed.out
     records = json.loads((tmp_path / "report" / "results.json").read_text())
     summaries = [r for r in records if r.get("kind") == "adaptive-summary"]
-    assert {s["model"] for s in summaries} == {"fmnist-cnn-standard", "fmnist-cnn-pgd"}
+    assert {s["model"] for s in summaries} == {"fmnist-cnn-pgd"}
     assert "Adaptive evaluation" in report.read_text()
     matrix = [r for r in records if "protocol" not in r and "kind" not in r]
     assert len(matrix) == 12  # 2 models x 3 attacks x (standard, repaired)
