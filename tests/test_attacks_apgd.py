@@ -6,7 +6,8 @@ import torchattacks
 from torch import nn
 
 from advrepair.attacks import registry
-from advrepair.attacks.apgd import APGD, APGDCE, checkpoints, dlr_loss, targeted_dlr_loss
+from advrepair.attacks.apgd import APGD, APGDCE, checkpoints
+from advrepair.attacks.losses import dlr_loss, targeted_dlr_loss
 from advrepair.attacks.apgd_t import APGDT
 from advrepair.attacks.autoattack import AutoAttack
 from advrepair.errors import InputError

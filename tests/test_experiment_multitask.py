@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from advrepair.demo import DemoConfig
+from advrepair.pipeline import DEFAULT_MODELS_DIR, QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import AdaptiveConfig
 from advrepair.experiments.multitask_ssl import (PAPER_CODE_WEIGHTS, MultiTaskConfig, check_combinations,
@@ -87,10 +87,10 @@ def test_end_to_end_table_rows_resume_and_no_retraining(tmp_path, fake_fmnist):
     assert {p: p.stat().st_mtime_ns for p in cfg.models_dir.rglob("*.safetensors")} == stamps
 
 
-def test_defaults_reuse_the_demo_models():
-    cfg, demo = MultiTaskConfig(), DemoConfig()
-    assert cfg.models_dir == demo.models_dir and cfg.seed == demo.seed
-    assert (cfg.standard, cfg.adversarial, cfg.ssl) == (demo.standard, demo.adversarial, demo.ssl)
+def test_defaults_train_the_quick_models_until_the_experiment_moves_to_the_zoo():
+    cfg = MultiTaskConfig()
+    assert cfg.models_dir == DEFAULT_MODELS_DIR and cfg.seed == 0
+    assert (cfg.standard, cfg.adversarial, cfg.ssl) == (QUICK_STANDARD, QUICK_ADVERSARIAL, QUICK_SSL)
     assert cfg.n_images == 600 and 100 * math.sqrt(0.25 / cfg.n_images) <= 2.05
     assert (cfg.eps, cfg.pgd_steps, cfg.pgd_alpha, cfg.eps_v, cfg.reverse_steps) == (0.1, 20, 0.0125, 0.2, 40)
     assert len(cfg.combinations) == 8 and cfg.adaptive is not None and cfg.adaptive.steps == 10

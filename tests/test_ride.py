@@ -52,8 +52,10 @@ def test_batched_engine_equals_one_by_one_reference(mode, c, batch):
     one_step = RIDE(mode=mode, iterations=1, checkpoints=1, batch=batch, lr=1e-2, seed=3,
                     estimate_samples=2).fit(x).estimate
     assert (fast.estimate - one_step).abs().max() > 1e-3
-    torch.testing.assert_close(fast.estimate, ref.estimate, atol=2e-6, rtol=0)
-    torch.testing.assert_close(fast.checkpoints, ref.checkpoints, atol=2e-6, rtol=0)
+    # float32 group convolutions sum in another order than one-by-one convs; after a few Adam steps
+    # on this CPU the gap reaches ~5e-6 (values ~0.6), so 1e-5 still catches any real difference
+    torch.testing.assert_close(fast.estimate, ref.estimate, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.checkpoints, ref.checkpoints, atol=1e-5, rtol=0)
     torch.testing.assert_close(fast.final_loss, ref.final_loss, atol=1e-6, rtol=1e-5)
     for name in ("loss", "to_adv", "to_clean"):
         torch.testing.assert_close(getattr(fast.trajectory, name), getattr(ref.trajectory, name),

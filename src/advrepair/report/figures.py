@@ -1,6 +1,7 @@
 """Matplotlib figures from stored results (never from running attacks)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +115,15 @@ def lambda_sweep_figure(rows: list[dict[str, Any]], path: Path, title: str = "")
 
 def iterate_accuracy_figure(curves: list[tuple[str, list[float]]], path: Path, title: str = "") -> Path:
     """Accuracy of the classifier at each iterate of the defense's optimization, one curve per attack."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for label, acc in curves:
         ax.plot(range(len(acc)), [100 * a for a in acc], marker=".", label=label)
     ax.set_xlabel("iterate of the defense (0 = start)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    # long titles wrap instead of running off the figure; the legend sits beside the axes so it
+    # never covers a curve
+    ax.set_title(textwrap.fill(title, 60), fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
