@@ -71,7 +71,7 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluat
 from advrepair.evaluation.metrics import Accuracy  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, jsonable, record_key  # noqa: E402
 from advrepair.evaluation.worst_case import worst_case  # noqa: E402
-from advrepair.experiments.setup import start_run  # noqa: E402
+from advrepair.experiments.setup import RunConfig  # noqa: E402
 from advrepair.models.checkpoint import (ModelCard, checkpoint_paths, load_checkpoint, read_card,  # noqa: E402
                                          save_checkpoint)
 from advrepair.models.registry import available_architectures, register_architecture  # noqa: E402
@@ -141,7 +141,7 @@ def _default_fb_variants() -> tuple[FbVariant, ...]:
 
 
 @dataclass
-class XiaoConfig:
+class XiaoConfig(RunConfig):
     """Everything :func:`run_xiao_experiment` needs; the defaults fit ~15 minutes on 2 CPU cores.
 
     Paths: ``out`` receives results.json, arrays/, report.md and the PNGs; ``models_dir`` the
@@ -164,17 +164,9 @@ class XiaoConfig:
 
     out: Path = Path("reports/xiao2020")
     models_dir: Path = DEFAULT_HOME / "xiao2020-models"
-    data_root: str | None = None
-    dataset: str = "fashion-mnist"
-    seed: int = 0
-    device: str = "cpu"
-    #: torch threads for the run (``None``: leave torch's setting alone)
-    threads: int | None = None
-    progress: bool = True
     batch_size: int = 100
-    # -- threat model
+    # -- threat model (and eps = 0.1 from RunConfig)
     n_images: int = 200
-    eps: float = 0.1
     attack_steps: int = 10
     attack_alpha: float | None = None
     # -- g and f_b
@@ -212,16 +204,13 @@ class XiaoConfig:
     hsj_max_evals: int = 40
 
     def __post_init__(self) -> None:
-        self.out, self.models_dir = Path(self.out), Path(self.models_dir)
-        for name in ("n_images", "attack_steps", "g_steps", "stat_images", "stat_samples", "imitator_epochs",
+        self.check_run_fields()
+        for name in ("attack_steps", "g_steps", "stat_images", "stat_samples", "imitator_epochs",
                      "imitator_subset", "imitator_width", "square_queries", "hsj_max_queries", "hsj_init_evals",
-                     "hsj_max_evals", "batch_size"):
+                     "hsj_max_evals"):
             check_int_at_least(getattr(self, name), name, 1)
         check_int_at_least(self.imitator_depth, "imitator_depth", 2)
         check_int_at_least(self.hsj_steps, "hsj_steps", 0)
-        if self.threads is not None:
-            check_int_at_least(self.threads, "threads", 1)
-        check_positive(self.eps, "eps")
         check_positive(self.surrogate_temperature, "surrogate_temperature")
         check_positive(self.imitator_lr, "imitator_lr")
         if self.attack_alpha is not None:
@@ -265,12 +254,6 @@ class XiaoConfig:
     def alpha(self) -> float:
         """PGD step size of every PGD-type row."""
         return self.attack_alpha if self.attack_alpha is not None else 2.5 * self.eps / self.attack_steps
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["out"], d["models_dir"] = str(self.out), str(self.models_dir)
-        return jsonable(d)
-
 
 # -- Table 1 statistics ----------------------------------------------------------------------
 def transformation_statistics(g: AdversarialTransformation, images: torch.Tensor, samples: int,
@@ -622,7 +605,7 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
     if not isinstance(cfg, XiaoConfig):
         raise InputError(f"run_xiao_experiment takes a XiaoConfig, got {type(cfg).__name__}")
     start = time.perf_counter()
-    device, train, test = start_run(cfg.dataset, cfg.data_root, cfg.device, cfg.threads)
+    device, train, test = cfg.start()
     data = balanced_subset(test, cfg.n_images, seed=cfg.seed)
     run = _Run(cfg, ResultsStore(cfg.out, resume=True), train, data,
                f"balanced {len(data)} (seed {cfg.seed})", device)

@@ -72,8 +72,8 @@ from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
 from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import read_card
-from advrepair.experiments.setup import start_run  # noqa: E402
-from advrepair.pipeline import (DEFAULT_MODELS_DIR, QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD, ensure_classifier,
+from advrepair.experiments.setup import RunConfig  # noqa: E402
+from advrepair.pipeline import (QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD, ensure_classifier,
                                 ensure_ssl_task, negative_bank, ssl_file)
 from advrepair.report.figures import lambda_sweep_figure
 from advrepair.report.tables import accuracy_cell, adaptive_table
@@ -169,7 +169,7 @@ def parse_combination(spec: str) -> Combination:
 
 
 @dataclass
-class MultiTaskConfig:
+class MultiTaskConfig(RunConfig):
     """Everything the ablation needs; defaults reproduce issue 5 on the demo's models.
 
     Args:
@@ -194,12 +194,7 @@ class MultiTaskConfig:
     """
 
     out: Path = Path("reports/multitask")
-    models_dir: Path = field(default_factory=lambda: DEFAULT_MODELS_DIR)
-    data_root: str | None = None
     n_images: int = 600
-    seed: int = 0
-    device: str = "cpu"
-    eps: float = 0.1
     pgd_steps: int = 20
     pgd_alpha: float = 0.0125
     eps_v: float = 0.2
@@ -219,15 +214,9 @@ class MultiTaskConfig:
     adaptive_images: int = 100
     adaptive_combination: Combination = tuple(zip(TASK_NAMES, PAPER_TEXT_WEIGHTS))
     adaptive_models: tuple[str, ...] = ("fmnist-cnn-pgd",)
-    batch_size: int = 250
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        self.models_dir = Path(self.models_dir)
-        self.n_images = check_int_at_least(self.n_images, "n_images", 1)
-        self.seed = check_int_at_least(self.seed, "seed", 0)
-        check_positive(self.eps, "eps")
+        self.check_run_fields()
         self.pgd_steps = check_int_at_least(self.pgd_steps, "pgd_steps", 1)
         check_positive(self.pgd_alpha, "pgd_alpha")
         check_positive(self.eps_v, "eps_v")
@@ -243,7 +232,6 @@ class MultiTaskConfig:
         unknown = [m for m in self.adaptive_models if m not in known]
         if unknown:
             raise InputError(f"adaptive_models {unknown} are not among the ablation's classifiers {known}")
-        self.batch_size = check_int_at_least(self.batch_size, "batch_size", 1)
         if self.head_width is not None:
             self.head_width = check_int_at_least(self.head_width, "head_width", 1)
 
@@ -321,7 +309,7 @@ def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
     by data, weights, attack and defense parameters) and rewrites the report.
     """
     start = time.perf_counter()
-    device, train, test = start_run("fashion-mnist", cfg.data_root, cfg.device)
+    device, train, test = cfg.start()
     negatives = negative_bank(train, size=256, seed=cfg.seed)
     combos = (*cfg.combinations, *((cfg.adaptive_combination,) if cfg.adaptive is not None else ()))
     needed = [name for name in TASK_NAMES if any(name == t for combo in combos for t, _ in combo)]

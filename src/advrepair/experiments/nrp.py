@@ -96,8 +96,8 @@ from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
 from advrepair.models.purifier import Critic, Purifier
-from advrepair.experiments.setup import start_run  # noqa: E402
-from advrepair.pipeline import DEFAULT_MODELS_DIR, QUICK_STANDARD, ensure_classifier
+from advrepair.experiments.setup import RunConfig  # noqa: E402
+from advrepair.pipeline import QUICK_STANDARD, ensure_classifier
 from advrepair.report.tables import accuracy_cell, adaptive_table
 from advrepair.training import ClassifierRecipe
 from advrepair.training.purifier import PurifierRecipe, pixel_loss, train_purifier
@@ -135,7 +135,7 @@ def _log(msg: str) -> None:
 
 
 @dataclass
-class NRPConfig:
+class NRPConfig(RunConfig):
     """Everything the NRP experiment needs; defaults are the issue's run (see the module docstring).
 
     Args:
@@ -174,12 +174,6 @@ class NRPConfig:
     """
 
     out: Path = Path("reports/nrp")
-    models_dir: Path = field(default_factory=lambda: DEFAULT_MODELS_DIR)
-    data_root: str | None = None
-    n_images: int = 500
-    seed: int = 0
-    device: str = "cpu"
-    eps: float = 0.1
     attack_steps: int = 10
     ti_kernel: int = 5
     table1_attacks: tuple[str, ...] = ("fgsm", "mifgsm", "dim", "dim-ti")
@@ -207,16 +201,9 @@ class NRPConfig:
         eps=0.1, steps=10, alpha=0.025, eot_draws=2, unroll_steps=5, lambdas=(), square_queries=100))
     adaptive_images: int = 100
     adaptive_defenses: tuple[str, ...] = ("nrp", "nrp-dynamic")
-    batch_size: int = 250
-    threads: int | None = None
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        self.models_dir = Path(self.models_dir)
-        self.n_images = check_int_at_least(self.n_images, "n_images", 1)
-        self.seed = check_int_at_least(self.seed, "seed", 0)
-        self.eps = check_positive(self.eps, "eps")
+        self.check_run_fields()
         self.attack_steps = check_int_at_least(self.attack_steps, "attack_steps", 1)
         self.ti_kernel = check_int_at_least(self.ti_kernel, "ti_kernel", 1)
         if self.ti_kernel % 2 == 0:
@@ -266,9 +253,6 @@ class NRPConfig:
         bad = [d for d in self.adaptive_defenses if d not in self.defenses or d == "none"]
         if self.adaptive is not None and bad:
             raise InputError(f"adaptive_defenses {bad} are not among the evaluated defenses {self.defenses[1:]}")
-        self.batch_size = check_int_at_least(self.batch_size, "batch_size", 1)
-        if self.threads is not None:
-            self.threads = check_int_at_least(self.threads, "threads", 1)
 
     def sources(self) -> tuple[str, ...]:
         """Table 1's transfer sources, in order."""
@@ -479,7 +463,7 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
     if not isinstance(cfg, NRPConfig):
         raise InputError(f"run_nrp_experiment needs an NRPConfig, got {type(cfg).__name__}")
     start = time.perf_counter()
-    device, train, test = start_run("fashion-mnist", cfg.data_root, cfg.device, cfg.threads)
+    device, train, test = cfg.start()
     phases: dict[str, float] = {}
 
     t0 = time.perf_counter()

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,9 @@ from advrepair.defenses.total_variation import TotalVariation  # noqa: E402
 from advrepair.errors import InputError  # noqa: E402
 from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, evaluate_matrix, weights_id  # noqa: E402
 from advrepair.evaluation.metrics import accuracy_of  # noqa: E402
-from advrepair.evaluation.store import ResultsStore, jsonable, record_key  # noqa: E402
-from advrepair.experiments.setup import start_run  # noqa: E402
-from advrepair.pipeline import DEFAULT_MODELS_DIR, QUICK_STANDARD, ensure_classifier  # noqa: E402
+from advrepair.evaluation.store import ResultsStore, record_key  # noqa: E402
+from advrepair.experiments.setup import RunConfig  # noqa: E402
+from advrepair.pipeline import QUICK_STANDARD, ensure_classifier  # noqa: E402
 from advrepair.training.recipe import ClassifierRecipe  # noqa: E402
 from advrepair.validation import check_int_at_least, check_positive  # noqa: E402
 from advrepair.report.tables import accuracy_cell  # noqa: E402
@@ -87,7 +87,7 @@ DEFENSE_ORDER = ("median-3x3", "tv", "ride")
 
 
 @dataclass
-class RideConfig:
+class RideConfig(RunConfig):
     """Everything :func:`run_ride_experiment` needs.
 
     Paths: ``out`` receives results.json, arrays/, report.md and the PNGs; the classifier lives
@@ -106,19 +106,10 @@ class RideConfig:
     """
 
     out: Path = Path("reports/ride")
-    models_dir: Path = DEFAULT_MODELS_DIR
     classifier_name: str = "fmnist-cnn-standard"
     classifier_recipe: ClassifierRecipe = QUICK_STANDARD
-    data_root: str | None = None
-    dataset: str = "fashion-mnist"
-    seed: int = 0
-    device: str = "cpu"
-    #: torch threads for the run (``None``: leave torch's setting alone)
-    threads: int | None = None
-    progress: bool = True
     batch_size: int = 50
-    # -- threat model and image counts
-    eps: float = 0.1
+    # -- threat model (and eps = 0.1 from RunConfig) and image counts
     attack_steps: int = 10
     attack_alpha: float | None = None
     n_images: int = 100
@@ -136,12 +127,9 @@ class RideConfig:
     tv_weight: float = 0.1
 
     def __post_init__(self) -> None:
-        self.out, self.models_dir = Path(self.out), Path(self.models_dir)
-        for name in ("batch_size", "attack_steps", "n_images", "whitebox_images", "val_images",
-                     "sweep_checkpoints"):
+        self.check_run_fields()
+        for name in ("attack_steps", "whitebox_images", "val_images", "sweep_checkpoints"):
             check_int_at_least(getattr(self, name), name, 1)
-        if self.threads is not None:
-            check_int_at_least(self.threads, "threads", 1)
         if self.whitebox_images > self.n_images:
             raise InputError(f"whitebox_images ({self.whitebox_images}) cannot exceed n_images ({self.n_images}): "
                              "the white-box images are a subset of the gray-box ones")
@@ -176,12 +164,6 @@ class RideConfig:
         """The gray-box attacks: FGSM and PGD crafted on the classifier."""
         return [AttackSpec("fgsm", {"eps": self.eps}),
                 AttackSpec("pgd", {"eps": self.eps, "alpha": self.alpha, "steps": self.attack_steps})]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["out"], d["models_dir"] = str(self.out), str(self.models_dir)
-        return jsonable(d)
-
 
 def _log(msg: str) -> None:
     tqdm.write(msg)
@@ -317,7 +299,7 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
         >>> run_ride_experiment(RideConfig(out=Path("/tmp/runs/ride"), threads=1))
     """
     start = time.perf_counter()
-    device, train, test = start_run(cfg.dataset, cfg.data_root, cfg.device, cfg.threads)
+    device, train, test = cfg.start()
     clf, card_obj = ensure_classifier(cfg.models_dir / cfg.classifier_name, train, test, arch="small-cnn",
                                       recipe=cfg.classifier_recipe, seed=cfg.seed, eval_eps=cfg.eps, device=device,
                                       progress=cfg.progress)

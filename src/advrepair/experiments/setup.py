@@ -1,10 +1,18 @@
-"""What every experiment does first: threads, device, and the train and test splits."""
+"""What every experiment shares: its run fields (``RunConfig``) and what it does first
+(threads, device, and the train and test splits)."""
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from advrepair.data import ImageDataset, load_dataset
+from advrepair.evaluation.store import jsonable
+from advrepair.pipeline import DEFAULT_MODELS_DIR
 from advrepair.runtime import resolve_device
+from advrepair.validation import check_int_at_least, check_positive
 
 
 def start_run(dataset: str, data_root: str | None, device: str, threads: int | None = None
@@ -15,3 +23,42 @@ def start_run(dataset: str, data_root: str | None, device: str, threads: int | N
         torch.set_num_threads(threads)
     return (resolve_device(device), load_dataset(dataset, split="train", root=data_root),
             load_dataset(dataset, split="test", root=data_root))
+
+
+@dataclass
+class RunConfig:
+    """The fields every experiment shares; each experiment's config extends it and sets its
+    own defaults. Paths: ``out`` receives results.json, arrays/, report.md and the figures;
+    ``models_dir`` the models the experiment trains on demand."""
+
+    out: Path = Path("reports/run")
+    models_dir: Path = DEFAULT_MODELS_DIR
+    data_root: str | None = None
+    dataset: str = "fashion-mnist"
+    seed: int = 0
+    device: str = "cpu"
+    #: torch threads for the run (``None``: leave torch's setting alone)
+    threads: int | None = None
+    progress: bool = True
+    batch_size: int = 250
+    n_images: int = 500
+    eps: float = 0.1
+
+    def check_run_fields(self) -> None:
+        """Normalize and check the shared fields (each config's ``__post_init__`` calls this)."""
+        self.out, self.models_dir = Path(self.out), Path(self.models_dir)
+        self.n_images = check_int_at_least(self.n_images, "n_images", 1)
+        self.batch_size = check_int_at_least(self.batch_size, "batch_size", 1)
+        self.seed = check_int_at_least(self.seed, "seed", 0)
+        if self.threads is not None:
+            check_int_at_least(self.threads, "threads", 1)
+        self.eps = check_positive(self.eps, "eps")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"], d["models_dir"] = str(self.out), str(self.models_dir)
+        return jsonable(d)
+
+    def start(self) -> tuple[torch.device, ImageDataset, ImageDataset]:
+        """Threads, device and the dataset's splits for this run (see ``start_run``)."""
+        return start_run(self.dataset, self.data_root, self.device, self.threads)
