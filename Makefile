@@ -48,6 +48,7 @@ demo: setup data
 
 test: setup-test data
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: setup-test

@@ -14,7 +14,7 @@ from advrepair.defenses import (BitDepthReduction, JPEGCompression, MedianFilter
 from advrepair.errors import InputError
 from advrepair.evaluation import CLEAN, AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
-from advrepair.models import load_checkpoint
+from advrepair.models import Classifier, load_checkpoint
 from advrepair.pipeline import (CLASSIFIER_FILE, ensure_classifier, ensure_ssl_task, load_contrastive_task,
                                 load_ssl_task, negative_bank)
 from advrepair.ssl import check_task_name
@@ -61,7 +61,9 @@ def train_ssl(*, dataset: str, data_root: str | None, model_dir: Path, recipe: S
     clf, card = load_checkpoint(Path(model_dir) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
     options: dict[str, Any] = {"tau": tau, "n_views": n_views} if task == "contrastive" else (
         {"mask": mask} if task == "inpainting" else {})
-    ensure_ssl_task(model_dir, task, clf, card, train, test, recipe=recipe, seed=seed,  # type: ignore[arg-type]
+    if not isinstance(clf, Classifier):
+        raise InputError(f"{model_dir} holds a {type(clf).__name__}, not an advrepair Classifier to train a head on")
+    ensure_ssl_task(model_dir, task, clf, card, train, test, recipe=recipe, seed=seed,
                     negatives=negative_bank(train, seed=seed), task_options=options, eval_eps=eval_eps,
                     device=torch.device(device), progress=progress)
 
@@ -178,6 +180,7 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
                 tasks = [(load_contrastive_task(model_dir, card, negatives, n_views, torch.device(device))
                           if name == "contrastive" else load_ssl_task(model_dir, name, card, device=torch.device(device)),
                           weight) for name, weight in parse_ssl_tasks(ssl_tasks)]
+                # clf may be the AutocastModule around the Classifier: it forwards features() too
                 modules["reverse-attack"] = ReverseAttack(clf, tasks, eps_v=eps_v, steps=reverse_steps,  # type: ignore[arg-type]
                                                            seed=seed)
         # the precision is part of the results key (via the card), so bf16 never reuses fp32 records

@@ -28,7 +28,7 @@ from advrepair.errors import StorageError
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no advisory locks, writes stay durable
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # the module or nothing: checked before each use
 
 LOCK_NAME = ".advrepair.lock"
 

@@ -73,7 +73,9 @@ def ensure_classifier(model_dir: str | Path, train: ImageDataset, test: ImageDat
         if all(getattr(card, k) == v for k, v in wanted.items()):
             model, card = load_checkpoint(stem, map_location=device, expected_kind="classifier")
             _log(f"reusing {stem}.safetensors ({_summary(card)})")
-            return model, card  # type: ignore[return-value]
+            if not isinstance(model, Classifier):
+                raise CheckpointError(f"{stem}.safetensors holds a {type(model).__name__}, not a classifier")
+            return model, card
         _log(f"{stem}.json records another recipe; retraining")
     config = dict(in_channels=train.image_shape[0], num_classes=train.num_classes,
                   input_size=train.image_shape[1], **(arch_config or {}))

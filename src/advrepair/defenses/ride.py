@@ -202,7 +202,8 @@ class RideTrajectory:
     @staticmethod
     def cat(parts: list["RideTrajectory"]) -> "RideTrajectory":
         """Join the trajectories of consecutive image chunks along the image axis."""
-        clean = None if parts[0].to_clean is None else torch.cat([p.to_clean for p in parts], 1)
+        cleans = [p.to_clean for p in parts if p.to_clean is not None]
+        clean = torch.cat(cleans, 1) if len(cleans) == len(parts) else None
         return RideTrajectory(parts[0].steps, torch.cat([p.loss for p in parts], 1),
                               torch.cat([p.to_adv for p in parts], 1), clean)
 
@@ -256,6 +257,7 @@ class RideNetwork(nn.Module):
         """Set weights from ``[w1, b1, w2, b2, ...]``."""
         with torch.no_grad():
             for k, conv in enumerate(self.convs):
+                assert isinstance(conv, nn.Conv2d) and conv.bias is not None
                 conv.weight.copy_(flat[2 * k])
                 conv.bias.copy_(flat[2 * k + 1])
 
@@ -436,15 +438,16 @@ class RIDE(nn.Module):
     def _check(self, images: object, clean: object, adversarial: object
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         images = check_images(images)
-        refs = []
+        refs: list[torch.Tensor | None] = []
         for ref, name in ((clean, "clean"), (adversarial, "adversarial")):
-            if ref is not None:
-                check_images(ref, name)
-                if ref.shape != images.shape:
-                    raise InputError(f"{name} must have the images' shape {tuple(images.shape)}, "
-                                     f"got {tuple(ref.shape)}")
-                ref = ref.detach().to(images.device, images.dtype)
-            refs.append(ref)
+            if ref is None:
+                refs.append(None)
+                continue
+            checked = check_images(ref, name)
+            if checked.shape != images.shape:
+                raise InputError(f"{name} must have the images' shape {tuple(images.shape)}, "
+                                 f"got {tuple(checked.shape)}")
+            refs.append(checked.detach().to(images.device, images.dtype))
         adv = images.detach() if refs[1] is None else refs[1]
         return images.detach(), refs[0], adv
 
@@ -485,7 +488,8 @@ class RIDE(nn.Module):
             estimate=torch.cat([p.estimate for p in parts]),
             checkpoints=torch.cat([p.checkpoints for p in parts], 1),
             final_loss=torch.cat([p.final_loss for p in parts]),
-            trajectory=RideTrajectory.cat([p.trajectory for p in parts]) if trajectory else None)
+            trajectory=RideTrajectory.cat([p.trajectory for p in parts if p.trajectory is not None])
+            if trajectory else None)
         self.last_result = result
         return result
 
@@ -511,7 +515,8 @@ class RIDE(nn.Module):
             estimate=torch.stack([p.estimate for p in parts]),
             checkpoints=torch.stack([p.checkpoints for p in parts], 1),
             final_loss=torch.stack([p.final_loss for p in parts]),
-            trajectory=RideTrajectory.cat([p.trajectory for p in parts]) if trajectory else None)
+            trajectory=RideTrajectory.cat([p.trajectory for p in parts if p.trajectory is not None])
+            if trajectory else None)
         self.last_result = result
         return result
 
@@ -551,8 +556,10 @@ class RIDE(nn.Module):
             # center (G, C, H, W); eps (G, m, C, H, W) for DAE; returns (b, C, H, W)
             with torch.no_grad():
                 if self.is_dae:
+                    assert eps is not None  # the DAE estimate averages over noise draws
                     out = _grouped_forward(_to_grouped(center[:, None] + sigma * eps), params, g_count, spec, None)
                     return _from_grouped(out, g_count)[:b].mean(1)
+                assert z0_eval is not None  # the DIP input
                 return _from_grouped(_grouped_forward(z0_eval, params, g_count, spec, None), g_count)[:b, 0]
 
         record = _Recorder(self.total_steps, b, clean, adv) if trace_gens is not None else None
@@ -576,10 +583,12 @@ class RIDE(nn.Module):
                     all_masks = _dropout_masks(uniform.to(dev), self.dropout)
                     masks = [_to_grouped(all_masks[:, :, j]) for j in range(all_masks.shape[2])]
                 if self.is_dae:
+                    assert noise is not None  # allocated above for the DAE
                     noise_d = noise.to(dev)
                     inp = _to_grouped(target[:, None] + sigma * noise_d[:, 0])
                     tgt = target[:, None] + sigma * noise_d[:, 1]
                 else:
+                    assert z0 is not None  # the DIP input, drawn above
                     inp = z0
                     tgt = target[:, None].expand(g_count, n, c, hh, ww)
                 out = _from_grouped(_grouped_forward(inp, params, g_count, spec, masks), g_count)
@@ -623,7 +632,9 @@ class RIDE(nn.Module):
         def estimate(center: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
             with torch.no_grad():
                 if self.is_dae:
+                    assert eps is not None
                     return net(center[None] + sigma * eps).mean(0)
+                assert z0 is not None
                 return net(z0)[0]
 
         record = (_Recorder(self.total_steps, 1, None if clean is None else clean[None], adv[None])
@@ -642,9 +653,11 @@ class RIDE(nn.Module):
                     all_masks = _dropout_masks(uniform.to(dev), self.dropout)
                     masks = [all_masks[:, j] for j in range(all_masks.shape[1])]
                 if self.is_dae:
+                    assert noise is not None
                     inp = target[None] + sigma * noise[0].to(dev)
                     tgt = target[None] + sigma * noise[1].to(dev)
                 else:
+                    assert z0 is not None
                     inp = z0.expand(n, -1, -1, -1)
                     tgt = target[None].expand(n, -1, -1, -1)
                 opt.zero_grad(set_to_none=True)
@@ -677,7 +690,7 @@ class _Recorder:
 
     def add(self, step: int, est: torch.Tensor, loss: torch.Tensor | None) -> None:
         self.to_adv[step] = (est - self.adv).flatten(1).norm(dim=1).cpu()
-        if self.to_clean is not None:
+        if self.to_clean is not None and self.clean is not None:
             self.to_clean[step] = (est - self.clean).flatten(1).norm(dim=1).cpu()
         if loss is not None:
             self.loss[step] = loss.cpu()

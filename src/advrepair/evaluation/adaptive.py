@@ -205,7 +205,7 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
         if with_base:
             cells = {None: record_key(**base, defense=None), **cells}
         if all(store.has(k) for k in cells.values()):
-            records[name] = [store.get(k) for k in cells.values()]  # type: ignore[misc]
+            records[name] = [store.require(k) for k in cells.values()]
             return
         entry = single if with_base else ModelEntry(model.name, clf, card=model.card,
                                                      defenses={target.label: target.defense})

@@ -73,7 +73,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import matplotlib
 
@@ -103,6 +103,7 @@ from advrepair.experiments.setup import RunConfig  # noqa: E402
 from advrepair.models.checkpoint import (ModelCard, checkpoint_paths, load_checkpoint, read_card,  # noqa: E402
                                          save_checkpoint)
 from advrepair.models.registry import available_architectures, register_architecture  # noqa: E402
+from advrepair.models.base import Classifier  # noqa: E402
 from advrepair.models.small_cnn import SmallCNN  # noqa: E402
 from advrepair.models.vgg import SmallVGG  # noqa: E402
 from advrepair.training.adversarial_transformation import (Reparameterization, TrainingCost,  # noqa: E402
@@ -324,7 +325,7 @@ def card_matches(stem: str | os.PathLike[str], *, kind: str, arch: str, config: 
             and all(_norm(card.parent.get(k)) == _norm(v) for k, v in (parent or {}).items()))
 
 
-def _build(cls: type[nn.Module], seed: int, data: ImageDataset, config: dict[str, Any]) -> nn.Module:
+def _build(cls: type[Classifier], seed: int, data: ImageDataset, config: dict[str, Any]) -> Classifier:
     torch.manual_seed(seed)
     c, h, _w = data.image_shape
     return cls(in_channels=c, num_classes=data.num_classes, input_size=h, **config)
@@ -367,8 +368,8 @@ def _ensure_f_b(run: _Run, variant: FbVariant) -> tuple[nn.Module, ModelCard]:
     stem = cfg.models_dir / f"fb-{variant.name}"
     model = _build(SmallVGG, cfg.seed, run.train, cfg.fb_config)
     recipe = variant.recipe.to_dict() if variant.recipe is not None else {"untrained": True}
-    wanted = dict(kind="classifier", arch=SmallVGG.arch, config=model.config, dataset=run.train.name,
-                  recipe=recipe, seed=cfg.seed)
+    wanted: dict[str, Any] = dict(kind="classifier", arch=SmallVGG.arch, config=model.config,
+                                  dataset=run.train.name, recipe=recipe, seed=cfg.seed)
     if card_matches(stem, **wanted, parent={"role": "f_b"}):
         loaded, card = load_checkpoint(stem, map_location=run.device, expected_kind="classifier")
         _log(f"reusing {stem}.safetensors (f_b {variant.name})")
@@ -420,7 +421,8 @@ def _ensure_defended_pair(run: _Run, g: AdversarialTransformation, fb_card: Mode
     stem_g = cfg.models_dir / f"fa-xiao-delta{_tag(g.delta)}"
     stem_at = cfg.models_dir / "fa-pgd-at"
     config = _build(SmallCNN, cfg.seed, run.train, cfg.fa_config).config
-    common = dict(kind="classifier", arch=SmallCNN.arch, config=config, dataset=run.train.name, seed=cfg.seed)
+    common: dict[str, Any] = dict(kind="classifier", arch=SmallCNN.arch, config=config, dataset=run.train.name,
+                                  seed=cfg.seed)
     parent_g = _fa_parent(g, fb_card)
     parent_at = {"role": "pgd-at baseline", "partner_transform": g.params()}
     if (card_matches(stem_g, **common, recipe=cfg.fa_recipe.to_dict(), parent=parent_g)
@@ -453,7 +455,7 @@ def _ensure_fa_for_delta(run: _Run, g: AdversarialTransformation, fb_card: Model
     stem = cfg.models_dir / f"fa-xiao-delta{_tag(g.delta)}"
     model = _build(SmallCNN, cfg.seed, run.train, cfg.fa_config)
     parent = _fa_parent(g, fb_card)
-    wanted = dict(kind="classifier", arch=SmallCNN.arch, config=model.config, dataset=run.train.name,
+    wanted: dict[str, Any] = dict(kind="classifier", arch=SmallCNN.arch, config=model.config, dataset=run.train.name,
                   recipe=cfg.fa_recipe.to_dict(), seed=cfg.seed)
     if card_matches(stem, **wanted, parent=parent):
         _log(f"reusing {stem}.safetensors")
@@ -475,7 +477,7 @@ def _ensure_independent(run: _Run) -> tuple[nn.Module, ModelCard]:
     seed = cfg.seed + 1
     stem = cfg.models_dir / f"fa-standard-seed{seed}"
     model = _build(SmallCNN, seed, run.train, cfg.fa_config)
-    wanted = dict(kind="classifier", arch=SmallCNN.arch, config=model.config, dataset=run.train.name,
+    wanted: dict[str, Any] = dict(kind="classifier", arch=SmallCNN.arch, config=model.config, dataset=run.train.name,
                   recipe=cfg.fa_recipe.to_dict(), seed=seed)
     if card_matches(stem, **wanted, parent={"role": "independent"}):
         _log(f"reusing {stem}.safetensors")
@@ -495,7 +497,7 @@ def _ensure_imitator(run: _Run, g: AdversarialTransformation, fb_card: ModelCard
     cfg = run.cfg
     stem = cfg.models_dir / f"imitator-delta{_tag(g.delta)}"
     c = run.train.image_shape[0]
-    config = dict(channels=c, delta=g.delta, width=cfg.imitator_width, depth=cfg.imitator_depth)
+    config: dict[str, Any] = dict(channels=c, delta=g.delta, width=cfg.imitator_width, depth=cfg.imitator_depth)
     fit = dict(epochs=cfg.imitator_epochs, batch_size=64, lr=cfg.imitator_lr, train_subset=cfg.imitator_subset,
                loss="mse to one draw of g per epoch")
     parent = {"f_b_sha256": fb_card.weights_sha256, "transform": g.params()}
@@ -505,9 +507,9 @@ def _ensure_imitator(run: _Run, g: AdversarialTransformation, fb_card: ModelCard
         return load_checkpoint(stem, map_location=run.device, expected_kind="xiao-imitator")
     _log(f"fitting the imitator h of g (reparameterization attack) -> {stem}.safetensors")
     torch.manual_seed(cfg.seed)
-    net = Reparameterization(**config)
+    untrained = Reparameterization(**config)
     t0 = time.perf_counter()
-    net = fit_imitator(g, run.train, net=net, epochs=cfg.imitator_epochs, batch_size=64, lr=cfg.imitator_lr,
+    net = fit_imitator(g, run.train, net=untrained, epochs=cfg.imitator_epochs, batch_size=64, lr=cfg.imitator_lr,
                        train_subset=cfg.imitator_subset, seed=cfg.seed, device=run.device, progress=cfg.progress)
     seconds = time.perf_counter() - t0
     n_probe = min(len(run.data), 200)
@@ -540,7 +542,7 @@ class _Model:
 
 
 def _row(run: _Run, name: str, model: _Model, attack: Attack | None, crafted_on: str,
-         defenses: dict[str, nn.Module], with_base: bool, attack_extra: dict[str, Any] | None = None,
+         defenses: Mapping[str, nn.Module], with_base: bool, attack_extra: dict[str, Any] | None = None,
          ) -> dict[str | None, dict[str, Any]]:
     """One attack row: craft once, score the classifier alone (``with_base``) and after each
     defense; one record per cell, skipped when already in the store. Returns {label: record}."""
@@ -554,7 +556,7 @@ def _row(run: _Run, name: str, model: _Model, attack: Attack | None, crafted_on:
     for label, defense in defenses.items():
         cells[label] = record_key(**base, defense=_params_of(defense))
     if all(run.store.has(k) for k in cells.values()):
-        return {label: run.store.get(k) for label, k in cells.items()}  # type: ignore[misc]
+        return {label: run.store.require(k) for label, k in cells.items()}
     if run.cfg.progress:
         _log(f"xiao2020 | {model.name} | {name}: crafted on {crafted_on}")
     entry = ModelEntry(model.name, model.clf, card=model.entry_card(), defenses=dict(defenses))
@@ -720,12 +722,12 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
             g_d = _transform(f_b, delta, cfg.g_steps, cfg.seed)
             fa_d, card_d = _ensure_fa_for_delta(run, g_d, fb_card)
             model_d, label = _Model(f"fa-xiao-delta{delta:g}", fa_d, card_d), f"{DEPLOYED}-delta{delta:g}"
-        clean = _row(run, "clean", model_d, None, "-", {label: g_d}, True)
+        clean_row = _row(run, "clean", model_d, None, "-", {label: g_d}, True)
         wt = _row(run, "white-box-transfer", model_d, _pgd(cfg, model_d.clf), "f_a alone (WT, Sec. 4.2)",
                   {label: g_d}, True)
         eot = {r: _eot_row(run, model_d, g_d, label, r)[label]["key"] for r in cfg.eot_draws}
         fig7 += [{"delta": delta, "draws": r, "key": k} for r, k in eot.items()]
-        fig6.append({"delta": delta, "model": model_d.name, "clean": clean[label]["key"],
+        fig6.append({"delta": delta, "model": model_d.name, "clean": clean_row[label]["key"],
                      "white-box-transfer": wt[label]["key"], "bpda-eot": eot[max(cfg.eot_draws)],
                      "eot_draws": max(cfg.eot_draws),
                      "training_seconds": (model_d.card.parent.get("training_cost") or {}).get("seconds")})
@@ -790,7 +792,7 @@ def _budget(attack: dict[str, Any]) -> tuple[str, str, str]:
     """(eps, steps or queries, step size) of an attack record, for the tables."""
     if attack.get("name") == CLEAN:
         return "-", "-", "-"
-    inner = attack.get("attack") if isinstance(attack.get("attack"), dict) else attack
+    inner: dict[str, Any] = attack["attack"] if isinstance(attack.get("attack"), dict) else attack
     steps = inner.get("steps")
     if attack.get("name") == "square":
         steps_s = f"{attack.get('n_queries')} queries"
@@ -931,7 +933,7 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
         if cl and pg:
             parts.append(f"| {title} | {_pct(cl)} | {_pct(pg)} | PGD-{pg['attack']['steps']} white-box | "
                          f"{pg['n_images']} |")
-    strongest_bpda = min(wb["over"], key=lambda k: rec(dep_rows[k]["defended"])["accuracy"])  # type: ignore[index]
+    strongest_bpda = min(wb["over"], key=lambda k: (rec(dep_rows[k]["defended"]) or {"accuracy": 1.0})["accuracy"])
     parts.append(f"| Ours under BPDA-type attacks | {_pct(clean_dep)} | {100 * wb['accuracy']:.1f} ± "
                  f"{100 * wb['stderr']:.1f} | worst case (strongest: {_title(strongest_bpda)}) | {wb['n_images']} |")
     parts.append(f"| Ours under all attacks | {_pct(clean_dep)} | {100 * wc['accuracy']:.1f} ± "
@@ -950,7 +952,9 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
         for title, r in zip(["clean"] + [f"BPDA {k}" for k in cfg["surrogates"]], cells):
             if r is not None:
                 xs, ys, es = curves.setdefault(title, ([], [], []))
-                xs.append(p["steps"]), ys.append(r["accuracy"]), es.append(r["stderr"])
+                xs.append(p["steps"])
+                ys.append(r["accuracy"])
+                es.append(r["stderr"])
     attack0 = rec(s["fig5"][0][f"bpda-{cfg['surrogates'][0]}"]) if s["fig5"] else None
     if curves:
         figures.append(_figure(out / "fig5_accuracy_vs_steps.png", [(k, *v) for k, v in curves.items()],
@@ -972,9 +976,9 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
         parts.append(f"| {r} | " + " | ".join(_pct(by.get((dd, r))) for dd in deltas) + f" | {n} |")
     curves7 = []
     for dd in deltas:
-        pts = [(r, by[(dd, r)]) for r in draws if by.get((dd, r)) is not None]
-        curves7.append((f"Delta = {dd:g}", [r for r, _ in pts], [x["accuracy"] for _, x in pts],  # type: ignore[index]
-                        [x["stderr"] for _, x in pts]))  # type: ignore[index]
+        pts = [(r, x) for r in draws if (x := by.get((dd, r))) is not None]
+        curves7.append((f"Delta = {dd:g}", [r for r, _ in pts], [x["accuracy"] for _, x in pts],
+                        [x["stderr"] for _, x in pts]))
     if curves7:
         figures.append(_figure(out / "fig7_accuracy_vs_eot_samples.png", curves7, "EOT samples of g per gradient",
                                f"PGD-{cfg['attack_steps']} eps={cfg['eps']:g} through EOT(BPDA-I), n={n}",
@@ -994,7 +998,9 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
         for title, r in cells6.items():
             if r is not None:
                 xs, ys, es = c6.setdefault(title, ([], [], []))
-                xs.append(p["delta"]), ys.append(r["accuracy"]), es.append(r["stderr"])
+                xs.append(p["delta"])
+                ys.append(r["accuracy"])
+                es.append(r["stderr"])
     if c6:
         figures.append(_figure(out / "fig6_accuracy_vs_delta.png", [(k, *v) for k, v in c6.items()],
                                "Delta (radius of g)", f"eps={cfg['eps']:g}, n={n}"))

@@ -1,7 +1,7 @@
 """WideResNet-28-10 (Zagoruyko & Komodakis 2016) for 32x32 color images."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,5 +45,5 @@ class WideResNet(Classifier):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
-def wrn_28_10(**kwargs: object) -> WideResNet:
-    return WideResNet(depth=28, widen=10, **kwargs)  # type: ignore[arg-type]
+def wrn_28_10(**kwargs: Any) -> WideResNet:
+    return WideResNet(depth=28, widen=10, **kwargs)

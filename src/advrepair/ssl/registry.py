@@ -128,13 +128,16 @@ def task_from_checkpoint_parts(name: str, head_module: nn.Module, task_config: d
     if name == "contrastive":
         if negatives is None:
             raise InputError("rebuilding a contrastive task needs negatives=(M, C, H, W) clean images")
+        assert isinstance(head_module, ContrastiveHead)  # checked against _HEAD_TYPES above
         task: SelfSupervisedTask = ContrastiveTask(
-            head_module, tau=cfg.get("tau", 0.2), n_views=cfg.get("n_views", 4),  # type: ignore[arg-type]
+            head_module, tau=cfg.get("tau", 0.2), n_views=cfg.get("n_views", 4),
             augment_cfg=AugmentConfig.from_dict(cfg.get("augment", {})), negatives=negatives)
     elif name == "rotation":
-        task = RotationTask(head_module)  # type: ignore[arg-type]
+        assert isinstance(head_module, RotationHead)
+        task = RotationTask(head_module)
     else:
-        task = InpaintingTask(head_module, mask=cfg.get("mask", "center"),  # type: ignore[arg-type]
+        assert isinstance(head_module, InpaintingNet)
+        task = InpaintingTask(head_module, mask=cfg.get("mask", "center"),
                               mask_frac=cfg.get("mask_frac", 0.5),
                               rect_frac=tuple(cfg.get("rect_frac", (0.2, 0.35))),
                               n_rects=cfg.get("n_rects", 2))

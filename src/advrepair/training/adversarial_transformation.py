@@ -296,7 +296,7 @@ def fit_imitator(transform: AdversarialTransformation, data: ImageDataset, *, ne
                           optimizer="adam", lr=lr, weight_decay=0.0, schedule="constant", seed=seed,
                           device=device, desc="imitate-g", progress=progress, step=step)
     net.eval()
-    net.history = history  # type: ignore[assignment]
+    setattr(net, "history", history)  # noqa: B010 - a plain attribute; the stubs type Module attributes as tensors
     return net
 
 
