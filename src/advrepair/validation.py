@@ -73,3 +73,10 @@ def check_int_at_least(value: Any, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < low:
         raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
+
+
+def looks_like_probabilities(out: torch.Tensor) -> bool:
+    """Whether a (B, classes) output has rows in [0, 1] summing to 1: a softmax where logits belong."""
+    rows = out.detach().float()
+    return bool((rows >= 0).all() and (rows <= 1).all()) and torch.allclose(
+        rows.sum(1), torch.ones(rows.shape[0], device=rows.device), atol=1e-3)

@@ -19,7 +19,7 @@ from advrepair.engine import project
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
-from advrepair.validation import check_images, check_labels, check_positive
+from advrepair.validation import check_images, check_labels, check_positive, looks_like_probabilities
 
 
 @dataclass
@@ -172,8 +172,6 @@ class Attack(ABC):
         if out.dim() != 2:
             raise InputError(f"the model must return logits of shape (B, classes), got {tuple(out.shape)}")
         with torch.no_grad():
-            rows = out.detach().float()
-            if bool((rows >= 0).all() and (rows <= 1).all()) and torch.allclose(
-                    rows.sum(1), torch.ones(rows.shape[0], device=rows.device), atol=1e-3):
+            if looks_like_probabilities(out):
                 warnings.warn("the model's outputs look like probabilities (rows in [0, 1] summing to 1); "
                               "attacks expect logits: drop the final softmax", stacklevel=3)

@@ -33,6 +33,7 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
+from advrepair.validation import looks_like_probabilities
 from advrepair.errors import InputError
 from advrepair.models.base import Normalize
 
@@ -210,12 +211,6 @@ def _module_place(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def _looks_like_probabilities(out: torch.Tensor) -> bool:
-    rows = out.detach().float()
-    return bool((rows >= 0).all() and (rows <= 1).all()) and torch.allclose(
-        rows.sum(1), torch.ones(rows.shape[0], device=rows.device), atol=1e-3)
-
-
 def _dry_run(model: WrappedClassifier, sides: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, tuple[int, int]]:
     """Logits of two seeded random images at the first side the model accepts."""
     device, dtype = _module_place(model.net)
@@ -316,7 +311,7 @@ def wrap_model(module: nn.Module, mean: Sequence[float], std: Sequence[float], *
         wrapped.config["num_classes"] = wrapped.num_classes
         if not torch.isfinite(out).all():
             warnings.warn("the module returned NaN or infinite logits on random images", stacklevel=2)
-        elif _looks_like_probabilities(out):
+        elif looks_like_probabilities(out):
             warnings.warn("the module's outputs look like probabilities (rows in [0, 1] summing to 1); "
                           "attacks expect logits: drop the final softmax", stacklevel=2)
         if isinstance(wrapped, WrappedFeatureClassifier):
