@@ -45,6 +45,7 @@ from advrepair.errors import InputError
 from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluate_cells, _params_of, weights_id
 from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore, record_key
+from advrepair.evaluation.worst_case import worst_case_correct
 from advrepair.runtime import resolve_device
 from advrepair.validation import check_positive
 
@@ -247,6 +248,11 @@ def _defended(record_list: list[dict[str, Any]]) -> dict[str, Any]:
     return next(r for r in record_list if r.get("defense"))
 
 
+def _correct_at_every_iterate(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Correct at every iterate of the defense where the record has them, else at the output."""
+    return np.asarray(arrays["correct_iterates"].all(0) if "correct_iterates" in arrays else arrays["correct"])
+
+
 def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, config: AdaptiveConfig,
                store: ResultsStore, records: dict[str, list[dict[str, Any]]], sweep_rows: list[dict[str, Any]],
                base_common: dict[str, Any], defense_params: dict[str, Any], clf: nn.Module,
@@ -258,14 +264,9 @@ def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, 
         _flag_record(summary["flags"])
         return summary
     attacked = {name: _defended(rs) for name, rs in records.items() if name != "clean"}
-    correct = np.ones(len(data), dtype=bool)
-    for r in attacked.values():
-        correct &= store.arrays(r)["correct"].astype(bool)
+    correct = worst_case_correct(store, attacked.values())
     worst = Accuracy(int(correct.sum()), int(correct.size))
-    correct_iter = np.ones(len(data), dtype=bool)
-    for r in attacked.values():
-        arr = store.arrays(r)
-        correct_iter &= arr["correct_iterates"].all(0) if "correct_iterates" in arr else arr["correct"].astype(bool)
+    correct_iter = worst_case_correct(store, attacked.values(), per_image=_correct_at_every_iterate)
     worst_iter = Accuracy(int(correct_iter.sum()), int(correct_iter.size))
 
     n_probe = min(len(data), 32)

@@ -2,7 +2,7 @@
 left it correctly classified. Computed from the per-image correctness each record stores."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -24,14 +24,36 @@ def worst_case(store: ResultsStore, records: list[dict[str, Any]]) -> Accuracy:
     for r in records:
         if not isinstance(r, dict) or "n_images" not in r:
             raise InputError(f"worst_case needs result records (dicts with n_images), got {str(r)[:100]}")
-    sizes = {r["n_images"] for r in records}
     subsets = {r.get("subset") for r in records}
-    if len(sizes) != 1 or len(subsets) != 1:
-        raise InputError(f"records cover different images (n={sorted(sizes)}, subsets={sorted(map(str, subsets))})")
+    if len(subsets) != 1:
+        raise InputError(f"records cover different images (subsets={sorted(map(str, subsets))})")
+    correct = worst_case_correct(store, records)
+    return Accuracy(int(correct.sum()), int(correct.size))
+
+
+def _correct(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return arrays["correct"]
+
+
+def worst_case_correct(store: ResultsStore, records: Iterable[dict[str, Any]],
+                       per_image: Callable[[dict[str, np.ndarray]], np.ndarray] = _correct) -> np.ndarray:
+    """The per-image AND over ``records`` of ``per_image(arrays)`` (default: the stored
+    correctness), as a (N,) bool array. The one copy of the worst case: the report, the
+    adaptive protocol and the experiments all call it.
+
+    Raises:
+        InputError: no records, records of different image counts, or one without the array.
+    """
+    records = list(records)
+    if not records:
+        raise InputError("a worst case needs at least one record")
+    sizes = {r["n_images"] for r in records}
+    if len(sizes) != 1:
+        raise InputError(f"records cover different images (different image counts {sorted(sizes)})")
     correct = np.ones(sizes.pop(), dtype=bool)
     for r in records:
         arrays = store.arrays(r)
         if "correct" not in arrays:
             raise InputError(f"record {r.get('key')} has no per-image correctness")
-        correct &= arrays["correct"].astype(bool)
-    return Accuracy(int(correct.sum()), int(correct.size))
+        correct &= per_image(arrays).astype(bool)
+    return correct

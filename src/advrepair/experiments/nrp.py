@@ -94,6 +94,7 @@ from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
 from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore
+from advrepair.evaluation.worst_case import worst_case_correct as evaluation_worst_case  # noqa: E402
 from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
 from advrepair.models.purifier import Critic, Purifier
 from advrepair.experiments.setup import RunConfig  # noqa: E402
@@ -563,14 +564,7 @@ def worst_case_correct(store: ResultsStore, records: Sequence[dict[str, Any] | N
     """
     if not records or any(r is None for r in records):
         return None
-    sizes = {r["n_images"] for r in records if r is not None}
-    if len(sizes) != 1:
-        raise InputError(f"worst case over records of different image counts {sorted(sizes)}")
-    correct = np.ones(sizes.pop(), dtype=bool)
-    for r in records:
-        assert r is not None
-        correct &= store.arrays(r)["correct"].astype(bool)
-    return correct
+    return evaluation_worst_case(store, [r for r in records if r is not None])
 
 
 def paired_clean_cost(store: ResultsStore, defended: dict[str, Any] | None,
