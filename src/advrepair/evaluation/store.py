@@ -70,6 +70,7 @@ class ResultsStore:
         self.path = self.out_dir / "results.json"
         self.lock = FolderLock(self.out_dir)
         self.records: list[dict[str, Any]] = []
+        self._verified: set[tuple[str, str]] = set()  # (arrays file, SHA-256) already checked
         with self.lock:
             if resume:
                 self.records = self._trusted(self._read())
@@ -93,13 +94,19 @@ class ResultsStore:
         return data
 
     def _trusted(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The records whose arrays are there and match their checksum."""
+        """The records whose arrays are there and match their checksum (each file hashed once:
+        ``add`` re-reads the whole list and must not re-hash every record's arrays each time)."""
         kept = []
         for r in records:
             if not isinstance(r, dict):
                 continue
             name, digest = r.get("arrays"), r.get("arrays_sha256")
-            if name is not None and digest is not None and _sha256(self.out_dir / name) != digest:
+            if name is None or digest is None or (name, digest) in self._verified:
+                kept.append(r)
+                continue
+            if _sha256(self.out_dir / name) == digest:
+                self._verified.add((name, digest))
+            else:
                 warnings.warn(f"{self.out_dir / name} is missing or does not match its checksum; the record "
                               f"{r.get('key')} will be computed again", RuntimeWarning, stacklevel=3)
                 continue
@@ -126,7 +133,10 @@ class ResultsStore:
             if arrays:
                 name = f"arrays/{record['key']}.npz"
                 write_durably(self.out_dir / name, lambda f: np.savez_compressed(f, **dict[str, Any](arrays)))
-                record = {**record, "arrays": name, "arrays_sha256": _sha256(self.out_dir / name)}
+                digest = _sha256(self.out_dir / name)
+                assert digest is not None  # just written
+                self._verified.add((name, digest))
+                record = {**record, "arrays": name, "arrays_sha256": digest}
             on_disk = self._trusted(self._read())
             theirs = {r.get("key") for r in on_disk}
             mine = [r for r in self.records if r.get("key") not in theirs and r.get("key") != record["key"]]

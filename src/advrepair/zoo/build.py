@@ -7,7 +7,6 @@ accuracy on the card is within ``TOLERANCE`` of the shipped one.
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from advrepair.data import ImageDataset, balanced_subset, load_dataset
-from advrepair.errors import CheckpointError
 from advrepair.models import Classifier, ModelCard, build_model, save_checkpoint
 from advrepair.ssl import ContrastiveHead, ContrastiveTask, build_task
 from advrepair.training import ClassifierRecipe, SSLRecipe, train_classifier, train_ssl_task
@@ -188,8 +186,4 @@ def build(names: list[str], out: Path, **kwargs: Any) -> list[BuildResult]:
     return results
 
 
-def card_summary(model_card: ModelCard) -> dict[str, Any]:
-    return json.loads(model_card.to_json())
-
-
-__all__ = ["BuildResult", "TOLERANCE", "build", "build_entry", "CheckpointError"]
+__all__ = ["BuildResult", "TOLERANCE", "build", "build_entry", "same_tensors"]
