@@ -102,7 +102,10 @@ def test_protocol_runs_every_row_records_flags_and_resumes(trained_cnn, shapes_t
         assert arr["correct_iterates"].shape == (4, 12)
         np.testing.assert_array_equal(arr["correct_iterates"][-1], arr["correct"])
     names = {f["flag"] for f in summary["flags"]}
-    assert any(n.startswith("randomness (unseeded") for n in names)
+    assert "randomness (EOT draws)" in names
+    # seeded per image: repeated calls agree, but the protocol finds the randomness by running it
+    assert next(f for f in summary["flags"] if f["flag"] == "randomized defense (by running it)")["fired"]
+    assert summary["randomness"]["kind"] == "input-keyed"
     assert next(f for f in summary["flags"] if f["flag"] == "randomness")["fired"] is False  # seeded: deterministic
     assert summary["randomized_clean"]["draws"] == 2
     assert len(summary["lambda_sweep"]) == 2
@@ -123,14 +126,14 @@ def test_build_derives_the_attackers_variants_from_any_defense():
 
     config = AdaptiveConfig(eps=0.1)
     pad = RandomResizePad(seed=3)
-    target = DefenseUnderTest.build("rp", pad, config)
-    assert target.randomized is not None and target.randomized.seed is None and pad.seed == 3
     x = torch.rand(2, 1, 28, 28)
+    target = DefenseUnderTest.build("rp", pad, config, probe=x)
+    assert target.randomized is not None and target.randomized.seed is None and pad.seed == 3
     assert not torch.equal(target.randomized(x), target.randomized(x))  # EOT gets fresh draws
-    jpeg = DefenseUnderTest.build("jpeg", JPEGCompression(75), config)
+    jpeg = DefenseUnderTest.build("jpeg", JPEGCompression(75), config, probe=x)
     assert isinstance(jpeg.unrolled, DifferentiableJPEG) and jpeg.randomized is None
-    median = DefenseUnderTest.build("median", MedianFilter(3), config)
-    assert median.unrolled is None and any("BPDA+EOT skipped" in n for n in median.notes)
+    median = DefenseUnderTest.build("median", MedianFilter(3), config, probe=x)
+    assert median.unrolled is None and any("BPDA+EOT would equal BPDA and is skipped" in n for n in median.notes)
 
 
 def test_protocol_on_a_baseline_skips_what_does_not_apply(trained_cnn, shapes_test, tmp_path):

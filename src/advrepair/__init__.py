@@ -4,3 +4,17 @@ Images are float NCHW in [0, 1]; models return logits with normalization inside;
 look like torchattacks; a defense is an nn.Module mapping images to images.
 """
 __version__ = "0.1.0"
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use, so that `import advrepair` stays light
+    if name in ("audit", "AuditReport"):
+        from advrepair import auditing
+
+        return getattr(auditing, name)
+    raise AttributeError(f"module 'advrepair' has no attribute {name!r}")
+
+
+__all__ = ["AuditReport", "audit", "__version__"]

@@ -7,21 +7,16 @@ the defense; so do we (the adaptive protocol adds attacks through the defense).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from advrepair.adaptive.contract import HasSSLLoss
 from advrepair.attacks.pgd import PGD
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.validation import check_images, check_int_at_least, check_labels, check_positive
-
-
-class HasSSLLoss(Protocol):
-    def ssl_loss(self, images: torch.Tensor, stream: str = ..., differentiable: bool = ...) -> torch.Tensor: ...
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 class DefenseAwarePGD(PGD):

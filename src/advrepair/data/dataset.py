@@ -34,8 +34,9 @@ class ImageDataset:
 
     Attributes:
         name: dataset name, e.g. ``"fashion-mnist"``.
-        images: uint8 tensor of shape (N, C, H, W); kept uint8 so that a 60k-image
-            training set costs 1 byte per value instead of 4.
+        images: uint8 tensor of shape (N, C, H, W), kept uint8 so that a 60k-image
+            training set costs 1 byte per value instead of 4; or float32 in [0, 1] for
+            images a user hands over as floats (the audit), kept exactly as given.
         labels: int64 tensor of shape (N,) with values in ``[0, len(classes))``.
         classes: class names; ``classes[k]`` names label ``k``.
         split: which split the images came from (``"train"``, ``"test"``, ...).
@@ -48,9 +49,12 @@ class ImageDataset:
     split: str = "test"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
+        if not isinstance(self.images, torch.Tensor) or self.images.dtype not in (torch.uint8, torch.float32):
             got = self.images.dtype if isinstance(self.images, torch.Tensor) else type(self.images).__name__
-            raise InputError(f"ImageDataset.images must be a uint8 tensor, got {got}")
+            raise InputError(f"ImageDataset.images must be a uint8 or float32 tensor, got {got}")
+        if self.images.dtype == torch.float32 and self.images.numel() and not (
+                torch.isfinite(self.images).all() and self.images.min() >= 0 and self.images.max() <= 1):
+            raise InputError("float ImageDataset.images must be finite and lie in [0, 1]")
         if self.images.dim() != 4:
             raise InputError(
                 f"ImageDataset.images must be NCHW (4 dimensions), got shape {tuple(self.images.shape)}"
@@ -125,7 +129,7 @@ class ImageDataset:
         else:
             idx = self._index(indices)
             images, labels = self.images[idx], self.labels[idx]
-        return images.to(torch.float32).div_(255.0), labels.clone()
+        return _as_float(images), labels.clone()
 
     def subset(self, indices: Indices) -> "ImageDataset":
         """A new dataset with the rows ``indices`` (copied; same name, classes and split)."""
@@ -147,5 +151,9 @@ class ImageDataset:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         for start in range(0, len(self), batch_size):
             stop = min(start + batch_size, len(self))
-            images = self.images[start:stop].to(torch.float32).div_(255.0)
-            yield images, self.labels[start:stop].clone()
+            yield _as_float(self.images[start:stop]), self.labels[start:stop].clone()
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    """A float32 copy in [0, 1] of uint8 (scaled) or float32 (as they are) images."""
+    return images.to(torch.float32).div_(255.0) if images.dtype == torch.uint8 else images.clone()

@@ -27,7 +27,6 @@ goes into results.json (one record per row, plus one ``adaptive-summary`` record
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -38,7 +37,12 @@ from tqdm.auto import tqdm
 
 from advrepair.adaptive import (BPDA, EOT, DefenseAwarePGD, black_box_flag, gradient_flag, monotonicity_flag,
                                 randomized_accuracy, randomness_flag)
+from advrepair.adaptive.contract import as_module, capabilities_of, describe_model
+from advrepair.adaptive.randomness import RandomnessProbe, detect_randomness, fresh_draws
 from advrepair.attacks import PGD, Attack, Square
+from advrepair.attacks.apgd import APGDCE, APGDDLR
+from advrepair.attacks.apgd_t import APGDT
+from advrepair.enums import Norm
 from advrepair.data import ImageDataset
 from advrepair.engine import relative_tanh_surrogate, soft_sign_surrogate, tanh_surrogate
 from advrepair.errors import InputError
@@ -47,16 +51,28 @@ from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore, record_key
 from advrepair.evaluation.worst_case import worst_case_correct
 from advrepair.runtime import resolve_device
-from advrepair.validation import check_positive
+from advrepair.validation import check_int_at_least, check_positive
+
+#: images the defense runs on to decide whether it is randomized
+PROBE_IMAGES = 16
 
 SURROGATES: dict[str, Callable[[float], Callable[[torch.Tensor], torch.Tensor]]] = {
     "relative-tanh": relative_tanh_surrogate, "tanh": tanh_surrogate, "soft-sign": soft_sign_surrogate}
 
 
+ATTACK_FAMILIES = ("pgd", "apgd")
+
+
 @dataclass(frozen=True)
 class AdaptiveConfig:
-    """Budgets of the adaptive protocol. PGD rows use ``steps`` of size ``alpha``
-    (default eps / 4, so the budget's edge is reachable in a few steps)."""
+    """Budgets of the adaptive protocol.
+
+    ``attack="pgd"``: each gradient row is one PGD of ``steps`` steps of size ``alpha``
+    (default eps / 4, so the budget's edge is reachable in a few steps), and EOT averages
+    logits over ``eot_draws`` batched draws. ``attack="apgd"``: each gradient row is APGD-CE
+    and APGD-DLR (APGD-T over ``target_classes`` targets when > 0) with ``restarts`` restarts
+    (Croce & Hein 2020), and EOT averages the loss gradient over ``eot_draws`` calls.
+    """
 
     eps: float
     steps: int = 20
@@ -70,18 +86,24 @@ class AdaptiveConfig:
     square_queries: int = 200
     randomized_draws: int = 4
     seed: int = 0
+    attack: str = "pgd"
+    restarts: int = 1
+    target_classes: int = 0
+    norm: str = "Linf"
 
     def __post_init__(self) -> None:
         check_positive(self.eps, "eps")
         if self.alpha is not None:
             check_positive(self.alpha, "alpha")
         check_positive(self.surrogate_temperature, "surrogate_temperature")
-        for name in ("steps", "eot_draws", "unroll_steps", "square_queries", "randomized_draws"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("steps", "eot_draws", "unroll_steps", "square_queries", "randomized_draws", "restarts"):
+            check_int_at_least(getattr(self, name), name, 1)
+        check_int_at_least(self.target_classes, "target_classes", 0)
         if self.surrogate not in SURROGATES:
             raise InputError(f"unknown surrogate {self.surrogate!r}; choose from {sorted(SURROGATES)}")
+        if self.attack not in ATTACK_FAMILIES:
+            raise InputError(f"attack must be one of {ATTACK_FAMILIES}, got {self.attack!r}")
+        Norm.parse(self.norm)
         if any(isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0 for lam in self.lambdas):
             raise InputError(f"lambdas must be >= 0, got {self.lambdas}")
 
@@ -89,15 +111,41 @@ class AdaptiveConfig:
     def step_size(self) -> float:
         return self.alpha if self.alpha is not None else self.eps / 4
 
+    def gradient_attacks(self, model: nn.Module, steps: int | None = None, eot: int = 1,
+                         ce_only: bool = False) -> list[tuple[str, Attack]]:
+        """The attacks of one gradient row, each with the suffix of its row name (none for PGD,
+        so PGD records keep the keys they always had)."""
+        steps = steps or self.steps
+        if self.attack == "pgd":
+            on = model if eot == 1 else EOT(model, draws=eot)
+            return [("", PGD(on, eps=self.eps, alpha=self.step_size, steps=steps, norm=self.norm, seed=self.seed))]
+        common: dict[str, Any] = dict(eps=self.eps, norm=self.norm, steps=steps, n_restarts=self.restarts,
+                                      eot_iter=eot, seed=self.seed)
+        attacks: list[tuple[str, Attack]] = [("-apgd-ce", APGDCE(model, **common))]
+        if ce_only:
+            return attacks
+        if self.target_classes:
+            attacks.append(("-apgd-t", APGDT(model, n_target_classes=self.target_classes, **common)))
+        else:
+            attacks.append(("-apgd-dlr", APGDDLR(model, **common)))
+        return attacks
+
+    def primary(self, row: str) -> str:
+        """The row name of a gradient row's first attack."""
+        return row if self.attack == "pgd" else f"{row}-apgd-ce"
+
 
 @dataclass
 class DefenseUnderTest:
-    """A defense as deployed plus the variants an adaptive attacker builds from it.
+    """A defense as deployed plus the variants an adaptive attacker builds from it, all
+    found through the defense contract (``adaptive.contract``).
 
-    ``randomized``: the same defense with fresh randomness on every call (for EOT);
-    ``None`` skips BPDA+EOT (say why in ``notes``). ``unrolled``: a differentiable stand-in
-    for the full-gradient attack; ``None`` differentiates the deployed module itself.
-    ``ssl_loss``: the self-supervised loss for the defense-aware attack, if any.
+    ``randomized``: a version drawing fresh randomness on every call (for EOT), ``None`` for a
+    deterministic defense; both are decided by running the defense (``probe_randomness``),
+    which the protocol does on its first images if the caller has not. ``unrolled``: a
+    differentiable stand-in for the full-gradient attack; ``None`` differentiates the
+    deployed module itself. ``ssl_loss``: the self-supervised loss for the defense-aware
+    attack, if any.
     """
 
     label: str
@@ -106,45 +154,50 @@ class DefenseUnderTest:
     unrolled: nn.Module | None = None
     ssl_loss: Any = None
     notes: list[str] = field(default_factory=list)
+    randomness: RandomnessProbe | None = None
 
     @classmethod
-    def build(cls, label: str, defense: nn.Module, config: AdaptiveConfig) -> "DefenseUnderTest":
-        """What an adaptive attacker builds from any defense module: the reverse attack's
-        variants if it is one (``variant`` + ``ssl_loss``); else its ``bpda_surrogate()``
-        (e.g. differentiable JPEG) as the unroll if it offers one, and an unseeded copy
-        for EOT if it has a ``seed``."""
-        if callable(getattr(defense, "variant", None)) and callable(getattr(defense, "ssl_loss", None)):
-            return cls.reverse_attack(defense, config, label)
-        notes = []
-        make_surrogate = getattr(defense, "bpda_surrogate", None)
-        unrolled: nn.Module | None = make_surrogate() if callable(make_surrogate) else None
-        notes.append("full gradient through the defense's differentiable approximation "
-                     f"{_params_of(unrolled)}" if unrolled is not None else
-                     "full gradient: the defense's own autograd graph")
-        randomized: nn.Module | None = None
-        if getattr(defense, "seed", None) is not None:
-            randomized = copy.copy(defense)
-            setattr(randomized, "seed", None)  # noqa: B010 - a plain attribute; the stubs type Module attributes as tensors
-        elif hasattr(defense, "seed"):
-            randomized = defense
+    def build(cls, label: str, defense: nn.Module, config: AdaptiveConfig,
+              probe: torch.Tensor | None = None) -> "DefenseUnderTest":
+        """What an adaptive attacker builds from any defense: the reverse attack's unroll if it
+        is one (``variant`` + ``ssl_loss``); else its ``bpda_surrogate()`` (e.g. differentiable
+        JPEG) as the unroll if it offers one. ``probe``: images to decide randomness on now."""
+        caps = capabilities_of(defense)
+        if caps.unroll and caps.ssl_loss:
+            target = cls.reverse_attack(defense, config, label)
         else:
-            notes.append("deterministic defense: BPDA+EOT skipped (it would equal BPDA)")
-        ssl = defense if callable(getattr(defense, "ssl_loss", None)) else None
-        return cls(label, defense, randomized=randomized, unrolled=unrolled, ssl_loss=ssl, notes=notes)
+            unrolled: nn.Module | None = defense.bpda_surrogate() if caps.bpda_surrogate else None
+            notes = ["full gradient through the defense's differentiable approximation "
+                     f"{_params_of(unrolled)}" if unrolled is not None else
+                     "full gradient: the defense's own autograd graph"]
+            if not caps.ssl_loss:
+                notes.append("no ssl_loss: the defense-aware rows are skipped")
+            target = cls(label, defense, unrolled=unrolled, ssl_loss=defense if caps.ssl_loss else None, notes=notes)
+        if probe is not None:
+            target.probe_randomness(probe)
+        return target
 
     @classmethod
     def reverse_attack(cls, defense: Any, config: AdaptiveConfig, label: str = "reverse-attack") -> "DefenseUnderTest":
-        """The reverse attack: EOT over unseeded draws; full gradient through a
-        ``config.unroll_steps``-step unroll (same ball, step size rescaled) with a smooth
-        surrogate of each sign step and gradient checkpointing."""
+        """The reverse attack: full gradient through a ``config.unroll_steps``-step unroll (same
+        ball, step size rescaled) with a smooth surrogate of each sign step and gradient
+        checkpointing; EOT draws (after ``probe_randomness``) from ``variant(seed=None)``."""
         surrogate = SURROGATES[config.surrogate](config.surrogate_temperature)
         unrolled = defense.variant(steps=min(config.unroll_steps, defense.steps), surrogate=surrogate,
                                    checkpoint=config.checkpoint)
         notes = [f"full gradient through {unrolled.steps} of the defense's {defense.steps} steps "
                  f"(step size {unrolled.step_size:.4g}), {config.surrogate} surrogate of sign at temperature "
                  f"{config.surrogate_temperature:g}, checkpointing {'on' if config.checkpoint else 'off'}"]
-        return cls(label, defense, randomized=defense.variant(seed=None), unrolled=unrolled,
-                   ssl_loss=defense, notes=notes)
+        return cls(label, defense, unrolled=unrolled, ssl_loss=defense, notes=notes)
+
+    def probe_randomness(self, images: torch.Tensor) -> RandomnessProbe:
+        """Decide by running the defense whether it is randomized, and find its EOT draws."""
+        if self.randomness is None:
+            self.randomness = detect_randomness(self.defense, images)
+            fresh, how = fresh_draws(self.defense, self.randomness, images)
+            self.randomized = None if fresh is None else as_module(fresh)
+            self.notes.append(how)
+        return self.randomness
 
 
 def _flag_record(flags: list[dict[str, Any]]) -> None:
@@ -189,13 +242,15 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
         if isinstance(module, nn.Module):
             module.to(device)
     defense_params = _params_of(target.defense)
+    if target.randomness is None:
+        probe, _ = data.tensors(range(min(len(data), PROBE_IMAGES)))
+        target.probe_randomness(probe.to(device))
+        if isinstance(target.randomized, nn.Module):
+            target.randomized.to(device)
     base_common = dict(dataset=data.name, subset=subset, n_images=key_images, model=model.name,
-                       model_weights=weights_id(model.card))
+                       model_weights=weights_id(model.card) or describe_model(clf))
     single = ModelEntry(model.name, clf, card=model.card, defenses={target.label: target.defense})
     records: dict[str, list[dict[str, Any]]] = {}
-
-    def pgd(on: nn.Module, steps: int = config.steps) -> Attack:
-        return PGD(on, eps=config.eps, alpha=config.step_size, steps=steps, seed=config.seed)
 
     def row(name: str, attack: Attack | None, crafted_on: str, with_base: bool = False,
             extra: dict[str, Any] | None = None) -> None:
@@ -208,39 +263,51 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
         if all(store.has(k) for k in cells.values()):
             records[name] = [store.require(k) for k in cells.values()]
             return
-        entry = single if with_base else ModelEntry(model.name, clf, card=model.card,
-                                                     defenses={target.label: target.defense})
         tqdm.write(f"adaptive | {model.name} | {target.label} | {name}: crafted on {crafted_on}")
-        records[name] = _evaluate_cells(data, entry, clf, AttackSpec(CLEAN), attack_desc, base, cells, store,
+        records[name] = _evaluate_cells(data, single, clf, AttackSpec(CLEAN), attack_desc, base, cells, store,
                                         batch_size, device, progress, attack=attack,
                                         extra={"protocol": "adaptive", "adaptive_row": name, **(extra or {})})
 
+    def gradient_rows(name: str, on: nn.Module, crafted_on: str, with_base: bool = False, steps: int | None = None,
+                      eot: int = 1, ce_only: bool = False, extra: dict[str, Any] | None = None) -> None:
+        for suffix, attack in config.gradient_attacks(on, steps=steps, eot=eot, ce_only=ce_only):
+            row(name + suffix, attack, crafted_on, with_base=with_base, extra=extra)
+
     defended_bpda = nn.Sequential(BPDA(target.defense), clf)
     row("clean", None, "-", with_base=True)
-    row("static", pgd(clf), "classifier (defense ignored)", with_base=True)
-    row("bpda", pgd(defended_bpda), "BPDA(defense) + classifier, identity backward")
+    gradient_rows("static", clf, "classifier (defense ignored)", with_base=True)
+    gradient_rows("bpda", defended_bpda, "BPDA(defense) + classifier, identity backward")
     short = max(1, config.steps // 4)
-    row("bpda-short", pgd(defended_bpda, short), f"BPDA(defense) + classifier, {short} steps")
+    gradient_rows("bpda-short", defended_bpda, f"BPDA(defense) + classifier, {short} steps", steps=short,
+                  ce_only=True)
+    eot = config.eot_draws
     if target.randomized is not None:
-        eot_model = EOT(nn.Sequential(BPDA(target.randomized), clf), draws=config.eot_draws)
-        row("bpda-eot", pgd(eot_model), f"EOT over {config.eot_draws} unseeded draws of BPDA(defense) + classifier",
-            extra={"eot_draws": config.eot_draws})
+        gradient_rows("bpda-eot", nn.Sequential(BPDA(target.randomized), clf), f"EOT over {eot} fresh draws of "
+                      "BPDA(defense) + classifier", eot=eot, extra={"eot_draws": eot})
     unrolled = target.unrolled if target.unrolled is not None else target.defense
-    row("full-gradient", pgd(nn.Sequential(unrolled, clf)), "unrolled defense + classifier (exact autograd "
-        "or surrogate)", extra={"unroll": _params_of(unrolled)})
+    full_eot = 1
+    if target.randomized is not None and config.attack == "apgd":
+        unroll_probe, _ = data.tensors(range(min(len(data), PROBE_IMAGES)))
+        unroll_probe = unroll_probe.to(device)
+        fresh_unroll, _ = fresh_draws(unrolled, detect_randomness(unrolled, unroll_probe), unroll_probe)
+        if fresh_unroll is not None:
+            unrolled, full_eot = as_module(fresh_unroll), eot
+    gradient_rows("full-gradient", nn.Sequential(unrolled, clf), "unrolled defense + classifier (exact autograd "
+                  "or surrogate)" + (f", EOT over {full_eot} draws" if full_eot > 1 else ""), eot=full_eot,
+                  extra={"unroll": _params_of(unrolled), "eot_draws": full_eot})
     sweep_rows: list[dict[str, Any]] = []
     if target.ssl_loss is not None:
         for lam in config.lambdas:
             attack = DefenseAwarePGD(clf, target.ssl_loss, lambda_s=lam, eps=config.eps, alpha=config.step_size,
-                                     steps=config.steps, seed=config.seed)
+                                     steps=config.steps, norm=config.norm, seed=config.seed)
             name = f"defense-aware-{lam:g}"
             row(name, attack, f"classifier, loss L_c - {lam:g} L_s", with_base=True, extra={"lambda_s": lam})
             std, rep = records[name]
             sweep_rows.append({"lambda_s": lam, "accuracy_standard": std["accuracy"], "stderr_standard": std["stderr"],
                                "accuracy_repaired": rep["accuracy"], "stderr_repaired": rep["stderr"],
                                "n_images": rep["n_images"], "attack": rep["attack"]})
-    row("square", Square(nn.Sequential(target.defense, clf), eps=config.eps, n_queries=config.square_queries,
-                         seed=config.seed), "defense + classifier, scores only")
+    row("square", Square(nn.Sequential(target.defense, clf), eps=config.eps, norm=config.norm,
+                         n_queries=config.square_queries, seed=config.seed), "defense + classifier, scores only")
     return records, sweep_rows, base_common, defense_params, clf
 
 
@@ -248,7 +315,7 @@ def _defended(record_list: list[dict[str, Any]]) -> dict[str, Any]:
     return next(r for r in record_list if r.get("defense"))
 
 
-def _correct_at_every_iterate(arrays: dict[str, np.ndarray]) -> np.ndarray:
+def correct_at_every_iterate(arrays: dict[str, np.ndarray]) -> np.ndarray:
     """Correct at every iterate of the defense where the record has them, else at the output."""
     return np.asarray(arrays["correct_iterates"].all(0) if "correct_iterates" in arrays else arrays["correct"])
 
@@ -264,19 +331,20 @@ def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, 
         _flag_record(summary["flags"])
         return summary
     attacked = {name: _defended(rs) for name, rs in records.items() if name != "clean"}
-    correct = worst_case_correct(store, attacked.values())
-    worst = Accuracy(int(correct.sum()), int(correct.size))
-    correct_iter = worst_case_correct(store, attacked.values(), per_image=_correct_at_every_iterate)
-    worst_iter = Accuracy(int(correct_iter.sum()), int(correct_iter.size))
+    worst = Accuracy.of(worst_case_correct(store, attacked.values()))
+    worst_iter = Accuracy.of(worst_case_correct(store, attacked.values(), per_image=correct_at_every_iterate))
 
     n_probe = min(len(data), 32)
     images, labels = data.tensors(range(n_probe))
     images, labels = images.to(device), labels.to(device)
     defended = nn.Sequential(target.defense, clf)
-    flags = [randomness_flag(defended, images)]
+    assert target.randomness is not None  # decided in _run_rows
+    flags = [{"flag": "randomized defense (by running it)", "fired": target.randomness.kind.randomized,
+              "detail": target.randomness.detail() + ("; attacked with EOT" if target.randomized is not None else "")},
+             randomness_flag(defended, images)]
     if target.randomized is not None:
         flag = randomness_flag(nn.Sequential(target.randomized, clf), images)
-        flag["flag"] = "randomness (unseeded variant)"
+        flag["flag"] = "randomness (EOT draws)"
         flags.append(flag)
     unrolled = target.unrolled if target.unrolled is not None else target.defense
     grad_flag = gradient_flag(nn.Sequential(unrolled, clf), images, labels)
@@ -287,8 +355,8 @@ def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, 
     flags.append(exact)
     white = {n: r["accuracy"] for n, r in attacked.items() if n != "square"}
     flags.append(black_box_flag(white, {"square": attacked["square"]["accuracy"]} if "square" in attacked else {}))
-    flags.append(monotonicity_flag([(float(max(1, config.steps // 4)), attacked["bpda-short"]["accuracy"]),
-                                    (float(config.steps), attacked["bpda"]["accuracy"])]))
+    flags.append(monotonicity_flag([(float(max(1, config.steps // 4)), attacked[config.primary("bpda-short")]["accuracy"]),
+                                    (float(config.steps), attacked[config.primary("bpda")]["accuracy"])]))
     randomized = None
     if target.randomized is not None:
         all_images, all_labels = data.tensors()
@@ -298,10 +366,12 @@ def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, 
     summary = {"kind": "adaptive-summary", "key": key, **base_common, "defense": {"label": target.label,
                **defense_params}, "config": asdict(config), "notes": target.notes,
                "rows": {name: [r["key"] for r in rs] for name, rs in records.items()},
+               "row_order": list(records),  # results.json sorts the keys of "rows"
                "worst_case": {"accuracy": worst.value, "stderr": worst.stderr, "n_correct": worst.correct,
                               "over": sorted(attacked)},
                "worst_over_iterates": {"accuracy": worst_iter.value, "stderr": worst_iter.stderr,
                                        "n_correct": worst_iter.correct},
+               "randomness": target.randomness.to_dict(),
                "randomized_clean": randomized, "lambda_sweep": sweep_rows, "flags": flags,
                "seconds": sum(r["seconds"] for rs in records.values() for r in rs)}
     store.add(summary)
@@ -313,5 +383,5 @@ def reverse_attack_target(defense: Any, config: AdaptiveConfig) -> DefenseUnderT
     return DefenseUnderTest.reverse_attack(defense, config)
 
 
-__all__ = ["AdaptiveConfig", "DefenseUnderTest", "SURROGATES", "reverse_attack_target", "run_adaptive",
+__all__ = ["AdaptiveConfig", "correct_at_every_iterate", "DefenseUnderTest", "SURROGATES", "reverse_attack_target", "run_adaptive",
            "run_adaptive_rows"]

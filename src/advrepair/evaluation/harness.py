@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from advrepair.adaptive.contract import describe_defense
 from advrepair.attacks import ATTACKS, Attack, make_attack
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -95,8 +96,7 @@ def weights_id(card: dict[str, Any]) -> str:
 
 
 def _params_of(module: nn.Module) -> dict[str, Any]:
-    fn: Callable[[], dict[str, Any]] | None = getattr(module, "params", None)
-    return fn() if callable(fn) else {"name": type(module).__name__}
+    return describe_defense(module)
 
 
 def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[AttackSpec],

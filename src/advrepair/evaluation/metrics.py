@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from advrepair.errors import InputError
@@ -14,6 +15,11 @@ from advrepair.validation import check_positive
 class Accuracy:
     correct: int
     n: int
+
+    @classmethod
+    def of(cls, correct: "np.ndarray") -> "Accuracy":
+        """From a (N,) bool array of per-image correctness (a stored record's, a worst case)."""
+        return cls(int(correct.sum()), int(correct.size))
 
     @property
     def value(self) -> float:

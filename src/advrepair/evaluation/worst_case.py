@@ -27,8 +27,7 @@ def worst_case(store: ResultsStore, records: list[dict[str, Any]]) -> Accuracy:
     subsets = {r.get("subset") for r in records}
     if len(subsets) != 1:
         raise InputError(f"records cover different images (subsets={sorted(map(str, subsets))})")
-    correct = worst_case_correct(store, records)
-    return Accuracy(int(correct.sum()), int(correct.size))
+    return Accuracy.of(worst_case_correct(store, records))
 
 
 def _correct(arrays: dict[str, np.ndarray]) -> np.ndarray:

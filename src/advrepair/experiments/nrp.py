@@ -582,7 +582,7 @@ def paired_clean_cost(store: ResultsStore, defended: dict[str, Any] | None,
 def _acc_text(correct: np.ndarray | None) -> str:
     if correct is None:
         return "n/a"
-    acc = Accuracy(int(correct.sum()), int(correct.size))
+    acc = Accuracy.of(correct)
     return f"{100 * acc.value:.1f} ± {100 * acc.stderr:.1f}"
 
 

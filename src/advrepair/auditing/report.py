@@ -1,0 +1,165 @@
+"""The audit's result: typed rows, the per-image worst case, the flags, as JSON, Markdown and figures."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from advrepair.durable import make_folder
+from advrepair.evaluation.store import atomic_write_text, jsonable
+
+SAVED_FILES = ("audit.json", "audit.md", "audit_rows.png")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditRow:
+    """One attack against the defended model (``defended``) or the bare classifier."""
+
+    name: str
+    defended: bool
+    accuracy: float
+    stderr: float
+    n_images: int
+    attack: dict[str, Any]
+    budget: str
+    forward_per_image: float
+    backward_per_image: float
+    seconds: float
+    worst_over_iterates: float | None = None
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(self.n_images, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditFlag:
+    """A reliability check (AutoAttack-style): ``fired`` means the number may be too good."""
+
+    name: str
+    fired: bool
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditReport:
+    """What ``advrepair.audit`` found. Every accuracy is a fraction in [0, 1] with its
+    binomial standard error; ``worst_case_accuracy`` counts an image as robust only if every
+    attacked row, and every iterate of the defense, left it correct."""
+
+    classifier: str
+    defense: dict[str, Any]
+    preset: str
+    preset_budget: dict[str, Any]
+    eps: float
+    norm: str
+    n_images: int
+    rows: tuple[AuditRow, ...]
+    worst_case_accuracy: float
+    worst_case_stderr: float
+    worst_case_outputs_only: float
+    undefended_robust_accuracy: float
+    undefended_robust_stderr: float
+    flags: tuple[AuditFlag, ...]
+    randomness: dict[str, Any]
+    notes: tuple[str, ...]
+    seconds: float
+    out: str | None = None
+
+    @property
+    def clean_accuracy(self) -> float:
+        return next(r.accuracy for r in self.rows if r.name == "clean" and r.defended)
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(self.n_images, 1)
+
+    @property
+    def fired_flags(self) -> list[AuditFlag]:
+        return [f for f in self.flags if f.fired]
+
+    def row(self, name: str, defended: bool = True) -> AuditRow:
+        return next(r for r in self.rows if r.name == name and r.defended == defended)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["seconds_per_image"] = self.seconds_per_image
+        d["clean_accuracy"] = self.clean_accuracy
+        for row, raw in zip(self.rows, d["rows"]):
+            raw["seconds_per_image"] = row.seconds_per_image
+        return jsonable(d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AuditReport":
+        d = json.loads(text)
+        for derived in ("seconds_per_image", "clean_accuracy"):
+            d.pop(derived, None)
+        rows = []
+        for r in d.pop("rows"):
+            r.pop("seconds_per_image", None)
+            rows.append(AuditRow(**r))
+        flags = tuple(AuditFlag(**f) for f in d.pop("flags"))
+        return cls(rows=tuple(rows), flags=flags, notes=tuple(d.pop("notes")), **d)
+
+    def to_markdown(self) -> str:
+        pct = 100.0
+        lines = [f"# Audit: {self.defense.get('name', '?')} in front of {self.classifier}", "",
+                 f"Preset **{self.preset}** ({self.preset_budget['claim']}); {self.norm} eps = {self.eps:g}; "
+                 f"{self.n_images} images; {self.seconds:.0f} s ({self.seconds_per_image:.2f} s per image).", "",
+                 f"**Worst case per image over every row and the defense's iterates: "
+                 f"{pct * self.worst_case_accuracy:.1f} ± {pct * self.worst_case_stderr:.1f}%** "
+                 f"(outputs only: {pct * self.worst_case_outputs_only:.1f}%). Clean with the defense: "
+                 f"{pct * self.clean_accuracy:.1f}%. The classifier alone under the transfer attack: "
+                 f"{pct * self.undefended_robust_accuracy:.1f} ± {pct * self.undefended_robust_stderr:.1f}%.", "",
+                 "| row | model | accuracy (%) | attack and budget | passes per image (fwd / bwd) | s per image |",
+                 "|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.name} | {'defended' if r.defended else 'classifier alone'} | "
+                         f"{pct * r.accuracy:.1f} ± {pct * r.stderr:.1f} | {r.budget} | "
+                         f"{r.forward_per_image:.0f} / {r.backward_per_image:.0f} | {r.seconds_per_image:.3f} |")
+        lines += ["", "Flags (fired = the number may be too good):", ""]
+        lines += [f"- [{'FIRED' if f.fired else 'ok'}] {f.name}: {f.detail}" for f in self.flags]
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in self.notes]
+        lines += ["", "Passes count calls of the model the attack runs on; through BPDA or an unroll each includes "
+                  "the defense. Standard errors are binomial, sqrt(p (1 - p) / n)."]
+        return "\n".join(lines) + "\n"
+
+    def save(self, folder: str | Path) -> Path:
+        """Write audit.json, audit.md and audit_rows.png into ``folder``; returns audit.md."""
+        folder = Path(folder)
+        make_folder(folder)
+        atomic_write_text(folder / "audit.json", self.to_json() + "\n")
+        self._plot_rows(folder / "audit_rows.png")
+        atomic_write_text(folder / "audit.md", self.to_markdown() + "\n![rows](audit_rows.png)\n")
+        return folder / "audit.md"
+
+    def _plot_rows(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self.rows if r.defended]
+        fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 2.2), layout="constrained")
+        ys = list(range(len(rows)))[::-1]
+        ax.barh(ys, [100 * r.accuracy for r in rows], xerr=[100 * r.stderr for r in rows], color="#4c72b0",
+                capsize=3, label="defended model, per row")
+        ax.set_yticks(ys)
+        ax.set_yticklabels([r.name for r in rows], fontsize=8)
+        ax.axvline(100 * self.worst_case_accuracy, color="#c44e52", linestyle="--",
+                   label=f"worst case per image {100 * self.worst_case_accuracy:.1f}%")
+        ax.axvline(100 * self.undefended_robust_accuracy, color="#55a868", linestyle=":",
+                   label=f"classifier alone, transfer attack {100 * self.undefended_robust_accuracy:.1f}%")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel(f"accuracy (%), {self.norm} eps {self.eps:g}, {self.n_images} images, ± s.e.")
+        ax.set_title(f"audit ({self.preset}): {self.defense.get('name', '?')} + {self.classifier}", fontsize=10)
+        fig.legend(loc="outside lower center", fontsize=8, ncol=2, frameon=False)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+__all__ = ["AuditFlag", "AuditReport", "AuditRow", "SAVED_FILES"]
