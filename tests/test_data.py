@@ -161,8 +161,13 @@ def test_image_dataset_tensors_subset_batches() -> None:
 
 def test_image_dataset_rejects_bad_contents() -> None:
     good = torch.zeros(2, 1, 2, 2, dtype=torch.uint8)
-    with pytest.raises(InputError, match="uint8"):
-        ImageDataset("toy", good.float(), torch.tensor([0, 1]), ["a", "b"])
+    with pytest.raises(InputError, match="uint8 or float32"):
+        ImageDataset("toy", good.double(), torch.tensor([0, 1]), ["a", "b"])
+    with pytest.raises(InputError, match=r"lie in \[0, 1\]"):
+        ImageDataset("toy", good.float() + 2, torch.tensor([0, 1]), ["a", "b"])
+    floats = torch.rand(2, 1, 2, 2)
+    kept = ImageDataset("toy", floats, torch.tensor([0, 1]), ["a", "b"])  # float images stay exactly as given
+    assert torch.equal(kept.tensors()[0], floats) and torch.equal(next(kept.batches(2))[0], floats)
     with pytest.raises(InputError, match="labels must lie"):
         ImageDataset("toy", good, torch.tensor([0, 2]), ["a", "b"])
     ds = ImageDataset("toy", good, torch.tensor([0, 1]), ["a", "b"])

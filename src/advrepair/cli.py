@@ -208,6 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="measure clean and PGD-20 only (AutoAttack on 1,000 images takes ~15 min per robust CNN)")
     _add_common(zbuild)
 
+    aud = sub.add_parser("audit", help="every adaptive attack against one defense in front of one classifier")
+    aud.add_argument("--classifier", required=True,
+                     help="a zoo classifier (e.g. fmnist-cnn-pgd), a model directory, or module:factory")
+    aud.add_argument("--defense", required=True,
+                     help="none, a baseline (jpeg, tv, median, bit-depth, resize-pad), a zoo head (the reverse "
+                          "attack with it), or module:factory (called with classifier, eps, seed, device if it "
+                          "asks for them)")
+    aud.add_argument("--eps", type=float, required=True, help="the attack budget")
+    aud.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    aud.add_argument("--preset", default="quick", choices=["quick", "standard", "thorough"])
+    aud.add_argument("--dataset", default="fashion-mnist")
+    aud.add_argument("--n-images", type=int, default=100, help="balanced test images")
+    aud.add_argument("--eps-v", type=float, default=None, help="reverse-attack budget for a zoo head (2 eps)")
+    aud.add_argument("--reverse-steps", type=int, default=40, help="reverse-attack steps K for a zoo head")
+    aud.add_argument("--batch-size", type=int, default=100)
+    aud.add_argument("--out", type=Path, default=Path("reports/audit"),
+                     help="records (resumable), audit.json, audit.md and the figure")
+    _add_common(aud)
+
     rep = sub.add_parser("report", help="rewrite report.md and figures from a results folder")
     rep.add_argument("out", type=Path)
     return parser
@@ -346,6 +365,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                                 write_shipped=args.write_shipped, autoattack=not args.no_autoattack,
                                 data_root=args.data_root, device=device, progress=progress)
         return 0 if ok else 1
+    elif args.command == "audit":
+        commands.audit(classifier=args.classifier, defense=args.defense, eps=args.eps, norm=args.norm,
+                       preset=args.preset, dataset=args.dataset, data_root=args.data_root, n_images=args.n_images,
+                       eps_v=args.eps_v, reverse_steps=args.reverse_steps, batch_size=args.batch_size, out=args.out,
+                       seed=args.seed, device=device, progress=progress)
     elif args.command == "report":
         print(commands.report(args.out))
     return 0

@@ -219,6 +219,79 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
     return path
 
 
+def resolve_classifier(spec: str, *, seed: int, device: str) -> tuple[torch.nn.Module, str]:
+    """A classifier by zoo name, model directory or ``module:factory``, and its display name."""
+    from advrepair import zoo
+    from advrepair.factories import call_factory, is_factory_spec, load_factory
+
+    if spec in zoo.ENTRIES:
+        if zoo.entry(spec).kind is not zoo.ZooKind.CLASSIFIER:
+            raise InputError(f"zoo entry {spec!r} is a {zoo.entry(spec).kind.value}, not a classifier")
+        module, _ = zoo.load(spec, device=device)
+        assert isinstance(module, torch.nn.Module)
+        return module, spec
+    if Path(spec).is_dir():
+        clf, _ = load_checkpoint(Path(spec) / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
+        return clf, Path(spec).name
+    if is_factory_spec(spec):
+        made = call_factory(load_factory(spec), seed=seed, device=device)
+        if not isinstance(made, torch.nn.Module):
+            raise InputError(f"{spec} returned a {type(made).__name__}, not an nn.Module classifier")
+        return made.to(device).eval(), spec
+    raise InputError(f"--classifier {spec!r} is neither a zoo classifier {sorted(zoo.ENTRIES)}, a model directory, "
+                     "nor module:factory")
+
+
+def resolve_defense(spec: str, classifier: torch.nn.Module, classifier_spec: str, *, eps: float,
+                    eps_v: float | None, reverse_steps: int, seed: int, device: str) -> Callable[[torch.Tensor],
+                                                                                                torch.Tensor]:
+    """A defense by baseline name, zoo head (the reverse attack with it), ``none`` or ``module:factory``."""
+    from advrepair import zoo
+    from advrepair.factories import call_factory, is_factory_spec, load_factory
+
+    if spec == "none":
+        return torch.nn.Identity()
+    if spec in BASELINES:
+        return BASELINES[spec](seed)
+    if spec in zoo.ENTRIES:
+        head = zoo.entry(spec)
+        if head.kind is not zoo.ZooKind.SSL_HEAD:
+            raise InputError(f"zoo entry {spec!r} is a {head.kind.value}, not a self-supervised head")
+        if classifier_spec in zoo.ENTRIES and head.parent != classifier_spec:
+            raise InputError(f"zoo head {spec!r} was trained on {head.parent!r}, not on {classifier_spec!r}")
+        task, _ = zoo.load(spec, device=device)
+        assert isinstance(task, torch.nn.Module)
+        return ReverseAttack(classifier, task, eps_v=2 * eps if eps_v is None else eps_v,  # type: ignore[arg-type]
+                             steps=reverse_steps, seed=seed)
+    if is_factory_spec(spec):
+        made = call_factory(load_factory(spec), classifier=classifier, eps=eps, seed=seed, device=device)
+        if not callable(made):
+            raise InputError(f"{spec} returned a {type(made).__name__}, not a defense (images -> images)")
+        return made
+    raise InputError(f"--defense {spec!r} is neither none, a baseline {sorted(BASELINES)}, a zoo head, nor "
+                     "module:factory")
+
+
+def audit(*, classifier: str, defense: str, eps: float, norm: str, preset: str, dataset: str,
+          data_root: str | None, n_images: int, eps_v: float | None, reverse_steps: int, batch_size: int,
+          out: Path, seed: int, device: str, progress: bool) -> Path:
+    from advrepair.auditing import audit as run_audit
+    from advrepair.validation import check_int_at_least
+
+    check_int_at_least(n_images, "--n-images", 1)
+    clf, clf_name = resolve_classifier(classifier, seed=seed, device=device)
+    module = resolve_defense(defense, clf, classifier, eps=eps, eps_v=eps_v, reverse_steps=reverse_steps,
+                             seed=seed, device=device)
+    test = load_dataset(dataset, split="test", root=data_root)
+    images, labels = balanced_subset(test, min(n_images, len(test)), seed=seed).tensors()
+    report = run_audit(clf, module, images, labels, eps=eps, norm=norm, preset=preset, out=out, seed=seed,
+                       batch_size=batch_size, device=device, progress=progress, classifier_name=clf_name,
+                       defense_label=defense)
+    tqdm.write(report.to_markdown())
+    tqdm.write(f"report: {out / 'audit.md'}")
+    return out / "audit.md"
+
+
 def zoo_list(*, as_json: bool, as_markdown: bool = False) -> str:
     from advrepair import zoo
     from advrepair.zoo.summary import markdown_table, metric_text

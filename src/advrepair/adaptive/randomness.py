@@ -3,9 +3,11 @@
 Two behaviours count as randomized:
 
 - ``PER_CALL``: two calls on the same images give different outputs (fresh draws each call);
-- ``INPUT_KEYED``: repeated calls agree, but a nudge of the input far smaller than any attack
-  budget moves the output far more than the nudge. Randomness seeded from the image's
-  content (advrepair's own defenses) behaves so; so does a chaotic deterministic defense.
+- ``INPUT_KEYED``: repeated calls agree, but a nudge of the input a hundred times smaller than
+  another moves the output about as much: a deterministic defense's change shrinks with the
+  nudge (smoothly, or for a quantizer such as JPEG in how many values cross a level), a new
+  random draw's does not. Randomness seeded from the image's content (advrepair's own defenses) behaves
+  so; so does a chaotic deterministic defense.
   Either way a gradient taken at one point says little about its neighbours, so the attacker
   averages over draws (EOT).
 
@@ -27,8 +29,10 @@ from advrepair.validation import check_images
 
 #: the input nudge of the detection: 1e-3 is 1/4 of one 8-bit level and 1/100 of eps 0.1
 NUDGE = 1e-3
-#: a nudged output that moved more than this many times the nudge counts as input-keyed
-SENSITIVITY = 10.0
+#: the second nudge, 100x smaller (still far above float32 resolution at 0.5, 6e-8)
+SMALL_NUDGE = NUDGE / 100
+#: input-keyed when the small nudge's output change keeps more than this share of the large one's
+PERSISTENCE = 0.3
 
 
 class Randomness(str, enum.Enum):
@@ -49,26 +53,29 @@ class RandomnessProbe:
     kind: Randomness
     repeat_difference: float
     nudge_amplification: float
+    small_nudge_share: float
     n_images: int
 
     def detail(self) -> str:
         return (f"{self.kind.value}: two calls on the same {self.n_images} images differ by up to "
                 f"{self.repeat_difference:.3g}; a {NUDGE:g} nudge of the input moves the output "
-                f"{self.nudge_amplification:.3g}x as much")
+                f"{self.nudge_amplification:.3g}x as much, a {SMALL_NUDGE:g} nudge "
+                f"{self.small_nudge_share:.2g} of that")
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "repeat_difference": self.repeat_difference,
-                "nudge_amplification": self.nudge_amplification, "n_images": self.n_images}
+                "nudge_amplification": self.nudge_amplification, "small_nudge_share": self.small_nudge_share,
+                "n_images": self.n_images}
 
 
-def _nudged(images: torch.Tensor) -> torch.Tensor:
-    """The images moved by +-NUDGE per pixel (signs from a fixed generator), towards the
+def _nudged(images: torch.Tensor, size: float) -> torch.Tensor:
+    """The images moved by +-size per pixel (signs from a fixed generator), towards the
     inside of [0, 1] so that no pixel is clipped back."""
     gen = torch.Generator().manual_seed(20211)
     signs = (torch.randint(0, 2, images.shape, generator=gen) * 2 - 1).to(images.device, images.dtype)
-    signs = torch.where(images + NUDGE > 1, -torch.ones_like(signs), signs)
-    signs = torch.where(images - NUDGE < 0, torch.ones_like(signs), signs)
-    return images + NUDGE * signs
+    signs = torch.where(images + size > 1, -torch.ones_like(signs), signs)
+    signs = torch.where(images - size < 0, torch.ones_like(signs), signs)
+    return images + size * signs
 
 
 def detect_randomness(defense: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> RandomnessProbe:
@@ -82,9 +89,9 @@ def detect_randomness(defense: Callable[[torch.Tensor], torch.Tensor], images: t
     check_images(images)
     with torch.no_grad():
         first, second = defense(images), defense(images)
-        nudged_in = _nudged(images)
-        nudged_out = defense(nudged_in)
-    for out in (first, second, nudged_out):
+        nudged_in, small_in = _nudged(images, NUDGE), _nudged(images, SMALL_NUDGE)
+        nudged_out, small_out = defense(nudged_in), defense(small_in)
+    for out in (first, second, nudged_out, small_out):
         if not isinstance(out, torch.Tensor) or out.shape != images.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise InputError(f"the defense must return images of the input's shape {tuple(images.shape)}, got {got}")
@@ -92,13 +99,15 @@ def detect_randomness(defense: Callable[[torch.Tensor], torch.Tensor], images: t
     moved = float((nudged_out - first).abs().mean())
     pushed = float((nudged_in - images).abs().mean())
     amplification = moved / pushed
+    small_moved = float((small_out - first).abs().mean())
+    share = small_moved / moved if moved > 1e-6 else 0.0
     if repeat > 1e-6:
         kind = Randomness.PER_CALL
-    elif amplification > SENSITIVITY:
+    elif share > PERSISTENCE:
         kind = Randomness.INPUT_KEYED
     else:
         kind = Randomness.DETERMINISTIC
-    return RandomnessProbe(kind, repeat, amplification, int(images.shape[0]))
+    return RandomnessProbe(kind, repeat, amplification, share, int(images.shape[0]))
 
 
 class NudgedDraws(nn.Module):
@@ -141,10 +150,11 @@ def fresh_draws(defense: Callable[[torch.Tensor], torch.Tensor], probe: Randomne
     if probe.kind is Randomness.PER_CALL:
         return defense, "randomized: fresh draws on every call (by running it)"
     tries: list[tuple[str, Callable[[], Any]]] = []
-    if callable(getattr(defense, "fresh_randomness", None)):
-        tries.append(("its fresh_randomness()", getattr(defense, "fresh_randomness")))
-    if callable(getattr(defense, "variant", None)):
-        tries.append(("its variant(seed=None)", lambda: getattr(defense, "variant")(seed=None)))
+    offered: Any = defense  # the contract's optional methods, looked up by name
+    if callable(getattr(offered, "fresh_randomness", None)):
+        tries.append(("its fresh_randomness()", offered.fresh_randomness))
+    if callable(getattr(offered, "variant", None)):
+        tries.append(("its variant(seed=None)", lambda: offered.variant(seed=None)))
     if hasattr(defense, "seed"):
         def unseeded() -> Any:
             twin = copy.copy(defense)
@@ -162,5 +172,5 @@ def fresh_draws(defense: Callable[[torch.Tensor], torch.Tensor], probe: Randomne
                                   f"found; EOT draws by nudging the input by at most {NUDGE:g} per pixel")
 
 
-__all__ = ["NUDGE", "NudgedDraws", "Randomness", "RandomnessProbe", "SENSITIVITY", "detect_randomness",
+__all__ = ["NUDGE", "PERSISTENCE", "SMALL_NUDGE", "NudgedDraws", "Randomness", "RandomnessProbe", "detect_randomness",
            "fresh_draws"]

@@ -63,8 +63,8 @@ PRESETS: dict[AuditPreset, PresetBudget] = {
     AuditPreset.QUICK: PresetBudget(
         steps=10, restarts=1, target_classes=0, eot_draws=2, unroll_steps=3, square_queries=100, randomized_draws=2,
         lambdas=(0.0, 1.0), recommended_images=100,
-        claim="smoke test: every row at a tenth of the reference budgets or less; an upper bound on robustness "
-              "that the standard preset will usually lower"),
+        claim="smoke test: every row, with APGD at 10 steps, EOT over 2 draws, a 3-step unroll and Square at 100 "
+              "queries; an upper bound on robustness that the standard preset will usually lower"),
     AuditPreset.STANDARD: PresetBudget(
         steps=100, restarts=1, target_classes=9, eot_draws=20, unroll_steps=10, square_queries=5000,
         randomized_draws=10, lambdas=(0.0, 1.0, 4.0, 16.0), recommended_images=1000,

@@ -46,7 +46,9 @@ class AuditFlag:
 class AuditReport:
     """What ``advrepair.audit`` found. Every accuracy is a fraction in [0, 1] with its
     binomial standard error; ``worst_case_accuracy`` counts an image as robust only if every
-    attacked row, and every iterate of the defense, left it correct."""
+    attacked row, and every iterate of the defense, left it correct. ``defense_gain`` is the
+    worst case minus the classifier's own accuracy under the transfer rows, per image on the
+    same images, with its paired standard error."""
 
     classifier: str
     defense: dict[str, Any]
@@ -61,6 +63,8 @@ class AuditReport:
     worst_case_outputs_only: float
     undefended_robust_accuracy: float
     undefended_robust_stderr: float
+    defense_gain: float
+    defense_gain_stderr: float
     flags: tuple[AuditFlag, ...]
     randomness: dict[str, Any]
     notes: tuple[str, ...]
@@ -114,7 +118,9 @@ class AuditReport:
                  f"{pct * self.worst_case_accuracy:.1f} ± {pct * self.worst_case_stderr:.1f}%** "
                  f"(outputs only: {pct * self.worst_case_outputs_only:.1f}%). Clean with the defense: "
                  f"{pct * self.clean_accuracy:.1f}%. The classifier alone under the transfer attack: "
-                 f"{pct * self.undefended_robust_accuracy:.1f} ± {pct * self.undefended_robust_stderr:.1f}%.", "",
+                 f"{pct * self.undefended_robust_accuracy:.1f} ± {pct * self.undefended_robust_stderr:.1f}%, so the "
+                 f"defense {'adds' if self.defense_gain > 0 else 'costs'} "
+                 f"{pct * abs(self.defense_gain):.1f} ± {pct * self.defense_gain_stderr:.1f} points (paired s.e.).", "",
                  "| row | model | accuracy (%) | attack and budget | passes per image (fwd / bwd) | s per image |",
                  "|---|---|---|---|---|---|"]
         for r in self.rows:

@@ -11,6 +11,7 @@ always gets EOT.
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +28,7 @@ from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import DefenseUnderTest, correct_at_every_iterate, run_adaptive
 from advrepair.evaluation.harness import ModelEntry
 from advrepair.evaluation.metrics import Accuracy
-from advrepair.evaluation.store import ResultsStore
+from advrepair.evaluation.store import ResultsStore, jsonable
 from advrepair.evaluation.worst_case import worst_case_correct
 from advrepair.validation import check_images, check_int_at_least, check_labels, check_positive
 
@@ -101,6 +102,8 @@ def audit(classifier: nn.Module, defense: Callable[[torch.Tensor], torch.Tensor]
     batch_size = check_int_at_least(batch_size, "batch_size", 1)
     if not callable(defense):
         raise InputError(f"defense must be an nn.Module or a callable images -> images, got {type(defense).__name__}")
+    if not isinstance(classifier, nn.Module):
+        raise InputError(f"classifier must be an nn.Module returning logits, got {type(classifier).__name__}")
     images, labels = images.detach().to("cpu", torch.float32), labels.detach().to("cpu")
     _check_classifier(classifier.to("cpu").eval(), images, labels)
     module = as_module(defense)
@@ -138,9 +141,12 @@ def _report(store: ResultsStore, summary: dict[str, Any], classifier_name: str, 
                 defended.append(record)
             elif row_name.startswith("static"):
                 static_base.append(record)
-    worst = Accuracy.of(worst_case_correct(store, defended, per_image=correct_at_every_iterate))
+    worst_correct = worst_case_correct(store, defended, per_image=correct_at_every_iterate)
+    base_correct = worst_case_correct(store, static_base)
+    worst, base = Accuracy.of(worst_correct), Accuracy.of(base_correct)
     outputs_only = Accuracy.of(worst_case_correct(store, defended))
-    base = Accuracy.of(worst_case_correct(store, static_base))
+    gain = worst_correct.astype(float) - base_correct.astype(float)
+    gain_stderr = float(gain.std(ddof=1) / math.sqrt(gain.size)) if gain.size > 1 else float("nan")
     notes = [f"preset {preset}: {budget['claim']}", *target.notes]
     if n_images < recommended:
         notes.append(f"{n_images} images, fewer than the {recommended} the {preset} preset is meant for: "
@@ -149,10 +155,11 @@ def _report(store: ResultsStore, summary: dict[str, Any], classifier_name: str, 
                  "and at every iterate of the defense where the defense exposes them (trajectory)")
     flags = tuple(AuditFlag(f["flag"], bool(f["fired"]), f["detail"]) for f in summary["flags"])
     return AuditReport(classifier=classifier_name, defense=describe_defense(defense), preset=preset,
-                       preset_budget=budget, eps=eps, norm=norm, n_images=n_images, rows=tuple(rows),
+                       preset_budget=jsonable(budget), eps=eps, norm=norm, n_images=n_images, rows=tuple(rows),
                        worst_case_accuracy=worst.value, worst_case_stderr=worst.stderr,
                        worst_case_outputs_only=outputs_only.value, undefended_robust_accuracy=base.value,
-                       undefended_robust_stderr=base.stderr, flags=flags, randomness=summary["randomness"],
+                       undefended_robust_stderr=base.stderr, defense_gain=float(gain.mean()),
+                       defense_gain_stderr=gain_stderr, flags=flags, randomness=summary["randomness"],
                        notes=tuple(notes), seconds=float(sum(r.seconds for r in rows)), out=out)
 
 

@@ -166,7 +166,8 @@ class DefenseUnderTest:
         if caps.unroll and caps.ssl_loss:
             target = cls.reverse_attack(defense, config, label)
         else:
-            unrolled: nn.Module | None = defense.bpda_surrogate() if caps.bpda_surrogate else None
+            offered: Any = defense  # the contract's optional methods, looked up by name
+            unrolled: nn.Module | None = offered.bpda_surrogate() if caps.bpda_surrogate else None
             notes = ["full gradient through the defense's differentiable approximation "
                      f"{_params_of(unrolled)}" if unrolled is not None else
                      "full gradient: the defense's own autograd graph"]
@@ -341,7 +342,7 @@ def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, 
     assert target.randomness is not None  # decided in _run_rows
     flags = [{"flag": "randomized defense (by running it)", "fired": target.randomness.kind.randomized,
               "detail": target.randomness.detail() + ("; attacked with EOT" if target.randomized is not None else "")},
-             randomness_flag(defended, images)]
+             {**randomness_flag(defended, images), "flag": "randomness (repeated calls on the same images)"}]
     if target.randomized is not None:
         flag = randomness_flag(nn.Sequential(target.randomized, clf), images)
         flag["flag"] = "randomness (EOT draws)"
@@ -383,5 +384,5 @@ def reverse_attack_target(defense: Any, config: AdaptiveConfig) -> DefenseUnderT
     return DefenseUnderTest.reverse_attack(defense, config)
 
 
-__all__ = ["AdaptiveConfig", "correct_at_every_iterate", "DefenseUnderTest", "SURROGATES", "reverse_attack_target", "run_adaptive",
-           "run_adaptive_rows"]
+__all__ = ["AdaptiveConfig", "DefenseUnderTest", "SURROGATES", "correct_at_every_iterate", "reverse_attack_target",
+           "run_adaptive", "run_adaptive_rows"]
