@@ -10,7 +10,7 @@ from torch import nn
 import advrepair
 from advrepair.adaptive.contract import capabilities_of, describe_defense
 from advrepair.adaptive.randomness import NudgedDraws, Randomness, detect_randomness, fresh_draws
-from advrepair.auditing import PRESETS, AuditPreset, AuditReport
+from advrepair.auditing import PRESETS, AuditPreset, AuditReport, comparison_table
 from advrepair.cli import main
 from advrepair.errors import InputError
 from fake_data import write_fashion_mnist
@@ -71,6 +71,8 @@ def test_five_lines_give_a_typed_report_with_rows_worst_case_and_flags(trained_c
     md = report.to_markdown()
     assert "Preset **quick**" in md and "Worst case per image" in md and "apgd-dlr" in md
     assert {p.name for p in tmp_path.iterdir()} >= {"audit.json", "audit.md", "audit_rows.png", "results.json"}
+    table = comparison_table([report, report], ["a", "b"])
+    assert table.count("| quick | 12 |") == 2 and f"**{100 * report.worst_case_accuracy:.1f} ±" in table
 
 
 def test_a_rerun_resumes_from_the_records_and_gives_the_same_report(trained_cnn, shapes_test, tmp_path):

@@ -26,6 +26,18 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
+EVAL_DEFENSES = ("none", "reverse-attack", "nrp", "ride", "jpeg", "tv", "median", "bit-depth", "resize-pad")
+
+
+def _eval_defense(name: str) -> str:
+    from advrepair.factories import is_factory_spec
+
+    if name in EVAL_DEFENSES or is_factory_spec(name):
+        return name
+    raise argparse.ArgumentTypeError(f"invalid choice {name!r} (choose from {', '.join(EVAL_DEFENSES)}, or "
+                                     "module:factory)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None,
                    help="dataset folder (Fashion-MNIST default: $ADVREPAIR_FASHION_MNIST or "
@@ -105,11 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--through", choices=["bpda", "full"], default=None,
                     help="also craft every attack through the defense: BPDA (identity gradient) or the "
                          "defense's own autograd graph (adaptive attacks)")
-    ev.add_argument("--defense", choices=["none", "reverse-attack", "nrp", "ride", "jpeg", "tv", "median", "bit-depth",
-                                          "resize-pad"],
-                    action="append", default=None,
-                    help="a defense in front of the classifier (repeatable; default none; baselines: JPEG q75, "
-                    "TV split-Bregman with pixel dropout, 3x3 median, 4-bit depth, random resize-and-pad)")
+    ev.add_argument("--defense", type=_eval_defense, action="append", default=None,
+                    help="a defense in front of the classifier (repeatable; default none): " + ", ".join(EVAL_DEFENSES)
+                    + " (baselines: JPEG q75, TV split-Bregman with pixel dropout, 3x3 median, 4-bit depth, random "
+                    "resize-and-pad), or your own module:factory (called with seed if it takes one)")
     ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                     help="autocast precision of the classifier (bf16: CPU or CUDA; fp16: CUDA only)")
     ev.add_argument("--channels-last", action="store_true", help="channels-last memory layout (faster convs on GPU)")

@@ -9,9 +9,10 @@ import torch
 from tqdm.auto import tqdm
 
 from advrepair.data import balanced_subset, load_dataset
-from advrepair.defenses import (BitDepthReduction, JPEGCompression, MedianFilter, RandomResizePad, ReverseAttack,
-                                TotalVariation)
+from advrepair.defenses import DEFENSES, ReverseAttack, make_defense
 from advrepair.errors import InputError
+from advrepair.factories import is_factory_spec
+from advrepair.adaptive.contract import as_module
 from advrepair.evaluation import CLEAN, AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
 from advrepair.models import Classifier, load_checkpoint
@@ -21,16 +22,6 @@ from advrepair.ssl import check_task_name
 from advrepair.report import accuracy_table, write_report
 from advrepair.training import ClassifierRecipe, SSLRecipe
 from advrepair.attacks import make_attack, parse_spec
-
-
-#: input-transformation baselines by CLI name (parameters: the papers' common settings)
-BASELINES: dict[str, Callable[[int], torch.nn.Module]] = {
-    "jpeg": lambda seed: JPEGCompression(quality=75),
-    "tv": lambda seed: TotalVariation(weight=0.03, solver="bregman", keep_prob=0.5, seed=seed),
-    "median": lambda seed: MedianFilter(kernel_size=3),
-    "bit-depth": lambda seed: BitDepthReduction(bits=4),
-    "resize-pad": lambda seed: RandomResizePad(seed=seed),
-}
 
 
 def demo(*, out: Path, data_root: str | None, n_images: int, autoattack: bool, adaptive_images: int, seed: int,
@@ -161,8 +152,8 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
             clf = AutocastModule(clf, device, precision)
         modules: dict[str, torch.nn.Module] = {}
         for defense in chosen:
-            if defense in BASELINES:
-                modules[defense] = BASELINES[defense](seed)
+            if defense in DEFENSES or is_factory_spec(defense):
+                modules[defense] = as_module(make_defense(defense, seed=seed))
             elif defense == "ride":
                 from advrepair.defenses import RIDE
 
@@ -251,8 +242,8 @@ def resolve_defense(spec: str, classifier: torch.nn.Module, classifier_spec: str
 
     if spec == "none":
         return torch.nn.Identity()
-    if spec in BASELINES:
-        return BASELINES[spec](seed)
+    if spec in DEFENSES:
+        return make_defense(spec, seed=seed)
     if spec in zoo.ENTRIES:
         head = zoo.entry(spec)
         if head.kind is not zoo.ZooKind.SSL_HEAD:
@@ -268,7 +259,7 @@ def resolve_defense(spec: str, classifier: torch.nn.Module, classifier_spec: str
         if not callable(made):
             raise InputError(f"{spec} returned a {type(made).__name__}, not a defense (images -> images)")
         return made
-    raise InputError(f"--defense {spec!r} is neither none, a baseline {sorted(BASELINES)}, a zoo head, nor "
+    raise InputError(f"--defense {spec!r} is neither none, a baseline {sorted(DEFENSES)}, a zoo head, nor "
                      "module:factory")
 
 

@@ -19,6 +19,7 @@ from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_positive
+from advrepair.attacks.registry import register_attack
 
 #: ``loss(logits) -> (B,)``, with the labels (and targets) of the images already bound.
 LogitLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -70,6 +71,7 @@ class _Run:
     fooled: torch.Tensor     # (B,) bool
 
 
+@register_attack("apgd")
 class APGD(Attack):
     """Auto-PGD, untargeted, with the cross-entropy (``"ce"``) or DLR (``"dlr"``) loss.
 
@@ -245,6 +247,7 @@ class APGD(Attack):
         return p
 
 
+@register_attack("apgd-ce")
 class APGDCE(APGD):
     """APGD with cross-entropy, the registry's ``apgd-ce`` (see ``APGD``).
 
@@ -261,6 +264,7 @@ class APGDCE(APGD):
                          rho=rho, eot_iter=eot_iter, seed=seed)
 
 
+@register_attack("apgd-dlr")
 class APGDDLR(APGD):
     """APGD with the DLR loss, the registry's ``apgd-dlr`` (see ``APGD``).
 

@@ -9,8 +9,10 @@ from advrepair.attacks.apgd import APGD, LogitLoss, check_count
 from advrepair.attacks.losses import targeted_dlr_loss
 from advrepair.enums import Norm
 from advrepair.errors import InputError
+from advrepair.attacks.registry import register_attack
 
 
+@register_attack("apgd-t")
 class APGDT(APGD):
     """Targeted APGD over the ``n_target_classes`` classes the model ranks highest after the truth.
 

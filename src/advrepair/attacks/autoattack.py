@@ -15,6 +15,8 @@ import torch
 from advrepair.attacks.base import Attack
 from advrepair.enums import Norm
 from advrepair.errors import InputError
+import advrepair.attacks.registry as registry
+from advrepair.attacks.registry import parse_spec, register_attack
 
 #: A member: a spec string ``"apgd-ce:steps=50"`` or a ``(name, params)`` pair.
 MemberSpec = Union[str, tuple[str, dict[str, Any]]]
@@ -42,8 +44,6 @@ _RESERVED = ("eps", "norm")
 
 
 def _parse_member(spec: Any) -> tuple[str, dict[str, Any]]:
-    # imported here: the registry will import this module to register AutoAttack
-    from advrepair.attacks.registry import parse_spec
 
     if isinstance(spec, str):
         name, params = parse_spec(spec)
@@ -64,6 +64,7 @@ def _parse_member(spec: Any) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
+@register_attack("autoattack")
 class AutoAttack(Attack):
     """A cascade of attacks with the per-image worst case as the result.
 
@@ -121,7 +122,6 @@ class AutoAttack(Attack):
             for _ in self.members]
 
     def _build(self, name: str, params: dict[str, Any]) -> Attack:
-        from advrepair.attacks import registry  # at call time: members may be registered late
 
         if name not in registry.ATTACKS:
             raise InputError(f"AutoAttack member {name!r} is not a registered attack; registered "

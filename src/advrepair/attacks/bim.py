@@ -7,6 +7,7 @@ import torch
 
 from advrepair.attacks.pgd import PGD
 from advrepair.validation import check_positive
+from advrepair.attacks.registry import register_attack
 
 
 def bim_default_steps(eps: float) -> int:
@@ -14,6 +15,7 @@ def bim_default_steps(eps: float) -> int:
     return int(min(eps * 255 + 4, 1.25 * eps * 255))
 
 
+@register_attack("bim")
 class BIM(PGD):
     """Iterated signed-gradient steps of size ``alpha`` on the cross-entropy, clipped to the
     L-inf ball of radius ``eps`` and to [0, 1] after every step; starts at the clean image.

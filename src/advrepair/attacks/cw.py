@@ -14,6 +14,7 @@ from advrepair.attacks.pgd import PGD
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.validation import check_positive
+from advrepair.attacks.registry import register_attack
 
 #: Shrinks [-1, 1] before atanh so pixels at exactly 0 or 1 map to finite ``w`` and can
 #: still move (an infinite ``w`` has zero gradient and would freeze them).
@@ -28,6 +29,7 @@ def _from_tanh_space(w: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(w) + 1) / 2
 
 
+@register_attack("cw")
 class CW(Attack):
     """C&W L2 attack with a fixed trade-off constant (no binary search over ``c``).
 
@@ -104,6 +106,7 @@ class CW(Attack):
         return p
 
 
+@register_attack("cw-pgd")
 class CWPGD(PGD):
     """PGD on the C&W margin loss ``max_{j != y} z_j - z_y``: the "C&W" (e.g. "CW-200" with
     ``steps=200``) attack of robustness papers, L-inf by default.

@@ -13,6 +13,7 @@ from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_positive
+from advrepair.attacks.registry import register_attack
 
 #: Uniform numbers per image and step: apply?, resized size, top padding, left padding.
 DIVERSITY_NUMBERS = 4
@@ -89,6 +90,7 @@ def input_diversity(x: torch.Tensor, numbers: torch.Tensor, resize_rate: float,
     return out
 
 
+@register_attack("difgsm")
 class DIFGSM(MIFGSM):
     """Iterative FGSM (optionally with momentum: DIM) whose gradient is taken through a
     random resize-and-pad of the current iterate at each step, L-inf budget.

@@ -12,6 +12,7 @@ from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_positive
+from advrepair.attacks.registry import register_attack
 
 
 def project_hyperplane_box(points: torch.Tensor, w: torch.Tensor, value: torch.Tensor,
@@ -56,6 +57,7 @@ def _norm(t: torch.Tensor, norm: Norm) -> torch.Tensor:
     return flat.abs().amax(1) if norm is Norm.LINF else flat.norm(dim=1)
 
 
+@register_attack("fab")
 class FAB(Attack):
     """FAB: walks along projections onto the linearized decision boundary, minimizing the norm.
 
@@ -217,6 +219,7 @@ class FAB(Attack):
         return p
 
 
+@register_attack("fab-t")
 class FABT(FAB):
     """FAB-T, the targeted FAB of AutoAttack's standard suite (``FAB(..., targeted=True)``).
 

@@ -6,8 +6,10 @@ from typing import Any, Callable
 import torch
 
 from advrepair.attacks.base import Attack
+from advrepair.attacks.registry import register_attack
 
 
+@register_attack("fgsm")
 class FGSM(Attack):
     """``x + eps * sign(grad_x CE(f(x), y))``, clipped to [0, 1].
 

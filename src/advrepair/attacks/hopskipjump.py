@@ -12,11 +12,13 @@ from advrepair.validation import check_int_at_least
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.validation import check_positive
+from advrepair.attacks.registry import register_attack
 
 _STEP_HALVINGS = 20  # geometric step-size search gives up (takes no step) after this many
 _ROWS_PER_PASS = 1 << 22  # floats per batched forward when estimating gradients (memory bound)
 
 
+@register_attack("hopskipjump")
 class HopSkipJump(Attack):
     """HopSkipJump: boundary walk driven by Monte-Carlo gradient-direction estimates.
 

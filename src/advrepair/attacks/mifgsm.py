@@ -11,6 +11,7 @@ from advrepair.engine import MomentumSignStep, StepRule, projected_gradient
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.validation import check_int_at_least, check_positive
+from advrepair.attacks.registry import register_attack
 
 #: ``transform(x, step) -> what the model sees at that step`` (input diversity, say).
 InputTransform = Callable[[torch.Tensor, int], torch.Tensor]
@@ -29,6 +30,7 @@ def check_steps(steps: int) -> int:
     return check_int_at_least(steps, "steps", 0)
 
 
+@register_attack("mifgsm")
 class MIFGSM(Attack):
     """Iterative FGSM with momentum on the L1-normalized gradient, L-inf budget.
 

@@ -12,8 +12,10 @@ from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_int_at_least, check_positive
+from advrepair.attacks.registry import register_attack
 
 
+@register_attack("pgd")
 class PGD(Attack):
     """Projected gradient descent on a classification loss, L-inf (sign steps) or L2.
 

@@ -2,39 +2,38 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
-from advrepair.attacks.apgd import APGD, APGDCE, APGDDLR
-from advrepair.attacks.apgd_t import APGDT
-from advrepair.attacks.autoattack import AutoAttack
 from advrepair.attacks.base import Attack
-from advrepair.attacks.bim import BIM
-from advrepair.attacks.cw import CW, CWPGD
-from advrepair.attacks.difgsm import DIFGSM
-from advrepair.attacks.fab import FAB, FABT
-from advrepair.attacks.fgsm import FGSM
-from advrepair.attacks.hopskipjump import HopSkipJump
-from advrepair.attacks.mifgsm import MIFGSM
-from advrepair.attacks.pgd import PGD
-from advrepair.attacks.square import Square
-from advrepair.attacks.ssp import SSP
-from advrepair.attacks.tifgsm import TIFGSM
-from advrepair.attacks.transfer import Transfer
 from advrepair.errors import InputError
+from advrepair.factories import is_factory_spec, load_factory
 
-ATTACKS: dict[str, type[Attack]] = {
-    "fgsm": FGSM, "pgd": PGD, "bim": BIM, "mifgsm": MIFGSM, "difgsm": DIFGSM, "tifgsm": TIFGSM,
-    "cw": CW, "cw-pgd": CWPGD, "ssp": SSP, "apgd": APGD, "apgd-ce": APGDCE, "apgd-dlr": APGDDLR,
-    "apgd-t": APGDT, "autoattack": AutoAttack, "square": Square, "fab": FAB, "fab-t": FABT,
-    "hopskipjump": HopSkipJump, "transfer": Transfer,
-}
+#: every registered attack by name; each attack module registers itself with ``register_attack``
+ATTACKS: dict[str, type[Attack]] = {}
+
+AttackClass = TypeVar("AttackClass", bound=type[Attack])
+
+
+def register_attack(name: str) -> Callable[[AttackClass], AttackClass]:
+    """Class decorator: ``@register_attack("pgd")`` makes the class buildable by name."""
+    def register(cls: AttackClass) -> AttackClass:
+        if name in ATTACKS and ATTACKS[name] is not cls:
+            raise InputError(f"attack name {name!r} is already registered to {ATTACKS[name].__name__}")
+        ATTACKS[name] = cls
+        return cls
+    return register
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"pgd:eps=0.1,steps=20"`` -> ``("pgd", {"eps": 0.1, "steps": 20})``."""
+    """``"pgd:eps=0.1,steps=20"`` -> ``("pgd", {"eps": 0.1, "steps": 20})``; a user's attack
+    is ``"mypkg.attacks:make_attack:eps=0.1"`` -> ``("mypkg.attacks:make_attack", {"eps": 0.1})``."""
     name, _, rest = spec.partition(":")
+    attribute, colon, after = rest.partition(":")
+    if attribute and "=" not in attribute and name.strip().lower() not in ATTACKS and is_factory_spec(
+            f"{name.strip()}:{attribute.strip()}"):
+        return f"{name.strip()}:{attribute.strip()}", parse_spec(f"x:{after}")[1] if colon else {}
     params: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
@@ -67,7 +66,13 @@ def _parse_value(value: str) -> Any:
 
 
 def make_attack(name: str, model: Callable[[torch.Tensor], torch.Tensor], **params: Any) -> Attack:
-    """Build a registered attack; unknown names and parameters give a clear error."""
+    """Build a registered attack, or a user's by ``module:factory`` (called with the model and
+    the parameters); unknown names and parameters give a clear error."""
+    if is_factory_spec(name):
+        attack = call_factory_with_model(load_factory(name), model, params)
+        if not callable(attack):
+            raise InputError(f"{name} returned a {type(attack).__name__}, not an attack")
+        return attack
     key = name.lower()
     if key not in ATTACKS:
         raise InputError(f"unknown attack {name!r}; known attacks: {sorted(ATTACKS)}")
@@ -79,3 +84,14 @@ def make_attack(name: str, model: Callable[[torch.Tensor], torch.Tensor], **para
     if unknown:
         raise InputError(f"attack {name!r} has no parameters {sorted(unknown)}; it takes {sorted(accepted)}")
     return cls(model, **params)
+
+
+def call_factory_with_model(factory: Callable[..., Any], model: Callable[[torch.Tensor], torch.Tensor],
+                            params: dict[str, Any]) -> Any:
+    """``factory(model, **params)``; a parameter it does not take is a clear error."""
+    try:
+        inspect.signature(factory).bind(model, **params)
+    except TypeError as exc:
+        raise InputError(f"{getattr(factory, '__qualname__', factory)} cannot take (model, {sorted(params)}): "
+                         f"{exc}") from None
+    return factory(model, **params)

@@ -13,6 +13,7 @@ from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import image_generators
 from advrepair.validation import check_int_at_least
+from advrepair.attacks.registry import register_attack
 
 # Iterations (out of 10000 queries) after which the paper halves the square's area fraction p.
 _P_CHECKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -48,6 +49,7 @@ def meta_pseudo_gaussian(s: int) -> torch.Tensor:
     return pattern / pattern.norm().clamp_min(1e-12)
 
 
+@register_attack("square")
 class Square(Attack):
     """Square Attack: random search over square-shaped updates, using only the logits.
 

@@ -19,6 +19,7 @@ from advrepair.engine import projected_gradient, random_start, random_start_numb
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_int_at_least, check_positive
+from advrepair.attacks.registry import register_attack
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -70,6 +71,7 @@ class LayerFeatures(nn.Module):
         return captured[0]
 
 
+@register_attack("ssp")
 class SSP(Attack):
     """Self-supervised perturbation: maximize feature distortion at a layer, no labels.
 

@@ -11,6 +11,7 @@ from advrepair.attacks.difgsm import DIFGSM
 from advrepair.engine import MomentumSignStep, StepRule
 from advrepair.errors import InputError
 from advrepair.validation import check_positive
+from advrepair.attacks.registry import register_attack
 
 KERNELS = ("gaussian", "linear", "uniform")
 
@@ -61,6 +62,7 @@ class SmoothedGradientStep:
         return self.inner.direction(smoothed)
 
 
+@register_attack("tifgsm")
 class TIFGSM(DIFGSM):
     """Iterative FGSM whose gradient is smoothed by a kernel before each step, L-inf budget;
     with ``diversity_prob > 0`` the gradient is taken through DI-FGSM's random resize-and-pad

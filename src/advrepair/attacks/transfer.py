@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from advrepair.attacks.base import Attack
+from advrepair.attacks.registry import make_attack, register_attack
 
 
+@register_attack("transfer")
 class Transfer(Attack):
     """Run ``attack`` (a registry name and its parameters) on ``source``; the model given
     first is the target the images are meant for, used only to check the labels' range.
@@ -26,8 +28,6 @@ class Transfer(Attack):
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], source: nn.Module, attack: str = "pgd",
                  eps: float = 8 / 255, source_name: str = "source", **attack_params: Any) -> None:
-        from advrepair.attacks.registry import make_attack  # the registry imports this module
-
         self.inner = make_attack(attack, source, eps=eps, **attack_params)
         super().__init__(model, eps=eps, norm=self.inner.norm, seed=self.inner.seed)
         self.source, self.source_name = source, source_name

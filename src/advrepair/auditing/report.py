@@ -168,4 +168,23 @@ class AuditReport:
         plt.close(fig)
 
 
-__all__ = ["AuditFlag", "AuditReport", "AuditRow", "SAVED_FILES"]
+def comparison_table(reports: list[AuditReport], names: list[str] | None = None) -> str:
+    """One Markdown row per audit: clean, the worst case, the classifier alone, the paired gain,
+    the strongest single row, the flags that fired and the cost."""
+    pct = 100.0
+    lines = ["| audit | preset | images | clean | worst case | classifier alone (transfer) | gain (paired) | "
+             "strongest row | flags fired | s per image |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(reports):
+        attacked = [row for row in r.rows if row.defended and row.name != "clean"]
+        strongest = min(attacked, key=lambda row: row.accuracy)
+        fired = ", ".join(f.name for f in r.fired_flags) or "none"
+        label = names[i] if names else f"{r.defense.get('name', '?')} + {r.classifier}"
+        lines.append(f"| {label} | {r.preset} | {r.n_images} | {pct * r.clean_accuracy:.1f} | "
+                     f"**{pct * r.worst_case_accuracy:.1f} ± {pct * r.worst_case_stderr:.1f}** | "
+                     f"{pct * r.undefended_robust_accuracy:.1f} ± {pct * r.undefended_robust_stderr:.1f} | "
+                     f"{pct * r.defense_gain:+.1f} ± {pct * r.defense_gain_stderr:.1f} | "
+                     f"{strongest.name} {pct * strongest.accuracy:.1f} | {fired} | {r.seconds_per_image:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["AuditFlag", "AuditReport", "AuditRow", "SAVED_FILES", "comparison_table"]

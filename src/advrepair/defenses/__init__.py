@@ -4,6 +4,7 @@ from advrepair.defenses.adversarial_transformation import (AdversarialTransforma
 from advrepair.defenses.bit_depth import BitDepthReduction
 from advrepair.defenses.jpeg import DifferentiableJPEG, JPEGCompression
 from advrepair.defenses.median import MedianFilter
+from advrepair.defenses.registry import DEFENSES, make_defense, register_defense
 from advrepair.defenses.purifier import NRPDefense, load_purifier, save_purifier
 from advrepair.defenses.resize_pad import RandomResizePad
 from advrepair.defenses.reverse_attack import ReverseAttack
@@ -13,5 +14,6 @@ from advrepair.defenses.total_variation import TotalVariation
 __all__ = [
     "AdversarialTransformation", "BPDASurrogate", "selection_statistic", "BitDepthReduction",
     "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "NRPDefense", "load_purifier", "save_purifier",
-    "RandomResizePad", "ReverseAttack", "RIDE", "RIDE_NETWORKS", "RideNetSpec", "TotalVariation",
+    "RandomResizePad", "ReverseAttack", "RIDE", "RIDE_NETWORKS", "RideNetSpec", "TotalVariation", "DEFENSES",
+    "make_defense", "register_defense",
 ]

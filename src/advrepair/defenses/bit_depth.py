@@ -18,8 +18,10 @@ from torch import nn
 
 from advrepair.errors import InputError
 from advrepair.validation import check_images
+from advrepair.defenses.registry import register_defense
 
 
+@register_defense("bit-depth", bits=4)
 class BitDepthReduction(nn.Module):
     """Quantize each pixel to ``bits`` bits (``2^bits`` levels in [0, 1]).
 

@@ -49,6 +49,7 @@ from torch import nn
 
 from advrepair.errors import InputError
 from advrepair.validation import check_images
+from advrepair.defenses.registry import register_defense
 
 _LUMA_TABLE = (
     16, 11, 10, 16, 24, 40, 51, 61,
@@ -263,6 +264,7 @@ def pillow_jpeg(images: torch.Tensor, quality: int, subsampling: str = "4:2:0") 
     return (torch.from_numpy(out).to(images.dtype) / 255).to(images.device)
 
 
+@register_defense("jpeg", quality=75)
 class JPEGCompression(nn.Module):
     """JPEG compression defense (Dziugaite et al. 2016; Guo et al. 2018).
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from advrepair.errors import InputError
 from advrepair.validation import check_images
+from advrepair.defenses.registry import register_defense
 
 
 def median_filter(images: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -45,6 +46,7 @@ def median_filter(images: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return windows.reshape(b, c, h, w, kernel_size * kernel_size).median(dim=-1).values
 
 
+@register_defense("median", kernel_size=3)
 class MedianFilter(nn.Module):
     """Median-smoothing defense (Xu et al. 2018, feature squeezing).
 

@@ -31,10 +31,12 @@ from torch import nn
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_images
+from advrepair.defenses.registry import register_defense
 
 MODES = ("nearest", "bilinear")
 
 
+@register_defense("resize-pad")
 class RandomResizePad(nn.Module):
     """Random resize then random zero padding, resized back to the input size (Xie et al. 2018).
 

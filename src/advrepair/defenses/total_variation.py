@@ -53,6 +53,7 @@ from torch import nn
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_images, check_int_at_least, check_positive
+from advrepair.defenses.registry import register_defense
 
 SOLVERS = ("chambolle", "bregman")
 
@@ -189,6 +190,7 @@ def tv_bregman(x: torch.Tensor, weight: float, mask: torch.Tensor | None = None,
     return u, iters.cpu()
 
 
+@register_defense("tv", weight=0.03, solver="bregman", keep_prob=0.5)
 class TotalVariation(nn.Module):
     """TV-minimization defense (Guo et al. 2018), optionally with random pixel dropout.
 

@@ -20,6 +20,7 @@ from advrepair.adaptive.contract import describe_defense
 from advrepair.attacks import ATTACKS, Attack, make_attack
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
+from advrepair.factories import is_factory_spec
 from advrepair.evaluation.metrics import accuracy_of
 from advrepair.evaluation.partial import PartialCells
 from advrepair.evaluation.store import ResultsStore, record_key
@@ -47,8 +48,10 @@ class AttackSpec:
     through: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or (self.name != CLEAN and self.name.lower() not in ATTACKS):
-            raise InputError(f"unknown attack {self.name!r}; expected {CLEAN!r} or one of {sorted(ATTACKS)}")
+        if not isinstance(self.name, str) or (self.name != CLEAN and self.name.lower() not in ATTACKS
+                                              and not is_factory_spec(self.name)):
+            raise InputError(f"unknown attack {self.name!r}; expected {CLEAN!r}, one of {sorted(ATTACKS)} or "
+                             "module:factory")
         if not isinstance(self.params, dict):
             raise InputError(f"params must be a dict of attack parameters, got {type(self.params).__name__}")
         if self.through is not None and self.through not in THROUGH:
