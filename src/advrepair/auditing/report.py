@@ -9,7 +9,7 @@ from typing import Any
 from advrepair.durable import make_folder
 from advrepair.evaluation.store import atomic_write_text, jsonable
 
-SAVED_FILES = ("audit.json", "audit.md", "audit_rows.png")
+SAVED_FILES = ("audit.json", "audit.md", "audit_rows.png", "audit_iterates.png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,8 @@ class AuditRow:
     backward_per_image: float
     seconds: float
     worst_over_iterates: float | None = None
+    #: accuracy at each iterate of the defense (start, ..., output), when it exposes them
+    iterate_accuracy: list[float] | None = None
 
     @property
     def seconds_per_image(self) -> float:
@@ -135,13 +137,38 @@ class AuditReport:
         return "\n".join(lines) + "\n"
 
     def save(self, folder: str | Path) -> Path:
-        """Write audit.json, audit.md and audit_rows.png into ``folder``; returns audit.md."""
+        """Write audit.json, audit.md, audit_rows.png and (for a defense that exposes its
+        iterates) audit_iterates.png into ``folder``; returns audit.md."""
         folder = Path(folder)
         make_folder(folder)
         atomic_write_text(folder / "audit.json", self.to_json() + "\n")
         self._plot_rows(folder / "audit_rows.png")
-        atomic_write_text(folder / "audit.md", self.to_markdown() + "\n![rows](audit_rows.png)\n")
+        figures = "\n![rows](audit_rows.png)\n"
+        if any(r.iterate_accuracy for r in self.rows):
+            self._plot_iterates(folder / "audit_iterates.png")
+            figures += "\n![accuracy over the defense's iterates](audit_iterates.png)\n"
+        atomic_write_text(folder / "audit.md", self.to_markdown() + figures)
         return folder / "audit.md"
+
+    def _plot_iterates(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
+        for r in self.rows:
+            if r.defended and r.iterate_accuracy:
+                ax.plot(range(len(r.iterate_accuracy)), [100 * a for a in r.iterate_accuracy], label=r.name,
+                        linewidth=1.2)
+        ax.set_xlabel("iterate of the defense (0 = its start; last = its output)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"accuracy along the defense's own iterates, per attack row ({self.n_images} images)",
+                     fontsize=10)
+        fig.legend(loc="outside right center", fontsize=7, frameon=False)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
 
     def _plot_rows(self, path: Path) -> None:
         import matplotlib

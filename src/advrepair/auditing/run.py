@@ -136,7 +136,8 @@ def _report(store: ResultsStore, summary: dict[str, Any], classifier_name: str, 
             rows.append(AuditRow(row_name, is_defended, record["accuracy"], record["stderr"], record["n_images"],
                                  record["attack"], budget_text(record["attack"]),
                                  float(cost.get("forward_per_image", 0.0)), float(cost.get("backward_per_image", 0.0)),
-                                 float(record["seconds"]), record.get("worst_over_iterates")))
+                                 float(record["seconds"]), record.get("worst_over_iterates"),
+                                 record.get("iterate_accuracy")))
             if is_defended:
                 defended.append(record)
             elif row_name.startswith("static"):

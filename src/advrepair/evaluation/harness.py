@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from advrepair.adaptive.contract import describe_defense
+from advrepair.adaptive.contract import capabilities_of, describe_defense
 from advrepair.attacks import ATTACKS, Attack, make_attack
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -187,6 +187,7 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
     last iterate, so this costs classifier passes only."""
     if attack is None:
         attack = spec.build(attack_model if attack_model is not None else clf)
+    capabilities = {k: capabilities_of(d) for k, d in entry.defenses.items()}
     by_iterate: dict[str, list[torch.Tensor]] = {k: [] for k in entry.defenses}
     correct: dict[str | None, list[torch.Tensor]] = {k: [] for k in (None, *entry.defenses)}
     seconds: dict[str | None, float] = {k: 0.0 for k in (None, *entry.defenses)}
@@ -217,21 +218,20 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
             samples["labels"].append(y[:SAMPLES_KEPT].cpu())
         for dname, defense in entry.defenses.items():
             t0 = time.perf_counter()
-            trajectory = getattr(defense, "trajectory", None)
-            if callable(trajectory):
-                iterates = trajectory(adv)
+            caps, offered = capabilities[dname], cast(Any, defense)  # read through the defense contract
+            if caps.trajectory:
+                iterates = offered.trajectory(adv)
                 repaired = iterates[-1]
             else:
                 repaired = defense(adv).detach()
             seconds[dname] += time.perf_counter() - t0
             with torch.no_grad():
                 correct[dname].append((clf(repaired).argmax(1) == y).cpu())
-                if callable(trajectory):
+                if caps.trajectory:
                     by_iterate[dname].append(torch.stack([clf(z).argmax(1) == y for z in iterates]).cpu())
-            ssl_loss = getattr(defense, "ssl_loss", None)
-            if callable(ssl_loss):
-                ssl_in[dname].append(ssl_loss(adv).cpu())
-                ssl_out[dname].append(ssl_loss(repaired).cpu())
+            if caps.ssl_loss:
+                ssl_in[dname].append(offered.ssl_loss(adv).cpu())
+                ssl_out[dname].append(offered.ssl_loss(repaired).cpu())
             if keep:
                 samples[f"repaired_{dname}"].append(repaired[:SAMPLES_KEPT].cpu())
         if index + 1 < n_batches:
