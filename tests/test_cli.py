@@ -209,3 +209,20 @@ def test_eval_config_file_runs_the_same_request_as_the_flags(tmp_path, fake_fmni
     assert strip(tmp_path / "toml") == strip(tmp_path / "flags")
     (tmp_path / "bad.toml").write_text("n_imagez = 3\n")
     assert main(["eval", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_audit_takes_model_directories_for_the_classifier_and_its_reverse_attack(tmp_path, fake_fmnist, trained_dir):
+    from advrepair.auditing import AuditReport
+
+    out = tmp_path / "audit"
+    argv = ["audit", "--classifier", str(trained_dir), "--defense", str(trained_dir), "--eps", "0.1",
+            "--reverse-steps", "2", "--n-images", "4", "--out", str(out), "--data-root", str(fake_fmnist),
+            "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    report = AuditReport.from_json((out / "audit.json").read_text())
+    assert report.defense["name"] == "reverse-attack" and report.defense["steps"] == 2
+    assert report.randomness["kind"] == "input-keyed" and any(r.name.startswith("bpda-eot") for r in report.rows)
+    assert any(r.name.startswith("defense-aware") for r in report.rows)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*argv[:3], "--defense", str(empty), *argv[5:]]) == 2

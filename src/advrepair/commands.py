@@ -16,7 +16,7 @@ from advrepair.adaptive.contract import as_module
 from advrepair.evaluation import CLEAN, AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
 from advrepair.models import Classifier, load_checkpoint
-from advrepair.pipeline import (CLASSIFIER_FILE, ensure_classifier, ensure_ssl_task, load_contrastive_task,
+from advrepair.pipeline import (CLASSIFIER_FILE, CONTRASTIVE_FILE, ensure_classifier, ensure_ssl_task, load_contrastive_task,
                                 load_ssl_task, negative_bank)
 from advrepair.ssl import check_task_name
 from advrepair.report import accuracy_table, write_report
@@ -234,9 +234,11 @@ def resolve_classifier(spec: str, *, seed: int, device: str) -> tuple[torch.nn.M
 
 
 def resolve_defense(spec: str, classifier: torch.nn.Module, classifier_spec: str, *, eps: float,
-                    eps_v: float | None, reverse_steps: int, seed: int, device: str) -> Callable[[torch.Tensor],
-                                                                                                torch.Tensor]:
-    """A defense by baseline name, zoo head (the reverse attack with it), ``none`` or ``module:factory``."""
+                    eps_v: float | None, reverse_steps: int, seed: int, device: str, dataset: str = "fashion-mnist",
+                    data_root: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A defense by baseline name, zoo head (the reverse attack with it), a folder (an NRP
+    purifier from `train purifier`, or a model directory with a contrastive head from `train
+    ssl`: the reverse attack), ``none`` or ``module:factory``."""
     from advrepair import zoo
     from advrepair.factories import call_factory, is_factory_spec, load_factory
 
@@ -254,6 +256,20 @@ def resolve_defense(spec: str, classifier: torch.nn.Module, classifier_spec: str
         assert isinstance(task, torch.nn.Module)
         return ReverseAttack(classifier, task, eps_v=2 * eps if eps_v is None else eps_v,  # type: ignore[arg-type]
                              steps=reverse_steps, seed=seed)
+    if Path(spec).is_dir():
+        folder = Path(spec)
+        if (folder / "purifier.safetensors").exists():
+            from advrepair.defenses import NRPDefense
+
+            return NRPDefense.from_checkpoint(folder / "purifier", map_location=device, seed=seed)
+        if (folder / f"{CONTRASTIVE_FILE}.safetensors").exists():
+            _, card = load_checkpoint(folder / CLASSIFIER_FILE, map_location=device, expected_kind="classifier")
+            negatives = negative_bank(load_dataset(dataset, split="train", root=data_root), seed=seed)
+            task = load_contrastive_task(folder, card, negatives, device=torch.device(device))
+            return ReverseAttack(classifier, task, eps_v=2 * eps if eps_v is None else eps_v,  # type: ignore[arg-type]
+                                 steps=reverse_steps, seed=seed)
+        raise InputError(f"--defense {spec}: the folder holds neither purifier.safetensors nor "
+                         f"{CONTRASTIVE_FILE}.safetensors")
     if is_factory_spec(spec):
         made = call_factory(load_factory(spec), classifier=classifier, eps=eps, seed=seed, device=device)
         if not callable(made):
@@ -272,7 +288,7 @@ def audit(*, classifier: str, defense: str, eps: float, norm: str, preset: str, 
     check_int_at_least(n_images, "--n-images", 1)
     clf, clf_name = resolve_classifier(classifier, seed=seed, device=device)
     module = resolve_defense(defense, clf, classifier, eps=eps, eps_v=eps_v, reverse_steps=reverse_steps,
-                             seed=seed, device=device)
+                             seed=seed, device=device, dataset=dataset, data_root=data_root)
     test = load_dataset(dataset, split="test", root=data_root)
     images, labels = balanced_subset(test, min(n_images, len(test)), seed=seed).tensors()
     report = run_audit(clf, module, images, labels, eps=eps, norm=norm, preset=preset, out=out, seed=seed,
