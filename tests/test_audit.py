@@ -11,7 +11,7 @@ import advrepair
 from advrepair.adaptive.contract import capabilities_of, describe_defense
 from advrepair.adaptive.randomness import NudgedDraws, Randomness, detect_randomness, fresh_draws
 from advrepair.auditing import PRESETS, AuditPreset, AuditReport, comparison_table
-from advrepair.cli import main
+from advrepair.apps.cli import main
 from advrepair.errors import InputError
 from fake_data import write_fashion_mnist
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from advrepair.cli import main
+from advrepair.apps.cli import main
 from fake_data import write_fashion_mnist
 
 
@@ -50,7 +50,7 @@ def test_train_eval_report_and_resume(tmp_path, fake_fmnist, trained_dir, capsys
 
 
 def test_demo_runs_end_to_end_on_zoo_models_and_small_data(tmp_path, fake_fmnist, capsys):
-    from advrepair.demo import DemoConfig, run_demo
+    from advrepair.apps.demo import DemoConfig, run_demo
     from advrepair.evaluation.adaptive import AdaptiveConfig
 
     cfg = DemoConfig(out=tmp_path / "report", data_root=str(fake_fmnist), n_images=20, reverse_steps=2,

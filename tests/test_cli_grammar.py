@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from advrepair.cli import main
+from advrepair.apps.cli import main
 from fake_data import write_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from advrepair.pipeline import DEFAULT_MODELS_DIR, QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD
+from advrepair.apps.pipeline import DEFAULT_MODELS_DIR, QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import AdaptiveConfig
-from advrepair.experiments.multitask_ssl import (PAPER_CODE_WEIGHTS, MultiTaskConfig, check_combinations,
+from advrepair.apps.experiments.multitask_ssl import (PAPER_CODE_WEIGHTS, MultiTaskConfig, check_combinations,
                                                  combination_label, combination_title, default_combinations,
                                                  paired_difference, parse_combination, run_multitask_ablation)
 from advrepair.training import ClassifierRecipe, SSLRecipe

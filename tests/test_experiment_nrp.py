@@ -13,7 +13,7 @@ import torch
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import AdaptiveConfig
 from advrepair.evaluation.store import ResultsStore
-from advrepair.experiments.nrp import (DEFENSE_TITLES, ENSEMBLE, PURIFIER_DIR, PURIFIER_STEM, SOURCE_CNN, SOURCE_VGG,
+from advrepair.apps.experiments.nrp import (DEFENSE_TITLES, ENSEMBLE, PURIFIER_DIR, PURIFIER_STEM, SOURCE_CNN, SOURCE_VGG,
                                        TARGET, LogitEnsemble, NRPConfig, attack_params, ensure_purifier,
                                        run_nrp_experiment, worst_case_correct)
 from advrepair.models.checkpoint import read_card

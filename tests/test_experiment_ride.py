@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from advrepair.errors import InputError
-from advrepair.experiments.ride import RideConfig, choose_stop, run_ride_experiment, split_validation, write_ride_report
+from advrepair.apps.experiments.ride import RideConfig, choose_stop, run_ride_experiment, split_validation, write_ride_report
 from advrepair.training.recipe import ClassifierRecipe
 from fake_data import write_fashion_mnist
 

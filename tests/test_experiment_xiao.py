@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import advrepair.experiments.adversarial_transformation as xiao
+import advrepair.apps.experiments.adversarial_transformation as xiao
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation, selection_statistic
 from advrepair.errors import CheckpointError, InputError
-from advrepair.experiments.adversarial_transformation import (FbVariant, XiaoConfig, card_matches,
+from advrepair.apps.experiments.adversarial_transformation import (FbVariant, XiaoConfig, card_matches,
                                                               run_xiao_experiment, transformation_statistics,
                                                               write_xiao_report)
 from advrepair.models import SmallCNN

@@ -8,7 +8,7 @@ import torch
 
 from advrepair.attacks import ATTACKS, PGD, make_attack, parse_spec
 from advrepair.attacks.registry import register_attack
-from advrepair.cli import build_parser
+from advrepair.apps.cli import build_parser
 from advrepair.defenses import DEFENSES, JPEGCompression, TotalVariation, make_defense, register_defense
 from advrepair.errors import InputError
 from advrepair.evaluation import AttackSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advrepair.cli import main
+from advrepair.apps.cli import main
 from advrepair.durable import FolderLock, write_text_durably
 from advrepair.errors import StorageError
 from advrepair.evaluation import ResultsStore
@@ -37,7 +37,7 @@ def model_dir(tmp_path_factory, fake_fmnist):
 
 def _cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "advrepair.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "advrepair.apps.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from advrepair import zoo
-from advrepair.cli import main
+from advrepair.apps.cli import main
 from advrepair.defenses import ReverseAttack
 from advrepair.errors import CheckpointError, InputError
 from advrepair.models import Classifier

@@ -50,7 +50,7 @@ Deviations from lawhon, on purpose:
   run loses at most one combination.
 
 Example:
-    >>> from advrepair.experiments.multitask_ssl import MultiTaskConfig, run_multitask_ablation
+    >>> from advrepair.apps.experiments.multitask_ssl import MultiTaskConfig, run_multitask_ablation
     >>> report = run_multitask_ablation(MultiTaskConfig(out=Path("/tmp/runs/multitask")))
     >>> print(report.read_text())
 """
@@ -72,8 +72,8 @@ from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
 from advrepair.evaluation.store import ResultsStore
 from advrepair.models.checkpoint import read_card
-from advrepair.experiments.setup import RunConfig  # noqa: E402
-from advrepair.pipeline import (QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD, ensure_classifier,
+from advrepair.apps.experiments.setup import RunConfig  # noqa: E402
+from advrepair.apps.pipeline import (QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD, ensure_classifier,
                                 ensure_ssl_task, negative_bank, ssl_file)
 from advrepair.report.figures import lambda_sweep_figure
 from advrepair.report.tables import accuracy_cell, adaptive_table

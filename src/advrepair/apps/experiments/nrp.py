@@ -61,7 +61,7 @@ Deviations from naseer2020, on purpose (also listed in the report):
   digits of its weights' SHA-256, so retrained sources never reuse stale records.
 
 Example:
-    >>> from advrepair.experiments.nrp import NRPConfig, run_nrp_experiment
+    >>> from advrepair.apps.experiments.nrp import NRPConfig, run_nrp_experiment
     >>> report = run_nrp_experiment(NRPConfig(out=Path("/tmp/runs/nrp"), models_dir=Path("/tmp/runs/nrp-models")))
     >>> print(report.read_text())
 """
@@ -97,8 +97,8 @@ from advrepair.evaluation.store import ResultsStore
 from advrepair.evaluation.worst_case import worst_case_correct as evaluation_worst_case  # noqa: E402
 from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
 from advrepair.models.purifier import Critic, Purifier
-from advrepair.experiments.setup import RunConfig  # noqa: E402
-from advrepair.pipeline import QUICK_STANDARD, ensure_classifier
+from advrepair.apps.experiments.setup import RunConfig  # noqa: E402
+from advrepair.apps.pipeline import QUICK_STANDARD, ensure_classifier
 from advrepair.report.tables import accuracy_cell, adaptive_table
 from advrepair.training import ClassifierRecipe
 from advrepair.training.purifier import PurifierRecipe, pixel_loss, train_purifier

@@ -16,7 +16,7 @@ from advrepair.adaptive.contract import as_module
 from advrepair.evaluation import CLEAN, AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
 from advrepair.models import Classifier, load_checkpoint
-from advrepair.pipeline import (CLASSIFIER_FILE, CONTRASTIVE_FILE, ensure_classifier, ensure_ssl_task, load_contrastive_task,
+from advrepair.apps.pipeline import (CLASSIFIER_FILE, CONTRASTIVE_FILE, ensure_classifier, ensure_ssl_task, load_contrastive_task,
                                 load_ssl_task, negative_bank)
 from advrepair.ssl import check_task_name
 from advrepair.report import accuracy_table, write_report
@@ -26,7 +26,7 @@ from advrepair.attacks import make_attack, parse_spec
 
 def demo(*, out: Path, data_root: str | None, n_images: int, autoattack: bool, adaptive_images: int, seed: int,
          device: str, progress: bool) -> Path:
-    from advrepair.demo import DemoConfig, run_demo
+    from advrepair.apps.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=out, data_root=data_root, n_images=n_images, autoattack=autoattack, seed=seed,
                      device=device, progress=progress, adaptive_images=adaptive_images)
@@ -321,7 +321,7 @@ def zoo_list(*, as_json: bool, as_markdown: bool = False) -> str:
 def zoo_build(*, names: Sequence[str], all_entries: bool, out: Path | None, write_shipped: bool, autoattack: bool,
               data_root: str | None, device: str, progress: bool) -> bool:
     from advrepair import zoo
-    from advrepair.pipeline import DEFAULT_HOME
+    from advrepair.apps.pipeline import DEFAULT_HOME
     from advrepair.zoo.build import build
 
     if all_entries == bool(names):
@@ -349,7 +349,7 @@ def _numbers(text: str, kind: type, flag: str) -> tuple[Any, ...]:
 def experiment(args: Any, *, device: str, progress: bool) -> Path:
     """``advrepair experiment NAME``: one paper's evaluation, written as a report folder."""
     if args.which == "xiao2020":
-        from advrepair.experiments.adversarial_transformation import XiaoConfig, run_xiao_experiment
+        from advrepair.apps.experiments.adversarial_transformation import XiaoConfig, run_xiao_experiment
 
         extra = {} if args.models_dir is None else {"models_dir": args.models_dir}
         return run_xiao_experiment(XiaoConfig(
@@ -360,8 +360,8 @@ def experiment(args: Any, *, device: str, progress: bool) -> Path:
             deltas=_numbers(args.deltas, float, "--deltas"), sweep_random_start=not args.paper_fig5,
             square_queries=args.square_queries, **extra))
     if args.which in ("nrp", "multitask"):
-        from advrepair.experiments.multitask_ssl import MultiTaskConfig, run_multitask_ablation
-        from advrepair.experiments.nrp import NRPConfig, run_nrp_experiment
+        from advrepair.apps.experiments.multitask_ssl import MultiTaskConfig, run_multitask_ablation
+        from advrepair.apps.experiments.nrp import NRPConfig, run_nrp_experiment
 
         Config: Any = NRPConfig if args.which == "nrp" else MultiTaskConfig
         run: Any = run_nrp_experiment if args.which == "nrp" else run_multitask_ablation
@@ -371,7 +371,7 @@ def experiment(args: Any, *, device: str, progress: bool) -> Path:
         return run(Config(out=args.out, data_root=args.data_root, seed=args.seed, device=device, progress=progress,
                           n_images=args.n_images, eps=args.eps, adaptive_images=args.adaptive_images, **options))
     if args.which == "ride":
-        from advrepair.experiments.ride import RideConfig, run_ride_experiment
+        from advrepair.apps.experiments.ride import RideConfig, run_ride_experiment
 
         extra = {} if args.models_dir is None else {"models_dir": args.models_dir}
         return run_ride_experiment(RideConfig(

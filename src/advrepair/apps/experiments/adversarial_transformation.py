@@ -83,7 +83,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from advrepair.pipeline import DEFAULT_HOME
+from advrepair.apps.pipeline import DEFAULT_HOME
 from advrepair.adaptive.bpda import BPDA  # noqa: E402
 from advrepair.adaptive.eot import EOT  # noqa: E402
 from advrepair.attacks.base import Attack  # noqa: E402
@@ -99,7 +99,7 @@ from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluat
 from advrepair.evaluation.metrics import Accuracy  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, jsonable, record_key  # noqa: E402
 from advrepair.evaluation.worst_case import worst_case  # noqa: E402
-from advrepair.experiments.setup import RunConfig  # noqa: E402
+from advrepair.apps.experiments.setup import RunConfig  # noqa: E402
 from advrepair.models.checkpoint import (ModelCard, checkpoint_paths, load_checkpoint, read_card,  # noqa: E402
                                          save_checkpoint)
 from advrepair.models.registry import available_architectures, register_architecture  # noqa: E402

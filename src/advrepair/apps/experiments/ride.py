@@ -24,7 +24,7 @@ resumable run on a standard classifier:
 Every accuracy is a record of :class:`advrepair.evaluation.store.ResultsStore` in ``cfg.out``
 (skipped on a rerun; the gray-box and white-box cells go through
 :func:`advrepair.evaluation.harness.evaluate_matrix`, which also resumes inside a cell), the
-classifier comes from :func:`advrepair.pipeline.ensure_classifier` (the demo's standard CNN
+classifier comes from :func:`advrepair.apps.pipeline.ensure_classifier` (the demo's standard CNN
 recipe, reused from ``models_dir/classifier_name`` when its card matches), and
 :func:`write_ride_report` writes ``report.md`` and the PNGs from the store alone.
 
@@ -74,8 +74,8 @@ from advrepair.errors import InputError  # noqa: E402
 from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, evaluate_matrix, weights_id  # noqa: E402
 from advrepair.evaluation.metrics import accuracy_of  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, record_key  # noqa: E402
-from advrepair.experiments.setup import RunConfig  # noqa: E402
-from advrepair.pipeline import QUICK_STANDARD, ensure_classifier  # noqa: E402
+from advrepair.apps.experiments.setup import RunConfig  # noqa: E402
+from advrepair.apps.pipeline import QUICK_STANDARD, ensure_classifier  # noqa: E402
 from advrepair.training.recipe import ClassifierRecipe  # noqa: E402
 from advrepair.validation import check_int_at_least, check_positive  # noqa: E402
 from advrepair.report.tables import accuracy_cell  # noqa: E402

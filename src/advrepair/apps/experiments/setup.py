@@ -10,7 +10,7 @@ import torch
 
 from advrepair.data import ImageDataset, load_dataset
 from advrepair.evaluation.store import jsonable
-from advrepair.pipeline import DEFAULT_MODELS_DIR
+from advrepair.apps.pipeline import DEFAULT_MODELS_DIR
 from advrepair.runtime import resolve_device
 from advrepair.validation import check_int_at_least, check_positive
 

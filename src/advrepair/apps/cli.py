@@ -311,7 +311,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from advrepair import commands
+    from advrepair.apps import commands
 
     device = _device(getattr(args, "device", "cpu"))
     progress = not getattr(args, "no_progress", False)
