@@ -11,6 +11,10 @@ import pytest
 import torch
 
 import advrepair.apps.experiments.adversarial_transformation as xiao
+import advrepair.apps.experiments.adversarial_transformation.config  # noqa: F401 - the submodules the test patches
+import advrepair.apps.experiments.adversarial_transformation.models  # noqa: F401
+import advrepair.apps.experiments.adversarial_transformation.report  # noqa: F401
+import advrepair.apps.experiments.adversarial_transformation.run  # noqa: F401
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation, selection_statistic
 from advrepair.errors import CheckpointError, InputError
 from advrepair.apps.experiments.adversarial_transformation import (FbVariant, XiaoConfig, card_matches,
@@ -189,9 +193,14 @@ def test_rerun_trains_nothing_and_adds_no_records(finished: tuple[XiaoConfig, Pa
     def forbidden(*_a: object, **_k: object) -> None:
         raise AssertionError("a rerun must reuse the cached models")
 
-    for name in ("train_classifier", "compare_training_cost", "train_on_transformation", "fit_imitator",
-                 "_evaluate_cells", "transformation_statistics"):
-        monkeypatch.setattr(xiao, name, forbidden)
+    patched = 0
+    for module in (xiao.config, xiao.models, xiao.run, xiao.report):  # each name where the experiment looks it up
+        for name in ("train_classifier", "compare_training_cost", "train_on_transformation", "fit_imitator",
+                     "_evaluate_cells", "transformation_statistics"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, forbidden)
+                patched += 1
+    assert patched >= 6
     assert run_xiao_experiment(cfg) == report
     assert _records(cfg.out) == before
     text = report.read_text()

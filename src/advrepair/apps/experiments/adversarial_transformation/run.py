@@ -1,0 +1,273 @@
+"""The experiment's rows: every attack on every model, stored as records."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from advrepair.adaptive.bpda import BPDA  # noqa: E402
+from advrepair.adaptive.eot import EOT  # noqa: E402
+from advrepair.attacks.base import Attack  # noqa: E402
+from advrepair.attacks.hopskipjump import HopSkipJump  # noqa: E402
+from advrepair.attacks.pgd import PGD  # noqa: E402
+from advrepair.attacks.square import Square  # noqa: E402
+from advrepair.attacks.transfer import Transfer  # noqa: E402
+from advrepair.data.subsets import balanced_subset  # noqa: E402
+from advrepair.defenses.adversarial_transformation import AdversarialTransformation  # noqa: E402
+from advrepair.errors import InputError  # noqa: E402
+from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluate_cells, _params_of  # noqa: E402
+from advrepair.evaluation.metrics import Accuracy  # noqa: E402
+from advrepair.evaluation.store import ResultsStore, record_key  # noqa: E402
+from advrepair.evaluation.worst_case import worst_case  # noqa: E402
+from advrepair.models.checkpoint import (ModelCard)
+from advrepair.apps.experiments.adversarial_transformation.config import DEPLOYED, IMITATOR_ARCH, PROTOCOL, XiaoConfig
+from advrepair.apps.experiments.adversarial_transformation.models import (_Run, _ensure_defended_pair, _ensure_f_b,
+                                                                          _ensure_fa_for_delta, _ensure_imitator,
+                                                                          _ensure_independent, _log, _transform,
+                                                                          transformation_statistics)
+from advrepair.apps.experiments.adversarial_transformation.report import write_xiao_report
+
+
+
+@dataclass
+class _Model:
+    name: str
+    clf: nn.Module
+    card: ModelCard
+
+    def entry_card(self) -> dict[str, Any]:
+        return self.card.__dict__
+
+
+def _row(run: _Run, name: str, model: _Model, attack: Attack | None, crafted_on: str,
+         defenses: Mapping[str, nn.Module], with_base: bool, attack_extra: dict[str, Any] | None = None,
+         ) -> dict[str | None, dict[str, Any]]:
+    """One attack row: craft once, score the classifier alone (``with_base``) and after each
+    defense; one record per cell, skipped when already in the store. Returns {label: record}."""
+    desc = {"name": CLEAN} if attack is None else attack.params()
+    attack_desc = {**desc, "xiao_row": name, "crafted_on": crafted_on, **(attack_extra or {})}
+    base = dict(dataset=run.data.name, subset=run.subset, n_images=len(run.data), model=model.name,
+                model_weights=model.card.weights_sha256, attack=attack_desc)
+    cells: dict[str | None, str] = {}
+    if with_base:
+        cells[None] = record_key(**base, defense=None)
+    for label, defense in defenses.items():
+        cells[label] = record_key(**base, defense=_params_of(defense))
+    if all(run.store.has(k) for k in cells.values()):
+        return {label: run.store.require(k) for label, k in cells.items()}
+    if run.cfg.progress:
+        _log(f"xiao2020 | {model.name} | {name}: crafted on {crafted_on}")
+    entry = ModelEntry(model.name, model.clf, card=model.entry_card(), defenses=dict(defenses))
+    records = _evaluate_cells(run.data, entry, model.clf, AttackSpec(CLEAN), attack_desc, base, cells, run.store,
+                              run.cfg.batch_size, run.device, run.cfg.progress, attack=attack,
+                              extra={"protocol": PROTOCOL, "xiao_row": name})
+    return {label: rec for label, rec in zip(cells, records)}
+
+
+def _pgd(cfg: XiaoConfig, model: nn.Module) -> PGD:
+    return PGD(model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps, seed=cfg.seed)
+
+
+def _eot_row(run: _Run, model: _Model, g: AdversarialTransformation, label: str, draws: int
+             ) -> dict[str | None, dict[str, Any]]:
+    cfg = run.cfg
+    unseeded = _transform(g.f_b, g.delta, g.steps, None, g.random_start)
+    attack_model = EOT(nn.Sequential(BPDA(unseeded), model.clf), draws=draws)
+    torch.manual_seed(cfg.seed)  # the unseeded draws come from torch's generator: make the run reproducible
+    return _row(run, f"bpda-eot-{draws}", model, _pgd(cfg, attack_model),
+                f"EOT over {draws} unseeded draws of BPDA(g, identity) + f_a", {label: g}, False,
+                {"gradient_of_g": "identity (BPDA-I)", "eot_draws": draws})
+
+
+def _surrogate_row(run: _Run, model: _Model, g: AdversarialTransformation, label: str, kind: str
+                   ) -> dict[str | None, dict[str, Any]]:
+    cfg = run.cfg
+    surrogate = g.bpda_surrogate(kind, cfg.surrogate_temperature)
+    attack_model = nn.Sequential(BPDA(g, surrogate), model.clf)
+    return _row(run, f"bpda-{kind}", model, _pgd(cfg, attack_model),
+                f"BPDA(g, {kind} surrogate of sgn + Eq. 5 projection, {g.steps} steps unrolled) + f_a",
+                {label: g}, False, {"gradient_of_g": surrogate.params(), "unrolled_steps": g.steps})
+
+
+def _accuracy_dict(acc: Accuracy, over: list[str]) -> dict[str, Any]:
+    return {"accuracy": acc.value, "stderr": acc.stderr, "n_correct": acc.correct, "n_images": acc.n, "over": over}
+
+
+def run_xiao_experiment(cfg: XiaoConfig) -> Path:
+    """Train or reuse every model, fill ``cfg.out``'s results store, write the report; returns report.md.
+
+    Resumable: cached models (cards matching the config) are reused and records already in
+    ``cfg.out/results.json`` are skipped, so a rerun recomputes nothing and adds no record.
+
+    Example:
+        >>> run_xiao_experiment(XiaoConfig(out=Path("/tmp/runs/xiao2020"), n_images=200))
+    """
+    if not isinstance(cfg, XiaoConfig):
+        raise InputError(f"run_xiao_experiment takes a XiaoConfig, got {type(cfg).__name__}")
+    start = time.perf_counter()
+    device, train, test = cfg.start()
+    data = balanced_subset(test, cfg.n_images, seed=cfg.seed)
+    run = _Run(cfg, ResultsStore(cfg.out, resume=True), train, data,
+               f"balanced {len(data)} (seed {cfg.seed})", device)
+    cfg.models_dir.mkdir(parents=True, exist_ok=True)
+    n_before = len(run.store.records)
+
+    # -- Table 1: f_b columns and the selection statistic
+    fbs = {v.name: _ensure_f_b(run, v) for v in cfg.fb_variants}
+    stat_data = balanced_subset(test, min(cfg.stat_images, len(data)), seed=cfg.seed + 7)
+    stat_images = stat_data.tensors()[0].to(device)
+    table1_keys = []
+    for v in cfg.fb_variants:
+        f_b, card = fbs[v.name]
+        g_v = _transform(f_b, cfg.delta, cfg.g_steps, cfg.seed)
+        key = record_key(kind="xiao-table1", variant=v.name, f_b_sha256=card.weights_sha256, transform=g_v.params(),
+                         samples=cfg.stat_samples, images=f"balanced {len(stat_data)} (seed {cfg.seed + 7})",
+                         dataset=test.name)
+        table1_keys.append(key)
+        if run.store.has(key):
+            continue
+        _log(f"Table 1: selection statistic of f_b {v.name} ({cfg.stat_samples} draws x {len(stat_data)} images)")
+        t0 = time.perf_counter()
+        stats = transformation_statistics(g_v, stat_images, cfg.stat_samples)
+        clean = next((m for m in card.metrics if m["metric"] == "clean_accuracy"), {})
+        run.store.add({"kind": "xiao-table1", "key": key, "protocol": PROTOCOL, "variant": v.name,
+                       "description": v.description, "recipe": card.recipe, "f_b_sha256": card.weights_sha256,
+                       "f_b_clean_accuracy": clean.get("value"), "f_b_clean_n_images": clean.get("n_images"),
+                       "linf": float(stats["linf"].mean()), "linf_se": float(stats["linf_se"].mean()),
+                       "mean_abs": float(stats["mean_abs"].mean()), "mean_abs_se": float(stats["mean_abs_se"].mean()),
+                       "linf_per_image_max": float(stats["linf"].max()), "samples": cfg.stat_samples,
+                       "n_images": len(stat_data), "delta": cfg.delta, "g_steps": cfg.g_steps,
+                       "training_seconds": (card.parent.get("training_cost") or {}).get("seconds"),
+                       "seconds": time.perf_counter() - t0, "used_for_g": v.name == cfg.fb_for_g},
+                      {"linf": stats["linf"].cpu().numpy(), "mean_abs": stats["mean_abs"].cpu().numpy()})
+
+    # -- the defended model, its PGD-AT twin (training cost), the independent model, the imitator
+    f_b, fb_card = fbs[cfg.fb_for_g]
+    for p in f_b.parameters():
+        p.requires_grad_(False)
+    g = _transform(f_b, cfg.delta, cfg.g_steps, cfg.seed)
+    (fa, fa_card), (fa_at, at_card) = _ensure_defended_pair(run, g, fb_card)
+    indep, indep_card = _ensure_independent(run)
+    h, h_card = _ensure_imitator(run, g, fb_card)
+    cost_key = record_key(kind="xiao-training-cost", fa=fa_card.weights_sha256, pgd_at=at_card.weights_sha256)
+    if not run.store.has(cost_key):
+        fb_cost = fb_card.parent.get("training_cost") or {}
+        run.store.add({"kind": "xiao-training-cost", "key": cost_key, "protocol": PROTOCOL,
+                       "transformation": fa_card.parent["training_cost"], "pgd-at": at_card.parent["training_cost"],
+                       "f_b_pretraining": fb_cost, "recipe_transformation": fa_card.recipe,
+                       "recipe_pgd_at": at_card.recipe, "transform": g.params(),
+                       "f_a_clean_defended": next(m["value"] for m in fa_card.metrics
+                                                  if m["metric"] == "clean_accuracy_defended"),
+                       "pgd_at_clean": next(m["value"] for m in at_card.metrics if m["metric"] == "clean_accuracy")})
+
+    main = _Model(f"fa-xiao-delta{cfg.delta:g}", fa, fa_card)
+    defended = nn.Sequential(g, fa).eval()
+    rows: dict[str, dict[str | None, dict[str, Any]]] = {}
+    d = {DEPLOYED: g}
+    # -- Table 3 rows on the deployed defense
+    rows["clean"] = _row(run, "clean", main, None, "-", d, True)
+    rows["white-box-transfer"] = _row(run, "white-box-transfer", main, _pgd(cfg, fa),
+                                      "f_a alone (WT, Sec. 4.2)", d, True)
+    for kind in cfg.surrogates:
+        rows[f"bpda-{kind}"] = _surrogate_row(run, main, g, DEPLOYED, kind)
+    for r in cfg.eot_draws:
+        rows[f"bpda-eot-{r}"] = _eot_row(run, main, g, DEPLOYED, r)
+    h_params = {"arch": IMITATOR_ARCH, "weights_sha256": h_card.weights_sha256, **h_card.config}
+    rows["reparameterization"] = _row(run, "reparameterization", main,
+                                      _pgd(cfg, nn.Sequential(BPDA(g, h), fa)),
+                                      "BPDA(g, imitator h) + f_a (Sec. 4.1)", d, False, {"imitator": h_params})
+    source_name = f"independent SmallCNN (seed {cfg.seed + 1})"
+    rows["transfer-independent"] = _row(
+        run, "transfer-independent", main,
+        Transfer(defended, source=indep, attack="pgd", eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps,
+                 seed=cfg.seed, source_name=source_name),
+        f"PGD on {source_name}", d, True, {"source_weights": indep_card.weights_sha256})
+    rows["square"] = _row(run, "square", main, Square(defended, eps=cfg.eps, n_queries=cfg.square_queries,
+                                                      seed=cfg.seed), "f_a(g(x)), scores only", d, False)
+    rows["hopskipjump"] = _row(run, "hopskipjump", main,
+                               HopSkipJump(defended, eps=cfg.eps, norm="Linf", steps=cfg.hsj_steps,
+                                           max_queries=cfg.hsj_max_queries, init_num_evals=cfg.hsj_init_evals,
+                                           max_num_evals=cfg.hsj_max_evals, init_size=20, seed=cfg.seed),
+                               "f_a(g(x)), decisions only", d, False)
+
+    # -- baselines (Table 3's other methods)
+    baselines = {}
+    for role, model in (("no-defense", _Model(f"fa-standard-seed{cfg.seed + 1}", indep, indep_card)),
+                        ("pgd-at", _Model("fa-pgd-at", fa_at, at_card))):
+        clean = _row(run, "clean", model, None, "-", {}, True)[None]
+        pgd = _row(run, "white-box-pgd", model, _pgd(cfg, model.clf), "the classifier itself", {}, True)[None]
+        baselines[role] = {"model": model.name, "clean": clean["key"], "pgd": pgd["key"]}
+
+    # -- Fig. 5: surrogate BPDA against N
+    fig5 = []
+    for n in cfg.bpda_steps:
+        if n == cfg.g_steps and cfg.sweep_random_start:
+            g_n, label = g, DEPLOYED
+        else:
+            g_n, label = _transform(f_b, cfg.delta, n, cfg.seed, cfg.sweep_random_start), f"{DEPLOYED}-N{n}"
+        point = {"steps": n, "label": label, "clean": _row(run, "clean", main, None, "-", {label: g_n},
+                                                           False)[label]["key"]}
+        for kind in cfg.surrogates:
+            point[f"bpda-{kind}"] = _surrogate_row(run, main, g_n, label, kind)[label]["key"]
+        fig5.append(point)
+
+    # -- Figs. 6 and 7: Delta sweep, each with its own f_a; EOT sample sweep per Delta
+    fig6, fig7 = [], []
+    for delta in cfg.deltas:
+        if math.isclose(delta, cfg.delta):
+            model_d, g_d, label = main, g, DEPLOYED
+        else:
+            g_d = _transform(f_b, delta, cfg.g_steps, cfg.seed)
+            fa_d, card_d = _ensure_fa_for_delta(run, g_d, fb_card)
+            model_d, label = _Model(f"fa-xiao-delta{delta:g}", fa_d, card_d), f"{DEPLOYED}-delta{delta:g}"
+        clean_row = _row(run, "clean", model_d, None, "-", {label: g_d}, True)
+        wt = _row(run, "white-box-transfer", model_d, _pgd(cfg, model_d.clf), "f_a alone (WT, Sec. 4.2)",
+                  {label: g_d}, True)
+        eot = {r: _eot_row(run, model_d, g_d, label, r)[label]["key"] for r in cfg.eot_draws}
+        fig7 += [{"delta": delta, "draws": r, "key": k} for r, k in eot.items()]
+        fig6.append({"delta": delta, "model": model_d.name, "clean": clean_row[label]["key"],
+                     "white-box-transfer": wt[label]["key"], "bpda-eot": eot[max(cfg.eot_draws)],
+                     "eot_draws": max(cfg.eot_draws),
+                     "training_seconds": (model_d.card.parent.get("training_cost") or {}).get("seconds")})
+
+    # -- summary: per-image worst cases
+    attacked = {name: cells[DEPLOYED] for name, cells in rows.items() if name != "clean"}
+    bpda_names = [n for n in attacked if n.startswith("bpda") or n == "reparameterization"]
+    summary_key = record_key(kind="xiao-summary", rows={n: c[DEPLOYED]["key"] for n, c in rows.items()},
+                             baselines=baselines, fig5=fig5, fig6=fig6, fig7=fig7, table1=table1_keys,
+                             cost=cost_key, imitator=h_card.weights_sha256)
+    if not run.store.has(summary_key):
+        worst = worst_case(run.store, list(attacked.values()))
+        worst_bpda = worst_case(run.store, [attacked[n] for n in bpda_names])
+        strongest = min(attacked, key=lambda n: attacked[n]["accuracy"])
+        run.store.add({
+            "kind": "xiao-summary", "key": summary_key, "protocol": PROTOCOL, "dataset": data.name,
+            "subset": run.subset, "n_images": len(data), "config": cfg.to_dict(),
+            "deployed": {"model": main.name, "label": DEPLOYED, "defense": g.params(),
+                         # a list, not a mapping: results.json sorts keys and the report keeps this order
+                         "rows": [{"name": n, "defended": c[DEPLOYED]["key"],
+                                   "base": c[None]["key"] if None in c else None} for n, c in rows.items()]},
+            "baselines": baselines, "table1": table1_keys, "training_cost": cost_key,
+            "imitator": {"config": h_card.config, "metrics": h_card.metrics, "weights_sha256": h_card.weights_sha256},
+            "fig5": fig5, "fig6": fig6, "fig7": fig7,
+            "worst_case": _accuracy_dict(worst, sorted(attacked)),
+            "bpda_worst_case": _accuracy_dict(worst_bpda, sorted(bpda_names)),
+            "most_effective": strongest,
+            # wall time of the run that computed the last missing piece (a resumed run counts from its start)
+            "run_seconds": time.perf_counter() - start, "run_records_added": len(run.store.records) + 1 - n_before})
+    wall = time.perf_counter() - start
+    added = len(run.store.records) - n_before
+    report = write_xiao_report(cfg.out, wall_seconds=wall, records_added=added)
+    _log(f"xiao2020 report: {report} ({wall:.0f} s, {added} new records)")
+    return report
+
+
+# -- report -----------------------------------------------------------------------------------
