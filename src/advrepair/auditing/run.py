@@ -11,7 +11,6 @@ always gets EOT.
 from __future__ import annotations
 
 import hashlib
-import math
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +26,7 @@ from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import DefenseUnderTest, correct_at_every_iterate, run_adaptive
 from advrepair.evaluation.harness import ModelEntry
-from advrepair.evaluation.metrics import Accuracy
+from advrepair.evaluation.metrics import Accuracy, paired_difference
 from advrepair.evaluation.store import ResultsStore, jsonable
 from advrepair.evaluation.worst_case import worst_case_correct
 from advrepair.validation import check_images, check_int_at_least, check_labels, check_positive
@@ -146,8 +145,7 @@ def _report(store: ResultsStore, summary: dict[str, Any], classifier_name: str, 
     base_correct = worst_case_correct(store, static_base)
     worst, base = Accuracy.of(worst_correct), Accuracy.of(base_correct)
     outputs_only = Accuracy.of(worst_case_correct(store, defended))
-    gain = worst_correct.astype(float) - base_correct.astype(float)
-    gain_stderr = float(gain.std(ddof=1) / math.sqrt(gain.size)) if gain.size > 1 else float("nan")
+    gain = paired_difference(worst_correct, base_correct)
     notes = [f"preset {preset}: {budget['claim']}", *target.notes]
     if n_images < recommended:
         notes.append(f"{n_images} images, fewer than the {recommended} the {preset} preset is meant for: "
@@ -159,8 +157,8 @@ def _report(store: ResultsStore, summary: dict[str, Any], classifier_name: str, 
                        preset_budget=jsonable(budget), eps=eps, norm=norm, n_images=n_images, rows=tuple(rows),
                        worst_case_accuracy=worst.value, worst_case_stderr=worst.stderr,
                        worst_case_outputs_only=outputs_only.value, undefended_robust_accuracy=base.value,
-                       undefended_robust_stderr=base.stderr, defense_gain=float(gain.mean()),
-                       defense_gain_stderr=gain_stderr, flags=flags, randomness=summary["randomness"],
+                       undefended_robust_stderr=base.stderr, defense_gain=gain.diff,
+                       defense_gain_stderr=gain.se_paired, flags=flags, randomness=summary["randomness"],
                        notes=tuple(notes), seconds=float(sum(r.seconds for r in rows)), out=out)
 
 

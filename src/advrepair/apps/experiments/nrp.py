@@ -92,7 +92,7 @@ from advrepair.defenses.total_variation import TotalVariation
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
-from advrepair.evaluation.metrics import Accuracy
+from advrepair.evaluation.metrics import Accuracy, paired_difference
 from advrepair.evaluation.store import ResultsStore
 from advrepair.evaluation.worst_case import worst_case_correct as evaluation_worst_case  # noqa: E402
 from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
@@ -572,11 +572,8 @@ def paired_clean_cost(store: ResultsStore, defended: dict[str, Any] | None,
     """(defended minus undefended clean accuracy, paired s.e. sd(d_i) / sqrt(n)) or ``None``."""
     if defended is None or undefended is None:
         return None
-    a = store.arrays(defended)["correct"].astype(float)
-    b = store.arrays(undefended)["correct"].astype(float)
-    d = a - b
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
-    return float(d.mean()), se
+    difference = paired_difference(store.arrays(defended)["correct"], store.arrays(undefended)["correct"])
+    return difference.diff, difference.se_paired
 
 
 def _acc_text(correct: np.ndarray | None) -> str:
