@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from advrepair.data import balanced_subset, load_dataset
+from advrepair.data import balanced_subset, subset_label, load_dataset
 from advrepair.defenses import DEFENSES, ReverseAttack, make_defense
 from advrepair.errors import InputError
 from advrepair.factories import is_factory_spec
@@ -184,10 +184,10 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
                                       address=None if ray == "local" else ray,
                                       gpus_per_worker=1.0 if device.startswith("cuda") else 0.0,
                                       batch_size=batch_size, device=device,
-                                      subset=f"balanced {len(subset)} (seed {seed})")
+                                      subset=subset_label(len(subset), seed))
     else:
         records = evaluate_matrix(subset, entries, specs, store, batch_size=batch_size, device=device,
-                                  subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
+                                  subset=subset_label(len(subset), seed), progress=progress)
     if adaptive_config is not None:
         for entry in entries:
             for label, module in entry.defenses.items():
@@ -199,10 +199,10 @@ def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path],
                                           address=None if ray == "local" else ray,
                                           gpus_per_worker=1.0 if device.startswith("cuda") else 0.0,
                                           batch_size=batch_size, device=device,
-                                          subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
+                                          subset=subset_label(len(subset), seed), progress=progress)
                 else:
                     run_adaptive(subset, entry, target, adaptive_config, store, batch_size=batch_size,
-                                 device=device, subset=f"balanced {len(subset)} (seed {seed})", progress=progress)
+                                 device=device, subset=subset_label(len(subset), seed), progress=progress)
     with store.lock:  # another run writing into the same folder must not interleave its report
         path = write_report(out, title=f"advrepair eval on {dataset}")
     tqdm.write(accuracy_table(records))

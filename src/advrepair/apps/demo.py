@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from advrepair import zoo
-from advrepair.data import balanced_subset, load_dataset
+from advrepair.data import balanced_subset, subset_label, load_dataset
 from advrepair.defenses import ReverseAttack
 from advrepair.evaluation import AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
@@ -123,7 +123,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     tqdm.write(f"evaluating {len(entries)} models x {len(attacks)} attacks on {len(subset)} test images "
                f"(standard error <= {100 * (0.25 / len(subset)) ** 0.5:.2f} points at any accuracy)")
     records = evaluate_matrix(subset, entries, attacks, store, device=device,
-                              subset=f"balanced {len(subset)} (seed {cfg.seed})", progress=cfg.progress)
+                              subset=subset_label(len(subset), cfg.seed), progress=cfg.progress)
     clock.finished(0)
     if adaptive_subset is not None and cfg.adaptive is not None:
         attacked = [e for e in entries if e.name in cfg.adaptive_classifiers]

@@ -12,7 +12,7 @@ from advrepair.data.folder import IMAGE_EXTENSIONS, load_folder
 from advrepair.data.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
 from advrepair.data.registry import available_datasets, load_dataset
 from advrepair.data.safe_pickle import RestrictedUnpickler, load_restricted_pickle
-from advrepair.data.subsets import balanced_subset, first_n, per_class
+from advrepair.data.subsets import balanced_subset, subset_label, first_n, per_class
 from advrepair.data.svhn import SVHN_CLASSES, load_svhn
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "RestrictedUnpickler",
     "SVHN_CLASSES",
     "available_datasets",
-    "balanced_subset",
+    "balanced_subset", "subset_label",
     "fashion_mnist_dir",
     "first_n",
     "load_cifar",

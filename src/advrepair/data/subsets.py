@@ -67,3 +67,8 @@ def balanced_subset(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
     base, extra = divmod(n, ds.num_classes)
     counts = [base + (1 if c < extra else 0) for c in range(ds.num_classes)]
     return ds.subset(_sample_per_class(ds, counts, seed))
+
+
+def subset_label(n: int, seed: int) -> str:
+    """How results name ``balanced_subset(data, n, seed=seed)`` (part of their keys: keep it stable)."""
+    return f"balanced {n} (seed {seed})"

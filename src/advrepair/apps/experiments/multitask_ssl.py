@@ -65,7 +65,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from advrepair.data import balanced_subset
+from advrepair.data import balanced_subset, subset_label
 from advrepair.defenses.reverse_attack import ReverseAttack
 from advrepair.errors import InputError
 from advrepair.evaluation.metrics import Difference, paired_difference
@@ -247,8 +247,6 @@ class MultiTaskConfig(RunConfig):
         return self.standard if model == "fmnist-cnn-standard" else self.adversarial
 
 
-def _subset_label(n: int, seed: int) -> str:
-    return f"balanced {n} (seed {seed})"
 
 
 def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
@@ -266,7 +264,7 @@ def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
     combos = (*cfg.combinations, *((cfg.adaptive_combination,) if cfg.adaptive is not None else ()))
     needed = [name for name in TASK_NAMES if any(name == t for combo in combos for t, _ in combo)]
     subset = balanced_subset(test, cfg.n_images, seed=cfg.seed)
-    subset_label = _subset_label(len(subset), cfg.seed)
+    subset_name = subset_label(len(subset), cfg.seed)
     attacks = [AttackSpec("clean"),
                AttackSpec("pgd", {"eps": cfg.eps, "alpha": cfg.pgd_alpha, "steps": cfg.pgd_steps})]
     store = ResultsStore(cfg.out, resume=True)
@@ -296,7 +294,7 @@ def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
                                     steps=cfg.reverse_steps, seed=cfg.seed)
             entry = ModelEntry(model_name, clf, card=card.__dict__, defenses={label: defense})
             for r in evaluate_matrix(subset, [entry], attacks, store, batch_size=cfg.batch_size, device=device,
-                                     subset=subset_label, progress=cfg.progress):
+                                     subset=subset_name, progress=cfg.progress):
                 index[(model_name, (r.get("defense") or {}).get("label"), r["attack"]["name"])] = r
     summaries: list[dict[str, Any]] = []
     if cfg.adaptive is not None:  # the static ablation's report first: the adaptive part takes longer
@@ -312,7 +310,7 @@ def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
             summaries.append(run_adaptive(
                 adaptive_subset, ModelEntry(model_name, clf, card=card.__dict__, defenses={label: defense}),
                 DefenseUnderTest.build(label, defense, cfg.adaptive), cfg.adaptive, store, batch_size=100,
-                device=device, subset=f"balanced {len(adaptive_subset)} of {subset_label}", progress=cfg.progress))
+                device=device, subset=f"balanced {len(adaptive_subset)} of {subset_name}", progress=cfg.progress))
     report = write_multitask_report(cfg, store, index, cards, summaries, time.perf_counter() - start)
     tqdm.write(ablation_table(cfg, index))
     tqdm.write(f"report: {report} ({time.perf_counter() - start:.0f} s)")
@@ -484,7 +482,7 @@ def write_multitask_report(cfg: MultiTaskConfig, store: ResultsStore,
     total = sum(r["seconds"] for r in index.values()) + sum(s.get("seconds", 0.0) for s in summaries)
     parts = [
         "# Multi-task self-supervised repair: ablation on Fashion-MNIST (lawhon, issue 5)\n",
-        f"n = {n} class-balanced Fashion-MNIST test images ({_subset_label(n, cfg.seed)}); binomial standard "
+        f"n = {n} class-balanced Fashion-MNIST test images ({subset_label(n, cfg.seed)}); binomial standard "
         f"error <= {100 * math.sqrt(0.25 / n):.2f} points at any accuracy.",
         f"Attack: L-inf PGD-{cfg.pgd_steps}, eps = {cfg.eps:g}, alpha = {cfg.pgd_alpha:g}, random start, crafted on "
         "the undefended classifier (the paper's static threat model; the repair is not seen by the attacker).",

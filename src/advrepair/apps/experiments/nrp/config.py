@@ -206,8 +206,6 @@ def attack_params(key: str, eps: float, steps: int, ti_kernel: int = 5, ssp_laye
     return name, params
 
 
-def _subset_label(n: int, seed: int) -> str:
-    return f"balanced {n} (seed {seed})"
 
 
 def _source_name_sha(*shas: str) -> str:

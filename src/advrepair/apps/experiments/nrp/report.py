@@ -18,7 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from advrepair.apps.experiments.nrp.config import _subset_label
+from advrepair.data import subset_label
 from advrepair.apps.experiments.nrp.config import (ATTACK_KINDS, DEFENSE_TITLES, ENSEMBLE, NRPConfig, PURIFIER_DIR,
                                                    PURIFIER_STEM, SOURCE_CNN, SOURCE_TITLES, SOURCE_VGG, TARGET, attack_params)
 
@@ -287,7 +287,7 @@ def write_nrp_report(cfg: NRPConfig, store: ResultsStore,
     recipe = cfg.purifier_recipe
     parts = [
         "# NRP (naseer2020) on Fashion-MNIST: purifier vs input transforms under transfer attacks (issue 6)\n",
-        f"n = {n} class-balanced Fashion-MNIST test images ({_subset_label(n, cfg.seed)}); binomial standard error "
+        f"n = {n} class-balanced Fashion-MNIST test images ({subset_label(n, cfg.seed)}); binomial standard error "
         f"<= {100 * math.sqrt(0.25 / n):.2f} points. Attacks are crafted on a *source* model and scored on the "
         "unseen *target* (black-box transfer, the paper's Table 1 threat model); defenses sit in front of the "
         "target only.\n",

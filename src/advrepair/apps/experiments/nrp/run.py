@@ -20,7 +20,8 @@ matplotlib.use("Agg")
 from advrepair.apps.experiments.nrp.config import ENSEMBLE, NRPConfig, SOURCE_CNN, SOURCE_VGG, TARGET, _log, attack_params
 from advrepair.apps.experiments.nrp.models import LogitEnsemble, _Source, _ensure_source, build_defenses, ensure_purifier
 from advrepair.apps.experiments.nrp.report import table1_markdown, table5_markdown, write_nrp_report
-from advrepair.apps.experiments.nrp.config import _source_name_sha, _subset_label
+from advrepair.apps.experiments.nrp.config import _source_name_sha
+from advrepair.data import subset_label
 
 #: model folders under ``models_dir``
 
@@ -71,7 +72,7 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
                                     _source_name_sha(vgg_card.weights_sha256, cnn1_card.weights_sha256))
     defenses = build_defenses(cfg, purifier, purifier_card)
     subset = balanced_subset(test, cfg.n_images, seed=cfg.seed)
-    subset_label = _subset_label(len(subset), cfg.seed)
+    subset_name = subset_label(len(subset), cfg.seed)
     store = ResultsStore(cfg.out, resume=True)
 
     def spec(source: _Source, key: str) -> AttackSpec:
@@ -81,7 +82,7 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
 
     def evaluate(entry: ModelEntry, attack: AttackSpec) -> dict[str | None, dict[str, Any]]:
         records = evaluate_matrix(subset, [entry], [attack], store, batch_size=cfg.batch_size, device=device,
-                                  subset=subset_label, progress=cfg.progress)
+                                  subset=subset_name, progress=cfg.progress)
         return {(r.get("defense") or {}).get("label"): r for r in records}
 
     # Table 1: clean and transfer attacks from each source, every defense in front of the target
@@ -128,7 +129,7 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
             summaries.append(run_adaptive(
                 adaptive_subset, ModelEntry(TARGET, target, card=target_card.__dict__, defenses={label: defense}),
                 target_dut, cfg.adaptive, store, batch_size=min(cfg.batch_size, 100), device=device,
-                subset=f"balanced {len(adaptive_subset)} of {subset_label}", progress=cfg.progress))
+                subset=f"balanced {len(adaptive_subset)} of {subset_name}", progress=cfg.progress))
         phases["adaptive protocol"] = time.perf_counter() - t0
     report = write_nrp_report(cfg, store, table1, table5, summaries, cards, purifier_card, phases,
                               time.perf_counter() - start)
