@@ -1,0 +1,139 @@
+"""The RIDE experiment's configuration and its validation split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from advrepair.data import ImageDataset  # noqa: E402
+from advrepair.data.subsets import balanced_subset  # noqa: E402
+from advrepair.defenses.median import MedianFilter  # noqa: E402
+from advrepair.defenses.ride import MODES, RIDE  # noqa: E402
+from advrepair.errors import InputError  # noqa: E402
+from advrepair.evaluation.harness import AttackSpec  # noqa: E402
+from advrepair.apps.experiments.setup import RunConfig  # noqa: E402
+from advrepair.apps.pipeline import QUICK_STANDARD  # noqa: E402
+from advrepair.training.recipe import ClassifierRecipe  # noqa: E402
+from advrepair.validation import check_int_at_least, check_positive  # noqa: E402
+
+
+
+PROTOCOL = "ride"
+#: most points kept per trajectory curve in results.json (the arrays keep every step)
+TRAJECTORY_POINTS = 200
+DEFENSE_ORDER = ("median-3x3", "tv", "ride")
+
+
+@dataclass
+class RideConfig(RunConfig):
+    """Everything :func:`run_ride_experiment` needs.
+
+    Paths: ``out`` receives results.json, arrays/, report.md and the PNGs; the classifier lives
+    in ``models_dir / classifier_name`` (default: the demo's standard CNN, reused if present).
+
+    Threat model: L-inf ``eps``; PGD takes ``attack_steps`` steps of ``attack_alpha`` (default
+    ``2.5 eps / attack_steps``). Images: ``n_images`` (Table 1), ``whitebox_images`` of them
+    (Table 2), ``val_images`` disjoint ones for the sweep (Fig. 5a).
+
+    RIDE: ``ride_mode`` with the paper's sigma/alpha/network, learning rate ``ride_lr``; the sweep
+    fits ``sweep_checkpoints`` checkpoints for each K in ``sweep_iterations``.
+
+    Example:
+        >>> cfg = RideConfig(out=Path("/tmp/runs/ride"), sweep_iterations=(50, 100), threads=1)
+        >>> run_ride_experiment(cfg)
+    """
+
+    out: Path = Path("reports/ride")
+    classifier_name: str = "fmnist-cnn-standard"
+    classifier_recipe: ClassifierRecipe = QUICK_STANDARD
+    batch_size: int = 50
+    # -- threat model (and eps = 0.1 from RunConfig) and image counts
+    attack_steps: int = 10
+    attack_alpha: float | None = None
+    n_images: int = 100
+    whitebox_images: int = 20
+    val_images: int = 50
+    # -- RIDE
+    ride_mode: str = "ride"
+    ride_lr: float = 1e-4
+    ride_sigma: float = 0.5
+    ride_alpha: float = 0.9
+    sweep_iterations: tuple[int, ...] = (100,)
+    sweep_checkpoints: int = 5
+    # -- baselines
+    median_kernel: int = 3
+    tv_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.check_run_fields()
+        for name in ("attack_steps", "whitebox_images", "val_images", "sweep_checkpoints"):
+            check_int_at_least(getattr(self, name), name, 1)
+        if self.whitebox_images > self.n_images:
+            raise InputError(f"whitebox_images ({self.whitebox_images}) cannot exceed n_images ({self.n_images}): "
+                             "the white-box images are a subset of the gray-box ones")
+        for name in ("eps", "ride_lr", "ride_sigma", "tv_weight"):
+            check_positive(getattr(self, name), name)
+        if self.eps > 1:
+            raise InputError(f"eps must be in (0, 1] for images in [0, 1], got {self.eps}")
+        if not 0 <= self.ride_alpha <= 1:
+            raise InputError(f"ride_alpha must be in [0, 1], got {self.ride_alpha}")
+        if self.attack_alpha is not None:
+            check_positive(self.attack_alpha, "attack_alpha")
+        if self.ride_mode not in MODES:
+            raise InputError(f"ride_mode must be one of {MODES}, got {self.ride_mode!r}")
+        self.sweep_iterations = tuple(self.sweep_iterations)
+        if not self.sweep_iterations:
+            raise InputError("sweep_iterations must list at least one K")
+        for k in self.sweep_iterations:
+            check_int_at_least(k, "every entry of sweep_iterations", 1)
+        MedianFilter(self.median_kernel)  # validates the kernel size
+
+    @property
+    def alpha(self) -> float:
+        """PGD step size."""
+        return self.attack_alpha if self.attack_alpha is not None else 2.5 * self.eps / self.attack_steps
+
+    def ride(self, iterations: int, checkpoints: int) -> RIDE:
+        """The RIDE defense of this config with ``iterations`` (K) and ``checkpoints`` (T)."""
+        return RIDE(mode=self.ride_mode, iterations=iterations, checkpoints=checkpoints, sigma=self.ride_sigma,
+                    alpha=self.ride_alpha, lr=self.ride_lr, seed=self.seed, progress=self.progress)
+
+    def attacks(self) -> list[AttackSpec]:
+        """The gray-box attacks: FGSM and PGD crafted on the classifier."""
+        return [AttackSpec("fgsm", {"eps": self.eps}),
+                AttackSpec("pgd", {"eps": self.eps, "alpha": self.alpha, "steps": self.attack_steps})]
+
+def _log(msg: str) -> None:
+    tqdm.write(msg)
+
+
+def split_validation(ds: ImageDataset, n_eval: int, n_val: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """Disjoint, class-balanced evaluation and validation subsets of ``ds``.
+
+    A balanced subset of ``n_eval + n_val`` images is split per class (the first images of each
+    class, in dataset order, go to validation), so both parts stay balanced.
+
+    Returns:
+        (evaluation, validation) datasets with ``n_eval`` and ``n_val`` images.
+
+    Example:
+        >>> evaluation, validation = split_validation(test, 100, 50, seed=0)
+    """
+    n_eval = check_int_at_least(n_eval, "n_eval", 1)
+    n_val = check_int_at_least(n_val, "n_val", 1)
+    both = balanced_subset(ds, n_eval + n_val, seed=seed)
+    base, extra = divmod(n_val, ds.num_classes)
+    val_idx: list[int] = []
+    for cls in range(ds.num_classes):
+        members = torch.nonzero(both.labels == cls, as_tuple=False).reshape(-1).tolist()
+        val_idx += members[:base + (1 if cls < extra else 0)]
+    if len(val_idx) != n_val:
+        raise InputError(f"could not draw {n_val} balanced validation images besides {n_eval} evaluation images")
+    chosen = set(val_idx)
+    eval_idx = [i for i in range(len(both)) if i not in chosen]
+    return both.subset(eval_idx), both.subset(sorted(val_idx))

@@ -1,0 +1,164 @@
+"""The RIDE experiment's tables, figures and Markdown report, from its records."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from advrepair.errors import InputError  # noqa: E402
+from advrepair.evaluation.harness import CLEAN  # noqa: E402
+from advrepair.evaluation.store import ResultsStore  # noqa: E402
+from advrepair.report.tables import accuracy_cell  # noqa: E402
+from advrepair.apps.experiments.ride.config import DEFENSE_ORDER
+
+
+
+# -- report -----------------------------------------------------------------------------------
+def _pct(rec: dict[str, Any] | None) -> str:
+    return accuracy_cell(rec, missing="-")
+
+
+def _label(rec: dict[str, Any]) -> str:
+    d = rec.get("defense")
+    return "none" if d is None else str(d.get("label"))
+
+
+def _attack_name(attack: dict[str, Any]) -> str:
+    name = attack["name"]
+    if name == "pgd":
+        name = f"PGD-{attack.get('steps')}"
+    elif name != CLEAN:
+        name = name.upper()
+    else:
+        name = "Clean"
+    return name + (" (BPDA-I)" if attack.get("through") == "bpda" else "")
+
+
+def _table(records: list[dict[str, Any]], title_col: str) -> tuple[str, list[str]]:
+    cols: list[str] = []
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        col = _attack_name(r["attack"])
+        if col not in cols:
+            cols.append(col)
+        cells[(_label(r), col)] = r
+    rows = ["none", *[d for d in DEFENSE_ORDER if any(lab == d for lab, _ in cells)]]
+    lines = [f"| {title_col} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(_pct(cells.get((row, c))) for c in cols) + " |")
+    return "\n".join(lines), cols
+
+
+def _sweep_figure(sweep: list[dict[str, Any]], stop: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rec in sweep:
+        ax.errorbar(rec["steps"], [100 * a for a in rec["accuracy"]], yerr=[100 * s for s in rec["stderr"]],
+                    marker="o", capsize=2, label=f"{_attack_name(rec['attack'])}, K={rec['iterations']}")
+    ax.axvline(stop["steps"], color="gray", ls="--", label=f"chosen stop ({stop['steps']} steps)")
+    ax.set_xlabel("RIDE Adam steps (t * K)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Accuracy of f(RIDE(x_adv)) vs iterations (cf. Fig. 5a)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _trajectory_figure(sweep: list[dict[str, Any]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    k_max = max(r["iterations"] for r in sweep)
+    for rec in (r for r in sweep if r["iterations"] == k_max):
+        name = _attack_name(rec["attack"])
+        line, = ax.plot(rec["trajectory_steps"], rec["to_clean"], label=f"{name}: to clean")
+        ax.plot(rec["trajectory_steps"], rec["to_adv"], ls="--", color=line.get_color(), label=f"{name}: to adversarial")
+        ax.axhline(rec["clean_to_adv"], ls=":", color=line.get_color(), lw=0.8)
+    ax.set_xlabel("RIDE Adam steps")
+    ax.set_ylabel("mean L2 distance of the estimate")
+    ax.set_title(f"Estimate trajectory, K={k_max} (cf. Figs. 2e / 6); dotted: L2(x_adv, x)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | None = None,
+                      records_added: int | None = None) -> Path:
+    """``report.md``, ``ride_iterations.png`` and ``ride_trajectory.png`` from ``out_dir``'s store.
+
+    Uses the newest ``ride-summary`` record; raises InputError when there is none.
+
+    Example:
+        >>> write_ride_report("/tmp/runs/ride")
+    """
+    out = Path(out_dir)
+    store = ResultsStore(out, resume=True)
+    summaries = [r for r in store.records if r.get("kind") == "ride-summary"]
+    if not summaries:
+        raise InputError(f"{out / 'results.json'} has no ride-summary record: run run_ride_experiment first")
+    s = summaries[-1]
+
+    def recs(keys: list[str]) -> list[dict[str, Any]]:
+        return [r for r in (store.get(k) for k in keys) if r is not None]
+
+    sweep, gray, white = recs(s["sweep"]), recs(s["gray"]), recs(s["white"])
+    cfg, stop = s["config"], s["stop"]
+    fig_iter = _sweep_figure(sweep, stop, out / "ride_iterations.png")
+    fig_traj = _trajectory_figure(sweep, out / "ride_trajectory.png")
+    ride_recs = [r for r in gray if _label(r) == "ride" and r["attack"]["name"] != CLEAN]
+    per_image = [r["defense_seconds"] / max(1, r["n_images"]) for r in ride_recs]
+    gray_table, _ = _table(gray, "Defense")
+    white_table, _ = _table(white, "Defense")
+    all_steps = sorted({st for r in sweep for st in r["steps"]})
+    lines = [
+        "# RIDE on Fashion-MNIST (Lin, Pfister & Zhang)", "",
+        f"Classifier `{s['model']}` (SmallCNN, recipe {s.get('classifier_recipe')}); attacks L-inf eps = "
+        f"{cfg['eps']}, PGD-{cfg['attack_steps']} step {cfg['attack_alpha'] or 2.5 * cfg['eps'] / cfg['attack_steps']:.4g} "
+        f"with a seeded random start. RIDE mode `{cfg['ride_mode']}`, sigma {cfg['ride_sigma']}, alpha "
+        f"{cfg['ride_alpha']}, Adam lr {cfg['ride_lr']}, seed {cfg['seed']}. Accuracies in % ± binomial "
+        "standard error.", "",
+        "## Iterations (cf. Fig. 5a)", "",
+        f"{s['subsets']['validation']}. Accuracy after t * K Adam steps (step 0: no defense).", "",
+        "| Attack | K | " + " | ".join(f"{st} steps" for st in all_steps) + " |",
+        "|---|---|" + "---|" * len(all_steps),
+    ]
+    for r in sweep:
+        by_step = dict(zip(r["steps"], r["accuracy"]))
+        lines.append(f"| {_attack_name(r['attack'])} | {r['iterations']} | "
+                     + " | ".join(f"{100 * by_step[st]:.1f}" if st in by_step else "-" for st in all_steps) + " |")
+    lines += ["", f"**Chosen stop**: K = {stop['iterations']} x T = {stop['checkpoints']} = {stop['steps']} steps "
+              f"(best mean validation accuracy, {100 * stop['validation_accuracy']:.1f}%).", "",
+              f"![accuracy vs iterations]({fig_iter.name})", "",
+              "## Gray-box (cf. Table 1)", "",
+              f"{s['subsets']['gray']}. Attacks crafted on the undefended classifier; median "
+              f"{cfg['median_kernel']}x{cfg['median_kernel']}, TV (Chambolle, weight {cfg['tv_weight']}), RIDE at the "
+              "chosen stop.", "", gray_table, ""]
+    if per_image:
+        lines += [f"RIDE cost: {sum(per_image) / len(per_image):.2f} s per image ({stop['steps']} steps).", ""]
+    lines += ["## White-box BPDA (cf. Table 2)", "",
+              f"{s['subsets']['white']}. PGD-{cfg['attack_steps']} crafted on the classifier (static) and through "
+              "BPDA(defense) with the identity backward (BPDA-I): every attack step refits RIDE.", "",
+              white_table, "",
+              "## Estimate trajectories (cf. Figs. 2e / 6)", "",
+              "Mean L2 distance of the estimate to the clean and to the adversarial image along the fit "
+              "(validation images).", "", "| Attack | K | to clean: start / min (step) / end | to adversarial: end | "
+              "L2(x_adv, x) |", "|---|---|---|---|---|"]
+    for r in sweep:
+        tc = r["to_clean"]
+        i_min = min(range(len(tc)), key=tc.__getitem__)
+        lines.append(f"| {_attack_name(r['attack'])} | {r['iterations']} | {tc[0]:.3f} / {tc[i_min]:.3f} "
+                     f"({r['trajectory_steps'][i_min]}) / {tc[-1]:.3f} | {r['to_adv'][-1]:.3f} | "
+                     f"{r['clean_to_adv']:.3f} |")
+    lines += ["", f"![trajectory]({fig_traj.name})", ""]
+    if wall_seconds is not None:
+        lines.append(f"This run: {wall_seconds:.0f} s, {records_added} new records.")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+

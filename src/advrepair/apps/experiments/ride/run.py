@@ -1,0 +1,173 @@
+"""The RIDE experiment's rows: the stopping sweep on validation images, then every attack into every defense."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from advrepair.data import ImageDataset  # noqa: E402
+from advrepair.data.subsets import balanced_subset  # noqa: E402
+from advrepair.defenses.median import MedianFilter  # noqa: E402
+from advrepair.defenses.total_variation import TotalVariation  # noqa: E402
+from advrepair.errors import InputError  # noqa: E402
+from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, evaluate_matrix, weights_id  # noqa: E402
+from advrepair.evaluation.metrics import accuracy_of  # noqa: E402
+from advrepair.evaluation.store import ResultsStore, record_key  # noqa: E402
+from advrepair.apps.pipeline import ensure_classifier  # noqa: E402
+from advrepair.apps.experiments.ride.config import PROTOCOL, RideConfig, TRAJECTORY_POINTS, _log, split_validation
+from advrepair.apps.experiments.ride.report import write_ride_report
+
+
+
+def _all(ds: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*ds.batches(max(1, len(ds))))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _craft(spec: AttackSpec, clf: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    attack = spec.build(clf)
+    if attack is None:
+        return x
+    return torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _subsample(values: torch.Tensor) -> tuple[list[int], list[float]]:
+    """(L,) per-step values -> at most TRAJECTORY_POINTS (step, value) pairs, last step kept."""
+    stride = max(1, -(-values.shape[0] // TRAJECTORY_POINTS))
+    steps = list(range(0, values.shape[0], stride))
+    if steps[-1] != values.shape[0] - 1:
+        steps.append(values.shape[0] - 1)
+    return steps, [float(values[s]) for s in steps]
+
+
+def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str, Any], val: ImageDataset,
+           subset: str, device: torch.device) -> list[dict[str, Any]]:
+    """Fig. 5a: one record per (attack, K) with the accuracy after every checkpoint."""
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    records: list[dict[str, Any]] = []
+    for spec in cfg.attacks():
+        desc = spec.describe(clf)
+        adv = None
+        for k in cfg.sweep_iterations:
+            ride = cfg.ride(k, cfg.sweep_checkpoints)
+            key = record_key(kind="ride-sweep", dataset=val.name, subset=subset, n_images=len(val),
+                             model_weights=weights_id(card), attack=desc, defense=ride.params())
+            if store.has(key):
+                records.append(store.require(key))
+                continue
+            if x is None:
+                x, y = _all(val)
+                x, y = x.to(device), y.to(device)
+            if adv is None:
+                assert x is not None and y is not None
+                adv = _craft(spec, clf, x, y, cfg.batch_size)
+            _log(f"sweep: RIDE K={k} x T={cfg.sweep_checkpoints} on {len(val)} {desc['name']} images")
+            t0 = time.perf_counter()
+            result = ride.fit(adv, clean=x, trajectory=True)
+            seconds = time.perf_counter() - t0
+            with torch.no_grad():
+                correct = torch.stack([clf(adv).argmax(1) == y]
+                                      + [clf(est).argmax(1) == y for est in result.checkpoints]).cpu()
+            traj = result.trajectory
+            assert traj is not None and traj.to_clean is not None
+            t_steps, to_clean = _subsample(traj.to_clean.mean(1))
+            _, to_adv = _subsample(traj.to_adv.mean(1))
+            record = {"kind": "ride-sweep", "key": key, "protocol": PROTOCOL, "dataset": val.name, "subset": subset,
+                      "n_images": len(val), "model": cfg.classifier_name, "model_weights": weights_id(card),
+                      "attack": desc, "defense": {"label": "ride", **ride.params()}, "iterations": k,
+                      "steps": [k * t for t in range(cfg.sweep_checkpoints + 1)],
+                      "accuracy": correct.float().mean(1).tolist(),
+                      "stderr": [accuracy_of(c).stderr for c in correct],
+                      "trajectory_steps": t_steps, "to_clean": to_clean, "to_adv": to_adv,
+                      "clean_to_adv": float((adv - x).flatten(1).norm(dim=1).mean()),
+                      "seconds": seconds, "seconds_per_image_step": seconds / (len(val) * ride.total_steps)}
+            store.add(record, {"correct_checkpoints": correct.numpy(), "to_clean": traj.to_clean.numpy(),
+                               "to_adv": traj.to_adv.numpy()})
+            records.append(store.require(key))
+    return records
+
+
+def choose_stop(sweep: list[dict[str, Any]]) -> tuple[int, int, float]:
+    """The (K, T) with the best validation accuracy, averaged over the sweep's attacks.
+
+    Ties go to fewer total steps, then smaller K. Step 0 (no defense) is not a candidate.
+
+    Returns:
+        (iterations K, checkpoints T, mean validation accuracy).
+
+    Example:
+        >>> choose_stop([{"iterations": 10, "accuracy": [0.1, 0.5, 0.6], "attack": {"name": "pgd"}}])
+        (10, 2, 0.6)
+    """
+    if not sweep:
+        raise InputError("the sweep has no records to choose a stop from")
+    per: dict[tuple[int, int], list[float]] = {}
+    for rec in sweep:
+        k = int(rec["iterations"])
+        for t, acc in enumerate(rec["accuracy"][1:], start=1):
+            per.setdefault((k, t), []).append(float(acc))
+    scored = [(sum(v) / len(v), -(k * t), -k, k, t) for (k, t), v in per.items()]
+    best = max(scored)
+    return best[3], best[4], best[0]
+
+
+def run_ride_experiment(cfg: RideConfig) -> Path:
+    """Train or reuse the classifier, fill ``cfg.out``'s results store, write the report.
+
+    Returns:
+        the path of ``report.md``.
+
+    Example:
+        >>> run_ride_experiment(RideConfig(out=Path("/tmp/runs/ride"), threads=1))
+    """
+    start = time.perf_counter()
+    device, train, test = cfg.start()
+    clf, card_obj = ensure_classifier(cfg.models_dir / cfg.classifier_name, train, test, arch="small-cnn",
+                                      recipe=cfg.classifier_recipe, seed=cfg.seed, eval_eps=cfg.eps, device=device,
+                                      progress=cfg.progress)
+    clf = clf.to(device).eval()
+    card = dict(card_obj.__dict__)
+    store = ResultsStore(cfg.out, resume=True)
+    n_before = len(store.records)
+    evaluation, val = split_validation(test, cfg.n_images, cfg.val_images, cfg.seed)
+    whitebox = balanced_subset(evaluation, cfg.whitebox_images, seed=cfg.seed)
+    val_desc = f"ride validation: balanced {len(val)} disjoint from the evaluation images (seed {cfg.seed})"
+    eval_desc = f"ride evaluation: balanced {len(evaluation)} (seed {cfg.seed})"
+    wb_desc = f"ride white-box: balanced {len(whitebox)} of the evaluation images (seed {cfg.seed})"
+
+    sweep = _sweep(cfg, store, clf, card, val, val_desc, device)
+    k_star, t_star, val_acc = choose_stop(sweep)
+    _log(f"chosen stop: K={k_star} x T={t_star} ({k_star * t_star} steps), validation accuracy {val_acc:.3f}")
+    ride = cfg.ride(k_star, t_star)
+    defenses: dict[str, nn.Module] = {"median-3x3": MedianFilter(cfg.median_kernel),
+                                      "tv": TotalVariation(weight=cfg.tv_weight, solver="chambolle"), "ride": ride}
+    entry = ModelEntry(cfg.classifier_name, clf, card=card, defenses=defenses)
+    gray = evaluate_matrix(evaluation, [entry], [AttackSpec(CLEAN), *cfg.attacks()], store,
+                           batch_size=cfg.batch_size, device=device, subset=eval_desc, progress=cfg.progress)
+    pgd = cfg.attacks()[1]
+    white = evaluate_matrix(whitebox, [entry], [AttackSpec(CLEAN), pgd, AttackSpec(pgd.name, pgd.params, through="bpda")],
+                            store, batch_size=cfg.batch_size, device=device, subset=wb_desc, progress=cfg.progress)
+
+    summary_key = record_key(kind="ride-summary", sweep=[r["key"] for r in sweep], gray=[r["key"] for r in gray],
+                             white=[r["key"] for r in white], stop=[k_star, t_star])
+    if not store.has(summary_key):
+        store.add({"kind": "ride-summary", "key": summary_key, "protocol": PROTOCOL, "model": cfg.classifier_name,
+                   "model_weights": weights_id(card), "classifier_recipe": card.get("recipe"),
+                   "classifier_metrics": card.get("metrics"), "config": cfg.to_dict(),
+                   "stop": {"iterations": k_star, "checkpoints": t_star, "steps": k_star * t_star,
+                            "validation_accuracy": val_acc},
+                   "sweep": [r["key"] for r in sweep], "gray": [r["key"] for r in gray],
+                   "white": [r["key"] for r in white], "subsets": {"validation": val_desc, "gray": eval_desc,
+                                                                   "white": wb_desc},
+                   "run_seconds": time.perf_counter() - start})
+    added = len(store.records) - n_before
+    report = write_ride_report(cfg.out, wall_seconds=time.perf_counter() - start, records_added=added)
+    _log(f"RIDE report: {report} ({time.perf_counter() - start:.0f} s, {added} new records)")
+    return report
