@@ -368,7 +368,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                           out=args.out, resume=not args.no_resume, seed=args.seed, device=device,
                           progress=progress)
     elif args.command == "experiment":
-        print(commands.experiment(args, device=device, progress=progress))
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "which", "device", "no_progress")}
+        print(commands.experiment(args.which, options, device=device, progress=progress))
     elif args.command == "zoo" and args.zoo_command == "list":
         print(commands.zoo_list(as_json=args.json, as_markdown=args.markdown), end="" if args.markdown else "\n")
     elif args.command == "zoo" and args.zoo_command == "build":

@@ -346,38 +346,35 @@ def _numbers(text: str, kind: type, flag: str) -> tuple[Any, ...]:
         raise InputError(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
-def experiment(args: Any, *, device: str, progress: bool) -> Path:
-    """``advrepair experiment NAME``: one paper's evaluation, written as a report folder."""
-    if args.which == "xiao2020":
+def experiment(which: str, options: dict[str, Any], *, device: str, progress: bool) -> Path:
+    """``advrepair experiment NAME``: one paper's evaluation, written as a report folder; ``options``
+    holds the command's flags by name (``out``, ``n_images``, ...)."""
+    o = options
+    common: dict[str, Any] = dict(out=o["out"], data_root=o["data_root"], seed=o["seed"], device=device,
+                                  progress=progress, n_images=o["n_images"], eps=o["eps"])
+    if o.get("models_dir") is not None:
+        common["models_dir"] = o["models_dir"]
+    if which == "xiao2020":
         from advrepair.apps.experiments.adversarial_transformation import XiaoConfig, run_xiao_experiment
 
-        extra = {} if args.models_dir is None else {"models_dir": args.models_dir}
         return run_xiao_experiment(XiaoConfig(
-            out=args.out, data_root=args.data_root, seed=args.seed, device=device, progress=progress,
-            n_images=args.n_images, eps=args.eps, attack_steps=args.attack_steps, delta=args.delta,
-            g_steps=args.g_steps, bpda_steps=_numbers(args.bpda_steps, int, "--bpda-steps"),
-            eot_draws=_numbers(args.eot_draws, int, "--eot-draws"),
-            deltas=_numbers(args.deltas, float, "--deltas"), sweep_random_start=not args.paper_fig5,
-            square_queries=args.square_queries, **extra))
-    if args.which in ("nrp", "multitask"):
+            **common, attack_steps=o["attack_steps"], delta=o["delta"], g_steps=o["g_steps"],
+            bpda_steps=_numbers(o["bpda_steps"], int, "--bpda-steps"),
+            eot_draws=_numbers(o["eot_draws"], int, "--eot-draws"), deltas=_numbers(o["deltas"], float, "--deltas"),
+            sweep_random_start=not o["paper_fig5"], square_queries=o["square_queries"]))
+    if which in ("nrp", "multitask"):
         from advrepair.apps.experiments.multitask_ssl import MultiTaskConfig, run_multitask_ablation
         from advrepair.apps.experiments.nrp import NRPConfig, run_nrp_experiment
 
-        Config: Any = NRPConfig if args.which == "nrp" else MultiTaskConfig
-        run: Any = run_nrp_experiment if args.which == "nrp" else run_multitask_ablation
-        options: dict[str, Any] = {} if args.models_dir is None else {"models_dir": args.models_dir}
-        if args.adaptive_images == 0:
-            options["adaptive"] = None
-        return run(Config(out=args.out, data_root=args.data_root, seed=args.seed, device=device, progress=progress,
-                          n_images=args.n_images, eps=args.eps, adaptive_images=args.adaptive_images, **options))
-    if args.which == "ride":
+        Config: Any = NRPConfig if which == "nrp" else MultiTaskConfig
+        run: Any = run_nrp_experiment if which == "nrp" else run_multitask_ablation
+        adaptive = {"adaptive": None} if o["adaptive_images"] == 0 else {}
+        return run(Config(**common, adaptive_images=o["adaptive_images"], **adaptive))
+    if which == "ride":
         from advrepair.apps.experiments.ride import RideConfig, run_ride_experiment
 
-        extra = {} if args.models_dir is None else {"models_dir": args.models_dir}
         return run_ride_experiment(RideConfig(
-            out=args.out, data_root=args.data_root, seed=args.seed, device=device, progress=progress,
-            n_images=args.n_images, whitebox_images=args.whitebox_images, val_images=args.val_images,
-            eps=args.eps, attack_steps=args.attack_steps, sweep_checkpoints=args.sweep_checkpoints,
-            sweep_iterations=_numbers(args.sweep_iterations, int, "--sweep-iterations"), ride_lr=args.ride_lr,
-            **extra))
-    raise InputError(f"unknown experiment {args.which!r}")
+            **common, whitebox_images=o["whitebox_images"], val_images=o["val_images"],
+            attack_steps=o["attack_steps"], sweep_checkpoints=o["sweep_checkpoints"],
+            sweep_iterations=_numbers(o["sweep_iterations"], int, "--sweep-iterations"), ride_lr=o["ride_lr"]))
+    raise InputError(f"unknown experiment {which!r}")
