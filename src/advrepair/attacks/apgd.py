@@ -14,10 +14,9 @@ import torch
 
 from advrepair.attacks.base import Attack
 from advrepair.attacks.losses import cross_entropy, dlr_loss
-from advrepair.engine import default_step_rule, project
+from advrepair.engine import random_direction, default_step_rule, project
 from advrepair.enums import Norm
 from advrepair.errors import InputError
-from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_positive
 from advrepair.attacks.registry import register_attack
 
@@ -121,17 +120,8 @@ class APGD(Attack):
     # -- the shared loop ---------------------------------------------------------------
     def _start(self, images: torch.Tensor, stream: str) -> torch.Tensor:
         """A random point at distance ``eps`` (the paper starts on the boundary, not inside)."""
-        d = images[0].numel()
-        if self.norm is Norm.LINF:
-            u = per_image_uniform(images, self.seed, (d,), stream)
-            t = 2 * u - 1
-            delta = t / t.abs().max(1, keepdim=True).values.clamp_min(1e-12)
-        else:
-            u = per_image_uniform(images, self.seed, (2 * d,), stream)
-            # Box-Muller: Gaussian numbers give a direction uniform on the sphere
-            delta = torch.sqrt(-2 * torch.log(u[:, :d].clamp_min(1e-12))) * torch.cos(2 * torch.pi * u[:, d:])
-            delta = delta / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return project(images + self.eps * delta.view_as(images), images, self.eps, self.norm)
+        return project(images + self.eps * random_direction(images, self.norm, self.seed, stream), images, self.eps,
+                       self.norm)
 
     def _loss_grad(self, x: torch.Tensor, loss_fn: LogitLoss) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-image loss, its gradient and the logits, each averaged over ``eot_iter`` passes."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from advrepair.attacks.mifgsm import MIFGSM, InputTransform
-from advrepair.engine import random_start, random_start_numbers
+from advrepair.engine import seeded_random_start
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
@@ -129,9 +129,7 @@ class DIFGSM(MIFGSM):
     def _start(self, images: torch.Tensor) -> torch.Tensor:
         if not self.random_start:
             return images
-        u = per_image_uniform(images, self.seed, random_start_numbers(images, Norm.LINF),
-                              stream=f"{self.name}-start")
-        return random_start(images, self.eps, Norm.LINF, u)
+        return seeded_random_start(images, self.eps, Norm.LINF, self.seed, f"{self.name}-start")
 
     def _input_transform(self, images: torch.Tensor) -> InputTransform | None:
         if self.diversity_prob == 0.0:

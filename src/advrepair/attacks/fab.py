@@ -7,10 +7,9 @@ import torch
 
 from advrepair.attacks.base import Attack
 from advrepair.validation import check_int_at_least
-from advrepair.engine import project
+from advrepair.engine import random_direction, project
 from advrepair.enums import Norm
 from advrepair.errors import InputError
-from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_positive
 from advrepair.attacks.registry import register_attack
 
@@ -175,15 +174,7 @@ class FAB(Attack):
 
     def _random_start(self, x0: torch.Tensor, stream: str) -> torch.Tensor:
         """A point at distance eps/2 in a random direction (used by restarts after the first)."""
-        d = x0[0].numel()
-        if self.norm is Norm.LINF:
-            t = 2 * per_image_uniform(x0, self.seed, (d,), stream) - 1
-            t = t / t.abs().amax(1, keepdim=True).clamp_min(1e-12)
-        else:
-            u = per_image_uniform(x0, self.seed, (2 * d,), stream)
-            t = torch.sqrt(-2 * torch.log(u[:, :d].clamp_min(1e-12))) * torch.cos(2 * torch.pi * u[:, d:])
-            t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return (x0 + 0.5 * self.eps * t.view_as(x0)).clamp(0, 1)
+        return (x0 + 0.5 * self.eps * random_direction(x0, self.norm, self.seed, stream)).clamp(0, 1)
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

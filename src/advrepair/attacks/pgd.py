@@ -7,10 +7,9 @@ import torch
 
 from advrepair.attacks.base import Attack
 from advrepair.attacks.losses import LOSSES
-from advrepair.engine import projected_gradient, random_start, random_start_numbers
+from advrepair.engine import seeded_random_start, projected_gradient
 from advrepair.enums import Norm
 from advrepair.errors import InputError
-from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_int_at_least, check_positive
 from advrepair.attacks.registry import register_attack
 
@@ -49,9 +48,7 @@ class PGD(Attack):
 
     def _run_once(self, images: torch.Tensor, labels: torch.Tensor, restart: int) -> torch.Tensor:
         if self.random_start:
-            u = per_image_uniform(images, self.seed, random_start_numbers(images, self.norm),
-                                  stream=f"pgd-start-{restart}")
-            start = random_start(images, self.eps, self.norm, u)
+            start = seeded_random_start(images, self.eps, self.norm, self.seed, f"pgd-start-{restart}")
         else:
             start = images
 

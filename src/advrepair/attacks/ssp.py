@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from advrepair.attacks.base import Attack
-from advrepair.engine import projected_gradient, random_start, random_start_numbers
+from advrepair.engine import seeded_random_start, projected_gradient
 from advrepair.errors import InputError
-from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_int_at_least, check_positive
 from advrepair.attacks.registry import register_attack
 
@@ -113,8 +112,7 @@ class SSP(Attack):
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             clean_features = self._features(images)
-        u = per_image_uniform(images, self.seed, random_start_numbers(images, self.norm), "ssp-start")
-        start = random_start(images, self.eps, self.norm, u)
+        start = seeded_random_start(images, self.eps, self.norm, self.seed, "ssp-start")
 
         def loss_fn(x: torch.Tensor, _step: int) -> torch.Tensor:
             self.count_backward(x.shape[0])

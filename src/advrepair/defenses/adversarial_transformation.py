@@ -67,13 +67,12 @@ from tqdm.auto import tqdm
 
 from advrepair.defenses.reverse_attack import weights_fingerprint
 from advrepair.engine.loop import LoopTrace, projected_gradient
-from advrepair.engine.projection import random_start, random_start_numbers
 from advrepair.engine.steps import soft_sign_surrogate, tanh_surrogate
 from advrepair.enums import Norm
 from advrepair.errors import InputError
-from advrepair.seeding import per_image_uniform
 from advrepair.validation import check_images, check_int_at_least, check_positive
 from advrepair.defenses.eval_mode import eval_mode
+from advrepair.engine import seeded_random_start
 
 TARGETS = ("least-likely", "untargeted")
 SURROGATES = ("tanh", "softsign")
@@ -157,9 +156,7 @@ class AdversarialTransformation(nn.Module):
         """
         if not self.random_start:
             return images
-        u = per_image_uniform(images.detach(), self.seed, random_start_numbers(images, Norm.LINF),
-                              stream=f"xiao-start-{draw}")
-        return random_start(images, self.delta, Norm.LINF, u)
+        return seeded_random_start(images, self.delta, Norm.LINF, self.seed, f"xiao-start-{draw}")
 
     def loss(self, targets: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """The engine's per-image loss ``x -> CE(f_b(x), targets)``, shape (B,)."""

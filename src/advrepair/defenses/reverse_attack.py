@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence, cast
 import torch
 from torch import nn
 
-from advrepair.engine import LoopTrace, projected_gradient, random_start, random_start_numbers
+from advrepair.engine import seeded_random_start, LoopTrace, projected_gradient
 from advrepair.enums import Norm
 from advrepair.models.base import Classifier
 from advrepair.seeding import per_image_uniform
@@ -148,8 +148,7 @@ class ReverseAttack(nn.Module):
     def _repair(self, x: torch.Tensor, contexts: list[Any], trace: LoopTrace) -> torch.Tensor:
         numbers = self._draw(x, self.steps, "reverse-views")
         if self.random_start:
-            u = per_image_uniform(x, self.seed, random_start_numbers(x, self.norm), "reverse-start")
-            start = random_start(x, self.eps_v, self.norm, u)
+            start = seeded_random_start(x, self.eps_v, self.norm, self.seed, "reverse-start")
         else:
             start = x
         return projected_gradient(

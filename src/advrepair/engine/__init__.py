@@ -1,11 +1,12 @@
 """The projected-gradient engine shared by attacks, reverse attacks and transformations."""
 from advrepair.engine.loop import LoopTrace, LossFn, projected_gradient
-from advrepair.engine.projection import project, random_start, random_start_numbers
+from advrepair.engine.projection import (project, random_direction, random_start, random_start_numbers,
+                                         seeded_random_start)
 from advrepair.engine.steps import (L2Step, MomentumSignStep, SignStep, StepRule, default_step_rule,
                                     relative_tanh_surrogate, soft_sign_surrogate, tanh_surrogate)
 
 __all__ = [
     "LoopTrace", "LossFn", "projected_gradient", "project", "random_start",
-    "random_start_numbers", "L2Step", "MomentumSignStep", "SignStep", "StepRule",
+    "random_start_numbers", "random_direction", "seeded_random_start", "L2Step", "MomentumSignStep", "SignStep", "StepRule",
     "default_step_rule", "relative_tanh_surrogate", "soft_sign_surrogate", "tanh_surrogate",
 ]

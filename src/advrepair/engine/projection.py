@@ -8,6 +8,7 @@ import torch
 
 from advrepair.enums import Norm
 from advrepair.errors import InputError
+from advrepair.seeding import per_image_uniform
 
 
 def _check_budget(eps: Any, batch: int, name: str = "eps") -> None:
@@ -94,3 +95,27 @@ def random_start_numbers(center: torch.Tensor, norm: Norm) -> tuple[int, ...]:
     _check_pair(center, center, "center")
     d = center[0].numel()
     return tuple(center.shape[1:]) if norm is Norm.LINF else (2 * d + 1,)
+
+
+def seeded_random_start(center: torch.Tensor, eps: float, norm: Norm, seed: int | None, stream: str) -> torch.Tensor:
+    """``random_start`` from numbers drawn per image from ``(seed, the image's content, stream)``
+    (``seed=None``: torch's global generator): the one seeded random start of every attack and
+    defense, so a start never depends on the image's batch-mates."""
+    norm = Norm.parse(norm)
+    return random_start(center, eps, norm, per_image_uniform(center.detach(), seed, random_start_numbers(center, norm),
+                                                             stream))
+
+
+def random_direction(center: torch.Tensor, norm: Norm, seed: int | None, stream: str) -> torch.Tensor:
+    """A per-image seeded direction of unit norm (L-inf: max |t| = 1; L2: uniform on the sphere,
+    from Gaussian numbers by Box-Muller), shaped like ``center``: APGD and FAB restart along it."""
+    norm = Norm.parse(norm)
+    d = center[0].numel()
+    if norm is Norm.LINF:
+        t = 2 * per_image_uniform(center, seed, (d,), stream) - 1
+        t = t / t.abs().amax(1, keepdim=True).clamp_min(1e-12)
+    else:
+        u = per_image_uniform(center, seed, (2 * d,), stream)
+        t = torch.sqrt(-2 * torch.log(u[:, :d].clamp_min(1e-12))) * torch.cos(2 * torch.pi * u[:, d:])
+        t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return t.view_as(center)
