@@ -72,7 +72,7 @@ from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.validation import check_images, check_int_at_least, check_positive
 from advrepair.defenses.eval_mode import eval_mode
-from advrepair.engine import seeded_random_start
+from advrepair.engine import project, seeded_random_start
 
 TARGETS = ("least-likely", "untargeted")
 SURROGATES = ("tanh", "softsign")
@@ -306,12 +306,12 @@ class BPDASurrogate(nn.Module):
         with eval_mode(g.f_b):
             targets = g.targets(images)
             loss = g.loss(targets)
-            x = g.start(images, draw)
-            for _ in range(g.steps):
-                x = projected_gradient(x, loss, center=images, eps=math.inf, step_size=g.step_size, steps=1,
-                                       norm=Norm.LINF, maximize=g.maximize, surrogate=self.sign_surrogate)
-                x = eq5_project(x, images, g.delta)
-        return x
+            # the exact [0, 1] projection first (an unbounded ball), then the ball clip with Eq. 5's derivative
+            return projected_gradient(g.start(images, draw), loss, center=images, eps=g.delta, step_size=g.step_size,
+                                      steps=g.steps, norm=Norm.LINF, maximize=g.maximize,
+                                      surrogate=self.sign_surrogate,
+                                      projection=lambda z, c: eq5_project(project(z, c, math.inf, Norm.LINF), c,
+                                                                          g.delta))
 
 
 # -- Sec. 3.4, Table 1: the statistic that chooses f_b --------------------------------------

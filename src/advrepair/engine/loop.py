@@ -48,6 +48,7 @@ def projected_gradient(
     keep_iterates: bool = False,
     surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None,
     checkpoint: bool = False,
+    projection: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run ``steps`` projected gradient steps from ``start`` inside the ball around ``center``.
 
@@ -59,6 +60,8 @@ def projected_gradient(
         step_size: step length in the norm of the step rule.
         maximize: ascend (attacks) or descend (reverse attacks, purification).
         trace: filled with per-step losses (and iterates if ``keep_iterates``).
+        projection: ``(x, center) -> x`` after every step instead of the ``eps``-ball and [0, 1]
+            projection (e.g. xiao2020's Eq. 5 clip, whose derivative differs from the exact one).
 
     Returns:
         (B, C, H, W) the last iterate, inside the budget and [0, 1].
@@ -95,6 +98,12 @@ def projected_gradient(
     x = start
     if checkpoint and isinstance(rule, MomentumSignStep):
         raise InputError("checkpoint=True needs a stateless step rule (sign or L2), not momentum")
+    if projection is not None and not callable(projection):
+        raise InputError(f"projection must be None or callable (x, center) -> x, got {type(projection).__name__}")
+
+    def to_budget(z: torch.Tensor) -> torch.Tensor:
+        return project(z, center, eps, norm) if projection is None else projection(z, center)
+
     for k in range(steps):
         if surrogate is not None and torch.is_grad_enabled() and x.requires_grad:
             def unrolled_step(z: torch.Tensor, k: int = k) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +112,7 @@ def projected_gradient(
                 smooth = surrogate(grad)
                 # forward: the real step; backward: the surrogate's derivative (straight-through)
                 direction = rule.direction(grad.detach()) + (smooth - smooth.detach())
-                return project(z + sign * step_size * direction, center, eps, norm), loss.detach()
+                return to_budget(z + sign * step_size * direction), loss.detach()
 
             if checkpoint:
                 x_next, loss = torch.utils.checkpoint.checkpoint(unrolled_step, x, use_reentrant=False)
@@ -115,7 +124,7 @@ def projected_gradient(
                 loss = loss_fn(x_req, k)
                 (grad,) = torch.autograd.grad(loss.sum(), x_req)
             direction = rule.direction(grad).detach()
-            x_next = project(x + sign * step_size * direction, center, eps, norm)
+            x_next = to_budget(x + sign * step_size * direction)
         if trace is not None:
             trace.gradient_evaluations += 1
             trace.mean_loss.append(float(loss.detach().mean()))
