@@ -134,7 +134,6 @@ class APGD(Attack):
                 logits = self.logits(x_req)
                 loss = loss_fn(logits)
                 (grad,) = torch.autograd.grad(loss.sum(), x_req)
-            self.count_backward(x.shape[0])
             loss_sum += loss.detach()
             grad_sum += grad
             logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()

@@ -112,9 +112,8 @@ class Attack(ABC):
 
     # -- what attacks call -------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's logits, counted as one forward pass per image."""
-        self.stats.forward += x.shape[0]
-        out = self.model(x)
+        """The model's logits; every forward and every backward through them is counted (``counted``)."""
+        out = self.counted(self.model(x), x.shape[0])
         if not self._checked_output:
             self._check_output(out)
         if self._unchecked_labels is not None:
@@ -123,8 +122,16 @@ class Attack(ABC):
             check_labels(labels, labels.shape[0], out.shape[-1])
         return out
 
-    def count_backward(self, n_images: int) -> None:
-        self.stats.backward += n_images
+    def counted(self, out: torch.Tensor, n_images: int) -> torch.Tensor:
+        """The one place passes are counted: ``out`` is one forward pass for ``n_images`` images,
+        and every backward pass that later flows through it counts ``n_images`` backward passes
+        (a hook on the tensor), so no attack counts its gradients by hand."""
+        self.stats.forward += n_images
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            def count_backward(_grad: torch.Tensor) -> None:
+                self.stats.backward += n_images
+            out.register_hook(count_backward)
+        return out
 
     # -- the contract ----------------------------------------------------------------
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None,

@@ -91,7 +91,6 @@ class CW(Attack):
                 objective, dist, fooled = self._objective(adv, images, labels)
                 # autograd.grad, not backward(): the model's parameters must not accumulate .grad
                 w.grad = torch.autograd.grad(objective.sum(), w)[0]
-            self.count_backward(images.shape[0])
             keep_best(adv, dist, fooled)
             optimizer.step()
         with torch.no_grad():

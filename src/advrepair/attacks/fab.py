@@ -110,7 +110,6 @@ class FAB(Attack):
             z = self.logits(xg)
             diff = z.gather(1, target[:, None]).squeeze(1) - z.gather(1, y[:, None]).squeeze(1)
             (grad,) = torch.autograd.grad(diff.sum(), xg)
-        self.count_backward(x.shape[0])
         return diff.detach(), grad.flatten(1)
 
     def _closest_plane(self, x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +127,6 @@ class FAB(Attack):
             true = z.gather(2, y.view(n, 1, 1).expand(n, k, 1)).squeeze(2)
             diffs = own - true  # (n, k)
             (grad,) = torch.autograd.grad(diffs.sum(), rep)
-        self.count_backward(n * k)
         grads = grad.reshape(n, k, -1)  # channels-last weights give a channels-last gradient
         dual = grads.abs().sum(2) if self.norm is Norm.LINF else grads.norm(dim=2)
         dist = diffs.detach().abs() / (dual + 1e-12)

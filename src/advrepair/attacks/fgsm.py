@@ -31,7 +31,6 @@ class FGSM(Attack):
         with torch.enable_grad():
             loss = self.objective(self.logits(x), labels).sum()
             (grad,) = torch.autograd.grad(loss, x)
-        self.count_backward(images.shape[0])
         return images + self.eps * grad.sign()
 
     def params(self) -> dict[str, Any]:

@@ -76,7 +76,6 @@ class MIFGSM(Attack):
         transform = self._input_transform(images)
 
         def loss_fn(x: torch.Tensor, step: int) -> torch.Tensor:
-            self.count_backward(x.shape[0])
             seen = x if transform is None else transform(x, step)
             return self.objective(self.logits(seen), labels)
 

@@ -53,7 +53,6 @@ class PGD(Attack):
             start = images
 
         def loss_fn(x: torch.Tensor, _step: int) -> torch.Tensor:
-            self.count_backward(x.shape[0])
             return self.objective(self.logits(x), labels, self.loss)
 
         return projected_gradient(start, loss_fn, center=images, eps=self.eps, step_size=self.alpha,

@@ -101,8 +101,7 @@ class SSP(Attack):
         self.extractor = LayerFeatures(model, layer)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        self.stats.forward += x.shape[0]
-        return self.extractor(x)
+        return self.counted(self.extractor(x), x.shape[0])
 
     def feature_distortion(self, clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
         """Delta (Eq. 1) per image, (B,)."""
@@ -115,7 +114,6 @@ class SSP(Attack):
         start = seeded_random_start(images, self.eps, self.norm, self.seed, "ssp-start")
 
         def loss_fn(x: torch.Tensor, _step: int) -> torch.Tensor:
-            self.count_backward(x.shape[0])
             return self.distance(self._features(x), clean_features)
 
         return projected_gradient(start, loss_fn, center=images, eps=self.eps, step_size=self.alpha,
