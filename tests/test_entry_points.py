@@ -36,8 +36,8 @@ from advrepair.adaptive import (BPDA, EOT, DefenseAwarePGD, black_box_flag, grad
                                 monotonicity_flag, randomized_accuracy, randomness_flag)
 from advrepair.data import ImageDataset
 from advrepair.engine import (MomentumSignStep, default_step_rule, project, projected_gradient,
-                              random_start, random_start_numbers, relative_tanh_surrogate, soft_sign_surrogate,
-                              tanh_surrogate)
+                              random_direction, random_start, random_start_numbers, relative_tanh_surrogate,
+                              seeded_random_start, soft_sign_surrogate, tanh_surrogate)
 from advrepair.enums import Norm
 from advrepair.errors import CheckpointError, InputError
 from advrepair.evaluation import (AttackSpec, ModelEntry, ResultsStore, accuracy_of, evaluate_matrix,
@@ -237,6 +237,13 @@ CASES: list[Case] = [
          rf"uniform numbers of shape \(2, {2 * SIZE * SIZE + 1}\) for L2"),
     Case("engine.random_start", "NaN eps", lambda t: random_start(X, float("nan"), Norm.LINF, torch.rand_like(X)),
          r"eps must be >= 0, got nan"),
+    Case("engine.seeded_random_start", "NaN eps", lambda t: seeded_random_start(X, float("nan"), Norm.LINF, 0, "s"),
+         r"eps must be >= 0, got nan"),
+    Case("engine.seeded_random_start", "not a tensor", lambda t: seeded_random_start([0.5], 0.1, Norm.LINF, 0, "s"),
+         r"center and center must be tensors"),
+    Case("engine.random_direction", "unknown norm", lambda t: random_direction(X, "L3", 0, "s"), r"unknown norm 'L3'"),
+    Case("engine.random_direction", "not a tensor", lambda t: random_direction("x", Norm.L2, 0, "s"),
+         r"center and center must be tensors"),
     Case("engine.random_start_numbers", "unknown norm", lambda t: random_start_numbers(X, "Linfinity"),
          r"unknown norm 'Linfinity'"),
     Case("engine.MomentumSignStep", "negative decay", lambda t: MomentumSignStep(decay=-0.5),

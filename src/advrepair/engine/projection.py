@@ -110,6 +110,7 @@ def random_direction(center: torch.Tensor, norm: Norm, seed: int | None, stream:
     """A per-image seeded direction of unit norm (L-inf: max |t| = 1; L2: uniform on the sphere,
     from Gaussian numbers by Box-Muller), shaped like ``center``: APGD and FAB restart along it."""
     norm = Norm.parse(norm)
+    _check_pair(center, center, "center")
     d = center[0].numel()
     if norm is Norm.LINF:
         t = 2 * per_image_uniform(center, seed, (d,), stream) - 1
