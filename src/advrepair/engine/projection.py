@@ -102,6 +102,8 @@ def seeded_random_start(center: torch.Tensor, eps: float, norm: Norm, seed: int 
     (``seed=None``: torch's global generator): the one seeded random start of every attack and
     defense, so a start never depends on the image's batch-mates."""
     norm = Norm.parse(norm)
+    _check_pair(center, center, "center")
+    _check_budget(eps, center.shape[0])
     return random_start(center, eps, norm, per_image_uniform(center.detach(), seed, random_start_numbers(center, norm),
                                                              stream))
 
