@@ -16,6 +16,7 @@ from advrepair.adaptive.contract import HasSSLLoss
 from advrepair.attacks.pgd import PGD
 from advrepair.enums import Norm
 from advrepair.errors import InputError
+from advrepair.evaluation.metrics import Accuracy
 from advrepair.validation import check_images, check_int_at_least, check_labels, check_positive
 
 
@@ -95,12 +96,16 @@ def lambda_sweep(classifier: nn.Module, defense: HasSSLLoss, images: torch.Tenso
                 std.append(classifier(adv).argmax(1) == y)
                 rep.append(classifier(defense(adv)).argmax(1) == y)
                 ls.append(defense.ssl_loss(adv))
-        s, r = torch.cat(std).float(), torch.cat(rep).float()
-        n = len(s)
-        rows.append({"lambda_s": float(lam), "accuracy_standard": s.mean().item(),
-                     "stderr_standard": (s.mean() * (1 - s.mean()) / n).sqrt().item(),
-                     "accuracy_repaired": r.mean().item(),
-                     "stderr_repaired": (r.mean() * (1 - r.mean()) / n).sqrt().item(),
-                     "mean_ssl_loss_adversarial": torch.cat(ls).mean().item(), "n_images": n,
-                     "attack": attack.params()})
+        s, r = torch.cat(std), torch.cat(rep)
+        rows.append(sweep_entry(float(lam), Accuracy.of(s.numpy()), Accuracy.of(r.numpy()), attack.params(),
+                                mean_ssl_loss_adversarial=torch.cat(ls).mean().item()))
     return rows
+
+
+def sweep_entry(lambda_s: float, standard: Accuracy, repaired: Accuracy, attack: dict[str, Any],
+                **extra: Any) -> dict[str, Any]:
+    """One row of the lambda sweep (mao2021 Figure 4), as ``lambda_sweep`` and the adaptive
+    protocol both report it: accuracy without and with the defense, each with its s.e."""
+    return {"lambda_s": float(lambda_s), "accuracy_standard": standard.value, "stderr_standard": standard.stderr,
+            "accuracy_repaired": repaired.value, "stderr_repaired": repaired.stderr, "n_images": repaired.n,
+            "attack": attack, **extra}

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from advrepair.adaptive import (BPDA, EOT, DefenseAwarePGD, black_box_flag, gradient_flag, monotonicity_flag,
                                 randomized_accuracy, randomness_flag)
+from advrepair.adaptive.defense_aware import sweep_entry
 from advrepair.adaptive.contract import as_module, capabilities_of, describe_model
 from advrepair.adaptive.randomness import RandomnessProbe, detect_randomness, fresh_draws
 from advrepair.attacks import PGD, Attack, Square
@@ -304,9 +305,8 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
             name = f"defense-aware-{lam:g}"
             row(name, attack, f"classifier, loss L_c - {lam:g} L_s", with_base=True, extra={"lambda_s": lam})
             std, rep = records[name]
-            sweep_rows.append({"lambda_s": lam, "accuracy_standard": std["accuracy"], "stderr_standard": std["stderr"],
-                               "accuracy_repaired": rep["accuracy"], "stderr_repaired": rep["stderr"],
-                               "n_images": rep["n_images"], "attack": rep["attack"]})
+            sweep_rows.append(sweep_entry(lam, Accuracy(std["n_correct"], std["n_images"]),
+                                          Accuracy(rep["n_correct"], rep["n_images"]), rep["attack"]))
     row("square", Square(nn.Sequential(target.defense, clf), eps=config.eps, norm=config.norm,
                          n_queries=config.square_queries, seed=config.seed), "defense + classifier, scores only")
     return records, sweep_rows, base_common, defense_params, clf
