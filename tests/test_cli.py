@@ -226,3 +226,18 @@ def test_audit_takes_model_directories_for_the_classifier_and_its_reverse_attack
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([*argv[:3], "--defense", str(empty), *argv[5:]]) == 2
+
+
+def test_flags_and_a_toml_run_file_build_the_same_request(tmp_path, monkeypatch):
+    from advrepair.apps import commands
+
+    seen = []
+    monkeypatch.setattr(commands, "evaluate", lambda request: seen.append(request))
+    flags = ["eval", "--model-dir", "m1", "--model-dir", "m2", "--attack", "clean", "--attack", "pgd:eps=0.1",
+             "--defense", "jpeg", "--n-images", "30", "--out", str(tmp_path / "o"), "--device", "cpu"]
+    (tmp_path / "run.toml").write_text(f'model-dir = ["m1", "m2"]\nattack = ["clean", "pgd:eps=0.1"]\n'
+                                       f'defense = ["jpeg"]\nn-images = 30\nout = "{tmp_path / "o"}"\n')
+    assert main(flags) == 0
+    assert main(["eval", "--config", str(tmp_path / "run.toml"), "--device", "cpu"]) == 0
+    assert isinstance(seen[0], commands.EvalRequest) and seen[0] == seen[1]
+    assert seen[0].model_dirs == (Path("m1"), Path("m2")) and seen[0].defenses == ("jpeg",)

@@ -357,16 +357,16 @@ def _dispatch(args: argparse.Namespace) -> int:
                             eot_draws=args.eot_draws, unroll_steps=args.unroll_steps, surrogate=args.surrogate,
                             surrogate_temperature=args.surrogate_temperature, lambdas=lambdas,
                             square_queries=args.square_queries, seed=args.seed)
-        commands.evaluate(adaptive=adaptive, ssl_tasks=args.ssl_tasks, ray=args.ray, ray_workers=args.ray_workers,
-                          purifier=args.purifier, nrp_dynamic=args.nrp_dynamic, precision=args.precision,
-                          channels_last=args.channels_last, ride_iterations=args.ride_iterations,
-                          dataset=args.dataset, data_root=args.data_root, model_dirs=args.model_dir,
-                          attack_specs=args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"],
-                          transfer_from=args.transfer_from, through=args.through, defenses=args.defense or ["none"],
-                          eps_v=args.eps_v, reverse_steps=args.reverse_steps,
-                          n_views=args.n_views, n_images=args.n_images, batch_size=args.batch_size,
-                          out=args.out, resume=not args.no_resume, seed=args.seed, device=device,
-                          progress=progress)
+        request = commands.EvalRequest(
+            dataset=args.dataset, data_root=args.data_root, model_dirs=tuple(args.model_dir or ()),
+            attack_specs=tuple(args.attack or ["clean", "fgsm:eps=0.1", "pgd:eps=0.1,alpha=0.0125,steps=20"]),
+            defenses=tuple(args.defense or ["none"]), eps_v=args.eps_v, reverse_steps=args.reverse_steps,
+            n_views=args.n_views, n_images=args.n_images, batch_size=args.batch_size, out=args.out,
+            resume=not args.no_resume, seed=args.seed, device=device, progress=progress,
+            transfer_from=args.transfer_from, through=args.through, adaptive=adaptive, ssl_tasks=args.ssl_tasks,
+            ray=args.ray, ray_workers=args.ray_workers, purifier=args.purifier, nrp_dynamic=args.nrp_dynamic,
+            precision=args.precision, channels_last=args.channels_last, ride_iterations=args.ride_iterations)
+        commands.evaluate(request)
     elif args.command == "experiment":
         options = {k: v for k, v in vars(args).items() if k not in ("command", "which", "device", "no_progress")}
         print(commands.experiment(args.which, options, device=device, progress=progress))

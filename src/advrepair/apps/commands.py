@@ -1,6 +1,7 @@
 """What each CLI command does, as plain functions with explicit arguments."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -11,6 +12,7 @@ from tqdm.auto import tqdm
 from advrepair.data import balanced_subset, subset_label, load_dataset
 from advrepair.defenses import DEFENSES, ReverseAttack, make_defense
 from advrepair.errors import InputError
+from advrepair.validation import check_int_at_least
 from advrepair.factories import is_factory_spec
 from advrepair.adaptive.contract import as_module
 from advrepair.evaluation import CLEAN, AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
@@ -98,7 +100,52 @@ def parse_ssl_tasks(spec: str) -> list[tuple[str, float]]:
     return pairs
 
 
-def evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path], attack_specs: Sequence[str],
+@dataclasses.dataclass(frozen=True)
+class EvalRequest:
+    """Everything `advrepair eval` is asked to do, whether it came from flags or a TOML run file
+    (both go through the same parser and become this)."""
+
+    dataset: str
+    data_root: str | None
+    model_dirs: tuple[Path, ...]
+    attack_specs: tuple[str, ...]
+    defenses: tuple[str, ...]
+    eps_v: float | None
+    reverse_steps: int
+    n_views: int
+    n_images: int
+    batch_size: int
+    out: Path
+    resume: bool
+    seed: int
+    device: str
+    progress: bool
+    transfer_from: Path | None = None
+    through: str | None = None
+    adaptive: dict[str, Any] | None = None
+    ssl_tasks: str = "contrastive"
+    ray: str | None = None
+    ray_workers: int = 2
+    purifier: Path | None = None
+    nrp_dynamic: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
+    ride_iterations: int = 2000
+
+    def __post_init__(self) -> None:
+        if not self.model_dirs:
+            raise InputError("eval needs at least one --model-dir")
+        for name in ("n_images", "batch_size", "ray_workers", "n_views"):
+            check_int_at_least(getattr(self, name), f"--{name.replace('_', '-')}", 1)
+        check_int_at_least(self.reverse_steps, "--reverse-steps", 0)
+
+
+def evaluate(request: EvalRequest) -> Path:
+    """``advrepair eval``: the matrix (and the adaptive protocol) for one request."""
+    return _evaluate(**{f.name: getattr(request, f.name) for f in dataclasses.fields(request)})
+
+
+def _evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path], attack_specs: Sequence[str],
              defenses: Sequence[str], eps_v: float | None, reverse_steps: int, transfer_from: Path | None = None,
              through: str | None = None, n_views: int, n_images: int, batch_size: int,
              out: Path, resume: bool, seed: int, device: str, progress: bool,
