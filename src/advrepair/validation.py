@@ -75,6 +75,13 @@ def check_int_at_least(value: Any, name: str, low: int) -> int:
     return int(value)
 
 
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """``seed`` if it is None (truly random) or an integer >= 0, else a clear InputError."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise InputError(f"{name} must be an integer >= 0 or None, got {seed!r}")
+    return seed
+
+
 def looks_like_probabilities(out: torch.Tensor) -> bool:
     """Whether a (B, classes) output has rows in [0, 1] summing to 1: a softmax where logits belong."""
     rows = out.detach().float()

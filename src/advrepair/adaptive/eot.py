@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from advrepair.errors import InputError
+from advrepair.validation import check_int_at_least
 
 
 class EOT(nn.Module):
@@ -29,8 +30,7 @@ class EOT(nn.Module):
         super().__init__()
         if not callable(model):
             raise InputError(f"EOT needs a callable model, got {type(model).__name__}")
-        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-            raise InputError(f"draws must be an integer >= 1, got {draws!r}")
+        check_int_at_least(draws, "draws", 1)
         self.model = model
         self.draws = draws
 

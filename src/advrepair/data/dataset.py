@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from advrepair.errors import InputError
+from advrepair.validation import check_int_at_least
 
 Indices = Sequence[int] | torch.Tensor | slice | range
 
@@ -147,8 +148,7 @@ class ImageDataset:
 
         Converting one batch at a time keeps the float copy small.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_int_at_least(batch_size, "batch_size", 1)
         for start in range(0, len(self), batch_size):
             stop = min(start + batch_size, len(self))
             yield _as_float(self.images[start:stop]), self.labels[start:stop].clone()

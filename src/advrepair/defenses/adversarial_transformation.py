@@ -73,6 +73,7 @@ from advrepair.errors import InputError
 from advrepair.validation import check_images, check_int_at_least, check_positive
 from advrepair.defenses.eval_mode import eval_mode
 from advrepair.engine import project, seeded_random_start
+from advrepair.validation import check_seed
 
 TARGETS = ("least-likely", "untargeted")
 SURROGATES = ("tanh", "softsign")
@@ -124,8 +125,7 @@ class AdversarialTransformation(nn.Module):
         if not isinstance(random_start, bool):
             raise InputError(f"random_start must be True or False, got {random_start!r}")
         self.random_start = random_start
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise InputError(f"seed must be an integer or None, got {seed!r}")
+        check_seed(seed)
         self.seed = seed
         if surrogate is not None and not callable(surrogate):
             raise InputError("surrogate must be a callable (e.g. advrepair.engine.tanh_surrogate(1.0)) or None")

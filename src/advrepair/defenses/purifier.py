@@ -42,6 +42,7 @@ from advrepair.models.checkpoint import ModelCard, load_checkpoint, save_checkpo
 from advrepair.models.purifier import Purifier
 from advrepair.seeding import image_generators
 from advrepair.validation import check_images, check_positive
+from advrepair.validation import check_seed
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -71,8 +72,7 @@ class NRPDefense(nn.Module):
             raise InputError(f"purifier must be a models.purifier.Purifier, got {type(purifier).__name__}")
         if not isinstance(dynamic, bool):
             raise InputError(f"dynamic must be True or False, got {dynamic!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise InputError(f"seed must be a non-negative integer or None, got {seed!r}")
+        check_seed(seed)
         self.purifier = purifier
         self.dynamic = dynamic
         self.eps = check_positive(eps, "eps", allow_zero=True)

@@ -141,8 +141,7 @@ def merge_shards(parts: list[list[tuple[dict[str, Any], dict[str, np.ndarray]]]]
 
 
 def _check_common(data: ImageDataset, workers: Any, batch_size: Any, gpus_per_worker: Any, device: str) -> None:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InputError(f"workers must be an integer >= 1, got {workers!r}")
+    check_int_at_least(workers, "workers", 1)
     check_int_at_least(batch_size, "batch_size", 1)
     if len(data) == 0:
         raise InputError("there are no images to evaluate (the dataset is empty)")

@@ -23,6 +23,7 @@ from torch import nn
 from advrepair.errors import InputError
 from advrepair.models.base import Classifier
 from advrepair.models.small_cnn import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from advrepair.validation import check_int_at_least
 
 
 class SmallVGG(Classifier):
@@ -56,8 +57,7 @@ class SmallVGG(Classifier):
         for name, value, low in (("width", width, 1), ("stages", stages, 1), ("convs_per_stage", convs_per_stage, 1),
                                  ("feature_dim", feature_dim, 1), ("input_size", input_size, 1),
                                  ("num_classes", num_classes, 1), ("in_channels", in_channels, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InputError(f"SmallVGG: {name} must be an integer >= {low}, got {value!r}")
+            check_int_at_least(value, f"SmallVGG: {name}", low)
         if stages > 4 or input_size // 2**stages < 1:
             raise InputError(f"SmallVGG: {stages} pooling stages do not fit a {input_size}x{input_size} image "
                              "(need 1 <= stages <= 4 and input_size // 2**stages >= 1)")

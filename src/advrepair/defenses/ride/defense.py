@@ -15,6 +15,7 @@ from advrepair.defenses.ride.results import RideResult, RideTrajectory
 from advrepair.errors import InputError
 from advrepair.seeding import image_generators
 from advrepair.validation import check_images, check_int_at_least, check_positive
+from advrepair.validation import check_seed
 
 
 class RIDE(nn.Module):
@@ -78,8 +79,7 @@ class RIDE(nn.Module):
         self.dropout = dropout
         self.estimate_samples = self.batch if estimate_samples is None else check_int_at_least(
             estimate_samples, "estimate_samples", 1)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise InputError(f"seed must be an int or None, got {seed!r}")
+        check_seed(seed)
         self.seed = seed
         self.chunk_size = check_int_at_least(chunk_size, "chunk_size", 1)
         self.progress = progress
