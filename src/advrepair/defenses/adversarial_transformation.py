@@ -70,10 +70,9 @@ from advrepair.engine.loop import LoopTrace, projected_gradient
 from advrepair.engine.steps import soft_sign_surrogate, tanh_surrogate
 from advrepair.enums import Norm
 from advrepair.errors import InputError
-from advrepair.validation import check_images, check_int_at_least, check_positive
+from advrepair.validation import check_images, check_int_at_least, check_positive, check_seed
 from advrepair.defenses.eval_mode import eval_mode
 from advrepair.engine import project, seeded_random_start
-from advrepair.validation import check_seed
 
 TARGETS = ("least-likely", "untargeted")
 SURROGATES = ("tanh", "softsign")

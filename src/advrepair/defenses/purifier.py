@@ -41,8 +41,7 @@ from advrepair.errors import CheckpointError, InputError
 from advrepair.models.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from advrepair.models.purifier import Purifier
 from advrepair.seeding import image_generators
-from advrepair.validation import check_images, check_positive
-from advrepair.validation import check_seed
+from advrepair.validation import check_images, check_positive, check_seed
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

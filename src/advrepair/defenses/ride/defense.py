@@ -14,8 +14,7 @@ from advrepair.defenses.ride.reference import fit_one
 from advrepair.defenses.ride.results import RideResult, RideTrajectory
 from advrepair.errors import InputError
 from advrepair.seeding import image_generators
-from advrepair.validation import check_images, check_int_at_least, check_positive
-from advrepair.validation import check_seed
+from advrepair.validation import check_images, check_int_at_least, check_positive, check_seed
 
 
 class RIDE(nn.Module):
