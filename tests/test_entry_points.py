@@ -391,7 +391,7 @@ CASES: list[Case] = [
     Case("ssl.ContrastiveTask", "zero temperature", lambda t: ContrastiveTask(ContrastiveHead(16, 8, 4), tau=0.0),
          r"tau must be > 0"),
     Case("ssl.ContrastiveTask", "one view", lambda t: ContrastiveTask(ContrastiveHead(16, 8, 4), n_views=1),
-         r"n_views must be an integer >= 2"),
+         r"n_views \(positives are pairs of views\) must be an integer >= 2"),
     Case("ssl.ContrastiveTask", "negatives above 1",
          lambda t: ContrastiveTask(ContrastiveHead(16, 8, 4), negatives=2 * torch.ones(3, 1, SIZE, SIZE)),
          r"negatives must lie in \[0, 1\]"),

@@ -5,12 +5,11 @@ import torch
 
 from advrepair.data.dataset import ImageDataset
 from advrepair.errors import InputError
+from advrepair.validation import check_int_at_least
 
 
 def _check_count(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InputError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
+    return check_int_at_least(value, name, 0)
 
 
 def first_n(ds: ImageDataset, n: int) -> ImageDataset:

@@ -120,8 +120,7 @@ class ContrastiveTask(SelfSupervisedTask):
         super().__init__()
         if not isinstance(head, ContrastiveHead):
             raise InputError(f"ContrastiveTask needs a ContrastiveHead, got {type(head).__name__}")
-        if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < 2:
-            raise InputError(f"n_views must be an integer >= 2 (positives are pairs of views), got {n_views!r}")
+        check_int_at_least(n_views, "n_views (positives are pairs of views)", 2)
         check_positive(tau, "tau")
         if not isinstance(augment_cfg, AugmentConfig):
             raise InputError(f"augment_cfg must be an AugmentConfig, got {type(augment_cfg).__name__}")

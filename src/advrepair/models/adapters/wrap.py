@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from advrepair.errors import InputError
-from advrepair.validation import looks_like_probabilities
+from advrepair.validation import check_int_at_least, looks_like_probabilities
 from advrepair.models.adapters.constants import _PROBE_SIDES, Size
 from advrepair.models.adapters.inference import (_as_floats, _declared_input_size, _dry_run, _infer_in_channels,
                                                  _module_place, _parse_size)
@@ -59,8 +59,7 @@ def wrap_model(module: nn.Module, mean: Sequence[float], std: Sequence[float], *
         raise InputError(f"std must be > 0 in every channel, got {std_l}")
     if in_channels is None:
         in_channels = _infer_in_channels(module) or len(mean_l)
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise InputError(f"in_channels must be a positive integer, got {in_channels!r}")
+    in_channels = check_int_at_least(in_channels, "in_channels", 1)
     if len(mean_l) != in_channels or len(std_l) != in_channels:
         raise InputError(f"mean and std need one value per input channel ({in_channels}), "
                          f"got {len(mean_l)} and {len(std_l)}")
