@@ -1,0 +1,70 @@
+"""The audit's cost: seconds per image for a preset on the zoo's robust CNN, per defense, and the
+same cost in units of one defended forward pass measured in the same run.
+
+"defended forwards per image" = audit seconds per image / seconds of one ``classifier(defense(x))``
+per image (batched, no gradient). It says how many repairs an audit costs, independent of the
+machine, and is the number issue 18's savings must lower.
+
+    python bench/audit_presets.py [--images 20] [--preset quick] [--defenses none,jpeg,reverse-attack] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+import advrepair
+from advrepair import zoo
+from advrepair.data import balanced_subset, load_dataset
+from advrepair.defenses import ReverseAttack, make_defense
+from _timing import timed  # bench/ is sys.path[0] when a script runs
+
+
+def build(name: str, classifier: torch.nn.Module) -> torch.nn.Module:
+    if name == "none":
+        return torch.nn.Identity()
+    if name == "reverse-attack":
+        task, _ = zoo.load("fmnist-cnn-pgd-contrastive")
+        return ReverseAttack(classifier, task, eps_v=0.2, steps=40, seed=0)  # type: ignore[arg-type]
+    return make_defense(name, seed=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20)
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--defenses", default="none,jpeg,reverse-attack")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/audit_presets.json"))
+    args = parser.parse_args()
+    classifier, _ = zoo.load("fmnist-cnn-pgd")
+    images, labels = balanced_subset(load_dataset("fashion-mnist", split="test"), args.images, seed=0).tensors()
+    rows = []
+    for name in args.defenses.split(","):
+        defense = build(name, classifier)
+        with torch.no_grad():
+            classifier(defense(images))  # warm-up
+            _, forward_seconds = timed(lambda d=defense: classifier(d(images)))
+        with tempfile.TemporaryDirectory() as folder:
+            report, seconds = timed(lambda d=defense, f=folder: advrepair.audit(
+                classifier, d, images, labels, eps=0.1, preset=args.preset, out=f, progress=False))
+        per_image = seconds / len(images)
+        row = {"defense": name, "preset": args.preset, "images": len(images), "wall_seconds": seconds,
+               "seconds_per_image": per_image, "row_seconds_per_image": report.seconds_per_image,
+               "defended_forward_seconds_per_image": forward_seconds / len(images),
+               "defended_forwards_per_image": per_image / (forward_seconds / len(images)),
+               "worst_case_accuracy": report.worst_case_accuracy}
+        print(json.dumps(row))
+        rows.append(row)
+    result = {"benchmark": "audit_presets", "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "machine": platform.machine(), "processor": platform.processor(), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
