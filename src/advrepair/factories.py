@@ -67,4 +67,17 @@ def call_factory(factory: Callable[..., Any], **available: Any) -> Any:
     return factory(**kwargs)
 
 
-__all__ = ["call_factory", "is_factory_spec", "load_factory"]
+def call_factory_exactly(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``factory(*args, **kwargs)``, every argument given (an attack's parameters); one it does not
+    take is an InputError naming it, not a TypeError from inside the user's code."""
+    try:
+        inspect.signature(factory).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InputError(f"{getattr(factory, '__qualname__', factory)} cannot take ({len(args)} positional, "
+                         f"{sorted(kwargs)}): {exc}") from None
+    except ValueError:  # no signature to check (a builtin): let the call say
+        pass
+    return factory(*args, **kwargs)
+
+
+__all__ = ["call_factory", "call_factory_exactly", "is_factory_spec", "load_factory"]

@@ -8,7 +8,7 @@ import torch
 
 from advrepair.attacks.base import Attack
 from advrepair.errors import InputError
-from advrepair.factories import is_factory_spec, load_factory
+from advrepair.factories import call_factory_exactly, is_factory_spec, load_factory
 
 #: every registered attack by name; each attack module registers itself with ``register_attack``
 ATTACKS: dict[str, type[Attack]] = {}
@@ -69,7 +69,7 @@ def make_attack(name: str, model: Callable[[torch.Tensor], torch.Tensor], **para
     """Build a registered attack, or a user's by ``module:factory`` (called with the model and
     the parameters); unknown names and parameters give a clear error."""
     if is_factory_spec(name):
-        attack = call_factory_with_model(load_factory(name), model, params)
+        attack = call_factory_exactly(load_factory(name), model, **params)
         if not callable(attack):
             raise InputError(f"{name} returned a {type(attack).__name__}, not an attack")
         return attack
@@ -84,14 +84,3 @@ def make_attack(name: str, model: Callable[[torch.Tensor], torch.Tensor], **para
     if unknown:
         raise InputError(f"attack {name!r} has no parameters {sorted(unknown)}; it takes {sorted(accepted)}")
     return cls(model, **params)
-
-
-def call_factory_with_model(factory: Callable[..., Any], model: Callable[[torch.Tensor], torch.Tensor],
-                            params: dict[str, Any]) -> Any:
-    """``factory(model, **params)``; a parameter it does not take is a clear error."""
-    try:
-        inspect.signature(factory).bind(model, **params)
-    except TypeError as exc:
-        raise InputError(f"{getattr(factory, '__qualname__', factory)} cannot take (model, {sorted(params)}): "
-                         f"{exc}") from None
-    return factory(model, **params)

@@ -58,9 +58,8 @@ def budget_text(attack: dict[str, Any]) -> str:
     return ", ".join(parts) + (f"; on {crafted}" if crafted else "")
 
 
-def _check_classifier(classifier: Any, images: torch.Tensor, labels: torch.Tensor) -> None:
-    if not isinstance(classifier, nn.Module):
-        raise InputError(f"classifier must be an nn.Module returning logits, got {type(classifier).__name__}")
+def _check_classifier(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """The classifier's number of classes, after checking on two images that it returns logits."""
     with torch.no_grad():
         out = classifier(images[:2])
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != min(2, len(images)):
@@ -68,6 +67,7 @@ def _check_classifier(classifier: Any, images: torch.Tensor, labels: torch.Tenso
         raise InputError(f"classifier must return logits of shape (batch, classes), got {got}")
     if int(labels.max()) >= out.shape[1]:
         raise InputError(f"labels go up to {int(labels.max())} but the classifier has {out.shape[1]} outputs")
+    return int(out.shape[1])
 
 
 def audit(classifier: nn.Module, defense: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
@@ -104,11 +104,11 @@ def audit(classifier: nn.Module, defense: Callable[[torch.Tensor], torch.Tensor]
     if not isinstance(classifier, nn.Module):
         raise InputError(f"classifier must be an nn.Module returning logits, got {type(classifier).__name__}")
     images, labels = images.detach().to("cpu", torch.float32), labels.detach().to("cpu")
-    _check_classifier(classifier.to("cpu").eval(), images, labels)
+    num_classes = _check_classifier(classifier.to(device).eval(), images[:2].to(device), labels.to(device))
     module = as_module(defense)
     config = budget.config(eps, norm, seed)
     data = ImageDataset(_image_set_name(images, labels), images.contiguous(), labels,
-                        classes=[str(k) for k in range(int(classifier(images[:1]).shape[1]))])
+                        classes=[str(k) for k in range(num_classes)])
     name = classifier_name or type(classifier).__name__
     entry = ModelEntry(name, classifier, card={"weights_sha256": describe_model(classifier)})
     target = DefenseUnderTest.build(defense_label, module, config, probe=images[:16].to(device))

@@ -244,9 +244,9 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
         if isinstance(module, nn.Module):
             module.to(device)
     defense_params = _params_of(target.defense)
+    probe = data.tensors(range(min(len(data), PROBE_IMAGES)))[0].to(device)  # randomness is decided on these
     if target.randomness is None:
-        probe, _ = data.tensors(range(min(len(data), PROBE_IMAGES)))
-        target.probe_randomness(probe.to(device))
+        target.probe_randomness(probe)
         if isinstance(target.randomized, nn.Module):
             target.randomized.to(device)
     base_common = dict(dataset=data.name, subset=subset, n_images=key_images, model=model.name,
@@ -289,9 +289,7 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
     unrolled = target.unrolled if target.unrolled is not None else target.defense
     full_eot = 1
     if target.randomized is not None and config.attack == "apgd":
-        unroll_probe, _ = data.tensors(range(min(len(data), PROBE_IMAGES)))
-        unroll_probe = unroll_probe.to(device)
-        fresh_unroll, _ = fresh_draws(unrolled, detect_randomness(unrolled, unroll_probe), unroll_probe)
+        fresh_unroll, _ = fresh_draws(unrolled, detect_randomness(unrolled, probe), probe)
         if fresh_unroll is not None:
             unrolled, full_eot = as_module(fresh_unroll), eot
     gradient_rows("full-gradient", nn.Sequential(unrolled, clf), "unrolled defense + classifier (exact autograd "
