@@ -164,6 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("experiment", help="reproduce a paper's evaluation on Fashion-MNIST (tables + figures)")
     esub = exp.add_subparsers(dest="which", required=True)
+    mao = esub.add_parser("mao2021", help="the reverse attack whole: Tables 1 and 5, Figs. 3-8, lawhon, the audit")
+    mao.add_argument("--out", type=Path, default=Path("reports/mao2021"))
+    mao.add_argument("--quick", action="store_true", help="the same code on a few images with short schedules")
+    mao.add_argument("--publish", type=Path, default=None,
+                     help="also write the report here (e.g. docs/results/mao2021-fmnist.md), figures beside it")
+    mao.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100, svhn, ...")
+    mao.add_argument("--classifiers", default=None,
+                     help="comma-separated zoo names, model directories or module:factory "
+                          "(default: fmnist-cnn-standard,fmnist-cnn-pgd)")
+    mao.add_argument("--heads", default=None,
+                     help="one contrastive head per classifier: zoo heads or model directories "
+                          "(default: <zoo name>-contrastive, or the classifier's own directory)")
+    mao.add_argument("--models-dir", type=Path, default=None, help="where the explanation grid trains its short models")
+    mao.add_argument("--n-images", type=int, default=None, help="table images (default 1000; --quick 20)")
+    mao.add_argument("--sweep-images", type=int, default=None, help="figure sweep images (default 500)")
+    mao.add_argument("--audit-images", type=int, default=None, help="images of the audit (default 200; 0 skips it)")
+    mao.add_argument("--eps", type=float, default=0.1)
+    mao.add_argument("--no-sweeps", action="store_true", help="Tables 1 and 5 only")
+    mao.add_argument("--no-lawhon", action="store_true", help="skip lawhon's multi-task repair")
+    mao.add_argument("--no-explain", action="store_true", help="skip the base x head x eps_v grid")
+    _add_common(mao)
+
     xiao = esub.add_parser("xiao2020", help="adversarial transformation: Table 1, training cost, Table 3, Figs. 5-7")
     xiao.add_argument("--out", type=Path, default=Path("reports/xiao2020"))
     xiao.add_argument("--models-dir", type=Path, default=None, help="default: $ADVREPAIR_HOME/xiao2020-models")

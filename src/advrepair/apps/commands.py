@@ -401,6 +401,19 @@ def experiment(which: str, options: dict[str, Any], *, device: str, progress: bo
                                   progress=progress, n_images=o["n_images"], eps=o["eps"])
     if o.get("models_dir") is not None:
         common["models_dir"] = o["models_dir"]
+    if which == "mao2021":
+        from advrepair.apps.experiments.mao2021 import Mao2021Config, run_mao2021_experiment
+
+        chosen: dict[str, Any] = {k: v for k, v in common.items() if v is not None}
+        for flag in ("sweep_images", "audit_images"):
+            if o.get(flag) is not None:
+                chosen[flag] = o[flag]
+        for flag in ("classifiers", "heads"):
+            if o.get(flag):
+                chosen[flag] = tuple(p.strip() for p in o[flag].split(",") if p.strip())
+        chosen.update(dataset=o["dataset"], sweeps=not o["no_sweeps"], lawhon=not o["no_lawhon"],
+                      explain=not o["no_explain"], publish=o["publish"])
+        return run_mao2021_experiment(Mao2021Config.quick(**chosen) if o["quick"] else Mao2021Config(**chosen))
     if which == "xiao2020":
         from advrepair.apps.experiments.adversarial_transformation import XiaoConfig, run_xiao_experiment
 

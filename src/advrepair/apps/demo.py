@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from advrepair import zoo
 from advrepair.data import balanced_subset, subset_label, load_dataset
 from advrepair.defenses import ReverseAttack
+from advrepair.apps.experiments.setup import StageClock
 from advrepair.evaluation import AttackSpec, ModelEntry, ResultsStore, evaluate_matrix
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
 from advrepair.models import Classifier
@@ -65,24 +66,6 @@ def _repairs_per_image(cfg: AdaptiveConfig) -> float:
     return rows + bpda + eot + unroll + cfg.square_queries + cfg.randomized_draws
 
 
-class _Clock:
-    """Expected remaining time from the measured cost of one repaired image."""
-
-    def __init__(self, plan: list[tuple[str, float]], seconds_per_unit: float, progress: bool) -> None:
-        self.plan, self.rate, self.progress = plan, seconds_per_unit, progress
-        self.start, self.done_units = time.perf_counter(), 0.0
-
-    def stage(self, index: int) -> None:
-        if self.done_units:
-            self.rate = (time.perf_counter() - self.start) / self.done_units
-        left = sum(units for _, units in self.plan[index:]) * self.rate
-        name = self.plan[index][0]
-        tqdm.write(f"[{index + 1}/{len(self.plan)}] {name}: about {left / 60:.1f} min left in the demo")
-
-    def finished(self, index: int) -> None:
-        self.done_units += self.plan[index][1]
-
-
 def _seconds_per_repaired_image(defense: torch.nn.Module, images: torch.Tensor) -> float:
     start = time.perf_counter()
     with torch.no_grad():
@@ -116,7 +99,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         plan += [(f"adaptive protocol on {e.name}", len(adaptive_subset) * _repairs_per_image(cfg.adaptive))
                  for e in entries if e.name in cfg.adaptive_classifiers]
     probe = subset.tensors()[0][:16].to(device)
-    clock = _Clock(plan, _seconds_per_repaired_image(entries[0].defenses["reverse-attack"], probe), cfg.progress)
+    clock = StageClock(plan, _seconds_per_repaired_image(entries[0].defenses["reverse-attack"], probe), cfg.progress)
 
     store = ResultsStore(cfg.out, resume=True)
     clock.stage(0)

@@ -6,6 +6,7 @@ from advrepair.defenses.jpeg import DifferentiableJPEG, JPEGCompression
 from advrepair.defenses.median import MedianFilter
 from advrepair.defenses.registry import DEFENSES, make_defense, register_defense
 from advrepair.defenses.purifier import NRPDefense, load_purifier, save_purifier
+from advrepair.defenses.random_noise import RandomNoise
 from advrepair.defenses.resize_pad import RandomResizePad
 from advrepair.defenses.reverse_attack import ReverseAttack
 from advrepair.defenses.ride import RIDE, RIDE_NETWORKS, RideNetSpec
@@ -14,6 +15,6 @@ from advrepair.defenses.total_variation import TotalVariation
 __all__ = [
     "AdversarialTransformation", "BPDASurrogate", "selection_statistic", "BitDepthReduction",
     "DifferentiableJPEG", "JPEGCompression", "MedianFilter", "NRPDefense", "load_purifier", "save_purifier",
-    "RandomResizePad", "ReverseAttack", "RIDE", "RIDE_NETWORKS", "RideNetSpec", "TotalVariation", "DEFENSES",
+    "RandomNoise", "RandomResizePad", "ReverseAttack", "RIDE", "RIDE_NETWORKS", "RideNetSpec", "TotalVariation", "DEFENSES",
     "make_defense", "register_defense",
 ]

@@ -153,6 +153,34 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
     return out
 
 
+def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None, store: ResultsStore, *,
+                    row: str, row_field: str = "row", crafted_on: str = "classifier", with_base: bool = True,
+                    subset: str = "", batch_size: int = 250, device: str | torch.device = "cpu",
+                    progress: bool = True, extra: dict[str, Any] | None = None) -> dict[str | None, dict[str, Any]]:
+    """One row of a prebuilt ``attack`` (``None``: clean images): craft it once per batch, score
+    the classifier alone (``with_base``) and after each of ``entry``'s defenses, one record per
+    cell, skipped when already in ``store``. For attacks the registry cannot build (a
+    defense-aware PGD on a given defense's loss, a transfer from another model). The row's
+    name goes into the attack's description under ``row_field``, so two rows with equal
+    attack parameters keep separate records. Returns ``{defense label or None: record}``."""
+    device = resolve_device(device)
+    clf = entry.classifier.to(device).eval()
+    desc = {"name": CLEAN} if attack is None else attack.params()
+    attack_desc = {**desc, row_field: row, "crafted_on": crafted_on}
+    base = dict(dataset=data.name, subset=subset, n_images=len(data), model=entry.name,
+                model_weights=weights_id(entry.card), attack=attack_desc)
+    cells: dict[str | None, str] = {None: record_key(**base, defense=None)} if with_base else {}
+    for label, defense in entry.defenses.items():
+        if isinstance(defense, nn.Module):
+            defense.to(device)
+        cells[label] = record_key(**base, defense=_params_of(defense))
+    if all(store.has(k) for k in cells.values()):
+        return {label: store.require(k) for label, k in cells.items()}
+    records = _evaluate_cells(data, entry, clf, AttackSpec(CLEAN), attack_desc, base, cells, store, batch_size,
+                              device, progress, attack=attack, extra={row_field: row, **(extra or {})})
+    return dict(zip(cells, records))
+
+
 def _evaluate_through(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec: AttackSpec,
                       store: ResultsStore, batch_size: int, device: torch.device, subset: str,
                       progress: bool, key_images: int | None = None) -> list[dict[str, Any]]:

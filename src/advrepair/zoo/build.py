@@ -174,9 +174,11 @@ def build_entry(name: str, out: Path, *, data_root: str | None = None, device: t
 
 
 def build(names: list[str], out: Path, **kwargs: Any) -> list[BuildResult]:
-    """Build ``names`` and every parent they need, parents first."""
+    """Build ``names``, and first every parent they need that is neither in ``out`` nor shipped."""
     results = []
     for name in build_order(names):
+        if name not in names and (is_shipped(name, out) or is_shipped(name)):
+            continue
         results.append(build_entry(name, out, **kwargs))
         r = results[-1]
         verdict = ("written" if r.identical is None else "bit-identical to the shipped weights" if r.identical

@@ -89,6 +89,25 @@ _ENTRIES: tuple[ZooEntry, ...] = (
              recipe=SSLRecipe(epochs=30, lr=1e-3, patience=2), heldout=5000),
 )
 
+
+def _image_head(parent: str, task: str, mask: str | None = None) -> ZooEntry:
+    """lawhon's rotation net or context encoder: a separate network on the image, so the
+    same seed gives the same weights under either parent; the parent only decides the
+    card's metrics (the loss under PGD on that classifier) and which repair it serves."""
+    what = {"rotation": "rotation net (Gidaris et al.)",
+            "inpainting": f"context encoder (Pathak et al.), {mask} masks"}[task]
+    suffix = task if mask in (None, "center") else f"{task}-{mask}"
+    options: dict[str, Any] = {"name": task} if mask is None else {"name": task, "mask": mask}
+    return ZooEntry(f"{parent}-{suffix}", ZooKind.SSL_HEAD, FMNIST,
+                    f"lawhon {what} for the multi-task repair of {parent}, early-stopped",
+                    parent=parent, task=options, recipe=SSLRecipe(epochs=15, lr=1e-3, patience=2), heldout=5000)
+
+
+_ENTRIES += tuple(_image_head(parent, task, mask)
+                  for parent in ("fmnist-cnn-pgd", "fmnist-cnn-standard")
+                  for task, mask in (("rotation", None), ("inpainting", "center"), ("inpainting", "random"))
+                  if not (parent == "fmnist-cnn-standard" and mask == "random"))
+
 ENTRIES: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
 
 

@@ -53,7 +53,9 @@ def markdown_table() -> str:
             how = (f"{recipe.get('epochs')} ep" + (f", PGD-{recipe['steps']} eps {recipe['eps']:g}"
                                                    if recipe.get("adversarial") else ", standard"))
         elif e.kind.value == "ssl head":
-            how = f"stopped at epoch {d['stopping_epoch']} of {recipe.get('epochs')} (held-out loss)"
+            last = d["stopping_epoch"] == recipe.get("epochs")
+            how = (f"all {recipe.get('epochs')} epochs (held-out loss still falling; best = last)" if last
+                   else f"stopped at epoch {d['stopping_epoch']} of {recipe.get('epochs')} (held-out loss)")
         else:
             how = "selected, not trained"
         if prov.get("training_seconds") is not None:

@@ -8,6 +8,10 @@ from typing import Any
 
 import torch
 
+import time
+
+from tqdm.auto import tqdm
+
 from advrepair.data import ImageDataset, load_dataset
 from advrepair.evaluation.store import jsonable
 from advrepair.apps.pipeline import DEFAULT_MODELS_DIR
@@ -62,3 +66,24 @@ class RunConfig:
     def start(self) -> tuple[torch.device, ImageDataset, ImageDataset]:
         """Threads, device and the dataset's splits for this run (see ``start_run``)."""
         return start_run(self.dataset, self.data_root, self.device, self.threads)
+
+
+class StageClock:
+    """Prints, before each stage, the expected remaining time of a multi-stage run.
+
+    ``plan`` holds (stage name, cost in units); the first estimate uses ``seconds_per_unit``
+    (measured on a probe), later ones the run's own rate so far."""
+
+    def __init__(self, plan: list[tuple[str, float]], seconds_per_unit: float, progress: bool) -> None:
+        self.plan, self.rate, self.progress = plan, seconds_per_unit, progress
+        self.start, self.done_units = time.perf_counter(), 0.0
+
+    def stage(self, index: int) -> None:
+        if self.done_units:
+            self.rate = (time.perf_counter() - self.start) / self.done_units
+        left = sum(units for _, units in self.plan[index:]) * self.rate
+        name = self.plan[index][0]
+        tqdm.write(f"[{index + 1}/{len(self.plan)}] {name}: about {left / 60:.1f} min left in the run")
+
+    def finished(self, index: int) -> None:
+        self.done_units += self.plan[index][1]
