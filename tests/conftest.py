@@ -65,3 +65,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """``one_thread`` for a whole module (its module-scoped fixtures train under it too);
+    files opt in with ``pytestmark = pytest.mark.usefixtures("one_thread_module")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,13 +20,7 @@ from advrepair.training.adversarial_transformation import (PassCounter, Reparame
 from conftest import make_shapes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run far faster on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

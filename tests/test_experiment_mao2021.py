@@ -25,12 +25,7 @@ from fake_data import write_fashion_mnist
 from test_data import cifar_arrays, write_cifar_bin
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +218,14 @@ def test_cli_builds_the_config_it_is_given(monkeypatch, tmp_path):
     cli.main(["experiment", "mao2021", "--out", str(tmp_path), "--device", "cpu"])
     assert seen[1].n_images == 1000 and seen[1].budget_scale == 1.0 and seen[1].classifiers == (
         "fmnist-cnn-standard", "fmnist-cnn-pgd")
+
+
+def test_stage_clock_ignores_stages_read_back_from_stored_records(capsys):
+    from advrepair.apps.experiments.setup import StageClock
+
+    clock = StageClock([("first", 100.0), ("second", 100.0)], seconds_per_unit=6.0, progress=True)
+    clock.stage(0)
+    clock.finished(0)  # instant: a resumed stage whose records were all stored
+    clock.stage(1)
+    out = capsys.readouterr().out
+    assert "[1/2] first: about 20.0 min left" in out and "[2/2] second: about 10.0 min left" in out

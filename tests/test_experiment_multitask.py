@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from advrepair.apps.pipeline import DEFAULT_MODELS_DIR, QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD
 from advrepair.errors import InputError
@@ -19,14 +18,7 @@ from advrepair.training import ClassifierRecipe, SSLRecipe
 from fake_data import write_fashion_mnist
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on this shared 2-core machine two threads spin against each other
-    (a tiny conv runs ~10x slower under load); restored for the rest of the session."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

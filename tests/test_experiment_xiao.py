@@ -31,12 +31,7 @@ FA_EPOCHS = 2
 AT_SUBSET = 200
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def tiny_config(root: Path, out: Path, models: Path, **overrides: object) -> XiaoConfig:

@@ -47,7 +47,7 @@ from advrepair.enums import Norm
 from advrepair.data import ImageDataset
 from advrepair.engine import relative_tanh_surrogate, soft_sign_surrogate, tanh_surrogate
 from advrepair.errors import InputError
-from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluate_cells, _params_of, weights_id
+from advrepair.evaluation.harness import ModelEntry, _params_of, evaluate_attack, weights_id
 from advrepair.evaluation.metrics import Accuracy
 from advrepair.evaluation.store import ResultsStore, record_key
 from advrepair.evaluation.worst_case import worst_case_correct
@@ -256,19 +256,12 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
 
     def row(name: str, attack: Attack | None, crafted_on: str, with_base: bool = False,
             extra: dict[str, Any] | None = None) -> None:
-        desc = {"name": CLEAN} if attack is None else attack.params()
-        attack_desc = {**desc, "adaptive_row": name, "crafted_on": crafted_on}
-        base = {**base_common, "attack": attack_desc}
-        cells: dict[str | None, str] = {target.label: record_key(**base, defense=defense_params)}
-        if with_base:
-            cells = {None: record_key(**base, defense=None), **cells}
-        if all(store.has(k) for k in cells.values()):
-            records[name] = [store.require(k) for k in cells.values()]
-            return
-        tqdm.write(f"adaptive | {model.name} | {target.label} | {name}: crafted on {crafted_on}")
-        records[name] = _evaluate_cells(data, single, clf, AttackSpec(CLEAN), attack_desc, base, cells, store,
-                                        batch_size, device, progress, attack=attack,
-                                        extra={"protocol": "adaptive", "adaptive_row": name, **(extra or {})})
+        cells = evaluate_attack(data, single, attack, store, row=name, row_field="adaptive_row", crafted_on=crafted_on,
+                                with_base=with_base, subset=subset, batch_size=batch_size, device=device,
+                                progress=progress, extra={"protocol": "adaptive", **(extra or {})},
+                                key_images=key_images,
+                                announce=f"adaptive | {model.name} | {target.label} | {name}: crafted on {crafted_on}")
+        records[name] = list(cells.values())
 
     def gradient_rows(name: str, on: nn.Module, crafted_on: str, with_base: bool = False, steps: int | None = None,
                       eot: int = 1, ce_only: bool = False, extra: dict[str, Any] | None = None) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from advrepair.adaptive.contract import capabilities_of, describe_defense
+from advrepair.adaptive.contract import capabilities_of, describe_defense, describe_model
 from advrepair.attacks import ATTACKS, Attack, make_attack
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -156,19 +156,25 @@ def evaluate_matrix(data: ImageDataset, models: list[ModelEntry], attacks: list[
 def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None, store: ResultsStore, *,
                     row: str, row_field: str = "row", crafted_on: str = "classifier", with_base: bool = True,
                     subset: str = "", batch_size: int = 250, device: str | torch.device = "cpu",
-                    progress: bool = True, extra: dict[str, Any] | None = None) -> dict[str | None, dict[str, Any]]:
+                    progress: bool = True, extra: dict[str, Any] | None = None,
+                    attack_extra: dict[str, Any] | None = None, announce: str | None = None,
+                    key_images: int | None = None) -> dict[str | None, dict[str, Any]]:
     """One row of a prebuilt ``attack`` (``None``: clean images): craft it once per batch, score
     the classifier alone (``with_base``) and after each of ``entry``'s defenses, one record per
     cell, skipped when already in ``store``. For attacks the registry cannot build (a
     defense-aware PGD on a given defense's loss, a transfer from another model). The row's
-    name goes into the attack's description under ``row_field``, so two rows with equal
-    attack parameters keep separate records. Returns ``{defense label or None: record}``."""
+    name goes into the attack's description under ``row_field`` (with ``attack_extra``), so two
+    rows with equal attack parameters keep separate records; ``extra`` goes into each record.
+    ``announce`` is printed when the row is computed rather than read from the store;
+    ``key_images`` is as in :func:`evaluate_matrix` (one shard of a larger set). A classifier
+    without a card is keyed by a fingerprint of its weights.
+    Returns ``{defense label or None: record}``."""
     device = resolve_device(device)
     clf = entry.classifier.to(device).eval()
     desc = {"name": CLEAN} if attack is None else attack.params()
-    attack_desc = {**desc, row_field: row, "crafted_on": crafted_on}
-    base = dict(dataset=data.name, subset=subset, n_images=len(data), model=entry.name,
-                model_weights=weights_id(entry.card), attack=attack_desc)
+    attack_desc = {**desc, row_field: row, "crafted_on": crafted_on, **(attack_extra or {})}
+    base = dict(dataset=data.name, subset=subset, n_images=key_images or len(data), model=entry.name,
+                model_weights=weights_id(entry.card) or describe_model(clf), attack=attack_desc)
     cells: dict[str | None, str] = {None: record_key(**base, defense=None)} if with_base else {}
     for label, defense in entry.defenses.items():
         if isinstance(defense, nn.Module):
@@ -176,6 +182,8 @@ def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None
         cells[label] = record_key(**base, defense=_params_of(defense))
     if all(store.has(k) for k in cells.values()):
         return {label: store.require(k) for label, k in cells.items()}
+    if announce:
+        tqdm.write(announce)
     records = _evaluate_cells(data, entry, clf, AttackSpec(CLEAN), attack_desc, base, cells, store, batch_size,
                               device, progress, attack=attack, extra={row_field: row, **(extra or {})})
     return dict(zip(cells, records))

@@ -72,18 +72,26 @@ class StageClock:
     """Prints, before each stage, the expected remaining time of a multi-stage run.
 
     ``plan`` holds (stage name, cost in units); the first estimate uses ``seconds_per_unit``
-    (measured on a probe), later ones the run's own rate so far."""
+    (measured on a probe), later ones the rate of the stages that really ran. A stage that
+    took under a fifth of its estimate was mostly read back from stored records (a resumed
+    run) and would make the rest look free, so it does not count."""
 
     def __init__(self, plan: list[tuple[str, float]], seconds_per_unit: float, progress: bool) -> None:
         self.plan, self.rate, self.progress = plan, seconds_per_unit, progress
-        self.start, self.done_units = time.perf_counter(), 0.0
+        self.probe_rate = seconds_per_unit
+        self.ran_seconds, self.ran_units, self.stage_start = 0.0, 0.0, time.perf_counter()
 
     def stage(self, index: int) -> None:
-        if self.done_units:
-            self.rate = (time.perf_counter() - self.start) / self.done_units
+        self.stage_start = time.perf_counter()
+        if self.ran_units:
+            self.rate = self.ran_seconds / self.ran_units
         left = sum(units for _, units in self.plan[index:]) * self.rate
         name = self.plan[index][0]
-        tqdm.write(f"[{index + 1}/{len(self.plan)}] {name}: about {left / 60:.1f} min left in the run")
+        if self.progress:
+            tqdm.write(f"[{index + 1}/{len(self.plan)}] {name}: about {left / 60:.1f} min left in the run")
 
     def finished(self, index: int) -> None:
-        self.done_units += self.plan[index][1]
+        took, units = time.perf_counter() - self.stage_start, self.plan[index][1]
+        if took >= 0.2 * units * self.probe_rate:
+            self.ran_seconds += took
+            self.ran_units += units

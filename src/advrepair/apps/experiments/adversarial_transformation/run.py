@@ -23,7 +23,7 @@ from advrepair.attacks.transfer import Transfer  # noqa: E402
 from advrepair.data.subsets import balanced_subset  # noqa: E402
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation  # noqa: E402
 from advrepair.errors import InputError  # noqa: E402
-from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, _evaluate_cells, _params_of  # noqa: E402
+from advrepair.evaluation.harness import ModelEntry, evaluate_attack  # noqa: E402
 from advrepair.evaluation.metrics import Accuracy  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, record_key  # noqa: E402
 from advrepair.evaluation.worst_case import worst_case  # noqa: E402
@@ -52,24 +52,11 @@ def _row(run: _Run, name: str, model: _Model, attack: Attack | None, crafted_on:
          ) -> dict[str | None, dict[str, Any]]:
     """One attack row: craft once, score the classifier alone (``with_base``) and after each
     defense; one record per cell, skipped when already in the store. Returns {label: record}."""
-    desc = {"name": CLEAN} if attack is None else attack.params()
-    attack_desc = {**desc, "xiao_row": name, "crafted_on": crafted_on, **(attack_extra or {})}
-    base = dict(dataset=run.data.name, subset=run.subset, n_images=len(run.data), model=model.name,
-                model_weights=model.card.weights_sha256, attack=attack_desc)
-    cells: dict[str | None, str] = {}
-    if with_base:
-        cells[None] = record_key(**base, defense=None)
-    for label, defense in defenses.items():
-        cells[label] = record_key(**base, defense=_params_of(defense))
-    if all(run.store.has(k) for k in cells.values()):
-        return {label: run.store.require(k) for label, k in cells.items()}
-    if run.cfg.progress:
-        _log(f"xiao2020 | {model.name} | {name}: crafted on {crafted_on}")
     entry = ModelEntry(model.name, model.clf, card=model.entry_card(), defenses=dict(defenses))
-    records = _evaluate_cells(run.data, entry, model.clf, AttackSpec(CLEAN), attack_desc, base, cells, run.store,
-                              run.cfg.batch_size, run.device, run.cfg.progress, attack=attack,
-                              extra={"protocol": PROTOCOL, "xiao_row": name})
-    return {label: rec for label, rec in zip(cells, records)}
+    return evaluate_attack(run.data, entry, attack, run.store, row=name, row_field="xiao_row", crafted_on=crafted_on,
+                           with_base=with_base, subset=run.subset, batch_size=run.cfg.batch_size, device=run.device,
+                           progress=run.cfg.progress, extra={"protocol": PROTOCOL}, attack_extra=attack_extra,
+                           announce=f"xiao2020 | {model.name} | {name}: crafted on {crafted_on}" if run.cfg.progress else None)
 
 
 def _pgd(cfg: XiaoConfig, model: nn.Module) -> PGD:

@@ -366,7 +366,7 @@ def write_mao2021_report(cfg: Mao2021Config, store: ResultsStore, results: dict[
     lines += _lawhon_section(store, results)
     lines += _audit_section(results)
     lines += _explain_section(store, results)
-    lines += ["## Configuration", "", "```json", json.dumps(jsonable(cfg.to_dict()), indent=1), "```", ""]
+    lines += ["## Configuration", "", "```json", json.dumps(jsonable(cfg.to_dict()), indent=1, default=str), "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     if cfg.publish is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 import torch
@@ -84,10 +84,10 @@ def build_subjects(cfg: Mao2021Config, device: torch.device, train: ImageDataset
     subjects = []
     for clf_spec, head_spec in zip(cfg.classifiers, heads):
         clf, name = resolve_classifier(clf_spec, seed=cfg.seed, device=str(device))
-        if not isinstance(clf, Classifier):
+        if not callable(getattr(clf, "features", None)):
             raise InputError(f"{clf_spec}: the reverse attack reads the classifier's penultimate features, so the "
-                             f"experiment needs an advrepair Classifier (a zoo model, a model folder or an adapter), "
-                             f"got {type(clf).__name__}")
+                             f"experiment needs a classifier with a features(x) method (a zoo model, a model folder, "
+                             f"or an adapter wrapped with feature_layer=...), got {type(clf).__name__}")
         repair = resolve_defense(head_spec, clf, clf_spec, eps=cfg.eps, eps_v=cfg.eps_v, reverse_steps=cfg.reverse_steps,
                                  seed=cfg.seed, device=str(device), dataset=cfg.dataset, data_root=cfg.data_root)
         if not isinstance(repair, ReverseAttack):
@@ -96,7 +96,7 @@ def build_subjects(cfg: Mao2021Config, device: torch.device, train: ImageDataset
         card = {"weights_sha256": describe_model(clf)}
         if clf_spec in zoo.ENTRIES:
             card = dict(zoo.card(clf_spec).__dict__)
-        subjects.append(Subject(name, clf, card, repair, RandomNoise(cfg.eps_v, seed=cfg.seed),
+        subjects.append(Subject(name, cast(Classifier, clf), card, repair, RandomNoise(cfg.eps_v, seed=cfg.seed),
                                 clf_spec if clf_spec in zoo.ENTRIES else None))
     return subjects
 
