@@ -8,6 +8,7 @@ from advrepair.attacks.cw import CW, CWPGD
 from advrepair.attacks.difgsm import DIFGSM
 from advrepair.attacks.fab import FAB, FABT
 from advrepair.attacks.fgsm import FGSM
+from advrepair.attacks.genattack import GenAttack
 from advrepair.attacks.hopskipjump import HopSkipJump
 from advrepair.attacks.mifgsm import MIFGSM
 from advrepair.attacks.pgd import PGD
@@ -19,6 +20,6 @@ from advrepair.attacks.transfer import Transfer
 
 __all__ = [
     "APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "Attack", "AttackStats", "BIM", "CW", "CWPGD",
-    "DIFGSM", "FGSM", "MIFGSM", "PGD", "SSP", "TIFGSM", "ATTACKS", "make_attack", "parse_spec", "FAB",
+    "DIFGSM", "FGSM", "GenAttack", "MIFGSM", "PGD", "SSP", "TIFGSM", "ATTACKS", "make_attack", "parse_spec", "FAB",
     "FABT", "HopSkipJump", "Square", "Transfer",
 ]
