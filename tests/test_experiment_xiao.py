@@ -52,8 +52,8 @@ def tiny_config(root: Path, out: Path, models: Path, **overrides: object) -> Xia
         fa_adversarial_recipe=ClassifierRecipe(epochs=1, train_subset=AT_SUBSET, adversarial=True, eps=0.1,
                                                alpha=0.05, steps=2, **fa_small),
         imitator_epochs=1, imitator_subset=64, imitator_width=4, imitator_depth=2,
-        bpda_steps=(1, 2), eot_draws=(1, 2), deltas=(0.1, 0.2), square_queries=3, hsj_steps=1,
-        hsj_max_queries=30, hsj_init_evals=4, hsj_max_evals=8)
+        bpda_steps=(1, 2), eot_draws=(1, 2), deltas=(0.1, 0.2), square_queries=3, genattack_queries=4,
+        genattack_population=2, hsj_steps=1, hsj_max_queries=30, hsj_init_evals=4, hsj_max_evals=8)
     kw.update(overrides)
     return XiaoConfig(**kw)  # type: ignore[arg-type]
 
@@ -106,9 +106,10 @@ def test_report_figures_and_tables_exist(finished: tuple[XiaoConfig, Path]) -> N
 def test_every_accuracy_carries_attack_budget_steps_and_images(finished: tuple[XiaoConfig, Path]) -> None:
     cfg, _ = finished
     attacks = [r for r in _records(cfg.out) if r.get("protocol") == "xiao2020" and "kind" not in r]
-    # deployed: clean 2, WT 2, 2 surrogates, 2 EOT counts, reparameterization, transfer 2, Square, HSJ (13);
-    # baselines 2 x (clean, PGD) (4); Fig. 5 at N=1: clean + 2 surrogates (3); Delta 0.1: clean 2, WT 2, EOT 2 (6)
-    assert len(attacks) == 26
+    # deployed: clean 2, WT 2, 2 surrogates, 2 EOT counts, reparameterization, transfer 2, Square, GenAttack,
+    # HSJ (14); baselines 2 x (clean, PGD) (4); Fig. 5 at N=1: clean + 2 surrogates (3); Delta 0.1: clean 2,
+    # WT 2, EOT 2 (6)
+    assert len(attacks) == 27
     names = set()
     for r in attacks:
         assert r["n_images"] == N_IMAGES and 0.0 <= r["accuracy"] <= 1.0
@@ -121,7 +122,7 @@ def test_every_accuracy_carries_attack_budget_steps_and_images(finished: tuple[X
             assert a["steps"] == 2 and a["alpha"] == pytest.approx(2.5 * 0.1 / 2)
         if a["name"] == "transfer":
             assert a["attack"]["steps"] == 2
-    assert names == {"clean", "pgd", "transfer", "square", "hopskipjump"}
+    assert names == {"clean", "pgd", "transfer", "square", "genattack", "hopskipjump"}
     eot = [r for r in attacks if r["attack"]["xiao_row"].startswith("bpda-eot")]
     assert {r["attack"]["eot_draws"] for r in eot} == {1, 2}
     surrogate = [r for r in attacks if r["attack"]["xiao_row"] == "bpda-softsign"]
@@ -135,7 +136,7 @@ def test_worst_case_is_the_per_image_and_of_all_rows(finished: tuple[XiaoConfig,
     rows = {k["name"]: by_key[k["defended"]] for k in s["deployed"]["rows"] if k["name"] != "clean"}
     assert set(rows) == set(s["worst_case"]["over"])
     assert {"white-box-transfer", "bpda-tanh", "bpda-softsign", "bpda-eot-1", "bpda-eot-2", "reparameterization",
-            "transfer-independent", "square", "hopskipjump"} == set(rows)
+            "transfer-independent", "square", "genattack", "hopskipjump"} == set(rows)
     worst = s["worst_case"]["accuracy"]
     # the models learned, and the rows disagree per image: otherwise this test could not tell a
     # worst case over all rows from one over a single row

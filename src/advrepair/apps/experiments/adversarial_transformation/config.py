@@ -106,6 +106,9 @@ class XiaoConfig(RunConfig):
     deltas: tuple[float, ...] = (0.1, 0.2)
     # -- black-box attacks
     square_queries: int = 100
+    #: GenAttack (Alzantot et al. 2019, the paper's Table 2): queries per image and population
+    genattack_queries: int = 500
+    genattack_population: int = 6
     hsj_steps: int = 4
     hsj_max_queries: int = 200
     hsj_init_evals: int = 20
@@ -118,6 +121,8 @@ class XiaoConfig(RunConfig):
                      "hsj_max_evals"):
             check_int_at_least(getattr(self, name), name, 1)
         check_int_at_least(self.imitator_depth, "imitator_depth", 2)
+        check_int_at_least(self.genattack_population, "genattack_population", 2)
+        check_int_at_least(self.genattack_queries, "genattack_queries", self.genattack_population)
         check_int_at_least(self.hsj_steps, "hsj_steps", 0)
         check_positive(self.surrogate_temperature, "surrogate_temperature")
         check_positive(self.imitator_lr, "imitator_lr")

@@ -25,6 +25,7 @@ ROW_TITLES = {
     "reparameterization": "Reparameterization: PGD through f_a(h(x))",
     "transfer-independent": "Transfer from an independent model",
     "square": "Square (scores only)",
+    "genattack": "GenAttack (scores only)",
     "hopskipjump": "HopSkipJump (decisions only)",
     "white-box-pgd": "PGD on the classifier itself",
 }
@@ -46,7 +47,7 @@ def _budget(attack: dict[str, Any]) -> tuple[str, str, str]:
         return "-", "-", "-"
     inner: dict[str, Any] = attack["attack"] if isinstance(attack.get("attack"), dict) else attack
     steps = inner.get("steps")
-    if attack.get("name") == "square":
+    if attack.get("name") in ("square", "genattack"):
         steps_s = f"{attack.get('n_queries')} queries"
     elif attack.get("name") == "hopskipjump":
         steps_s = f"{steps} iterations, <= {attack.get('max_queries')} queries"

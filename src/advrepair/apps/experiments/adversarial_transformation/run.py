@@ -18,6 +18,7 @@ from advrepair.adaptive.eot import EOT  # noqa: E402
 from advrepair.attacks.base import Attack  # noqa: E402
 from advrepair.attacks.hopskipjump import HopSkipJump  # noqa: E402
 from advrepair.attacks.pgd import PGD  # noqa: E402
+from advrepair.attacks.genattack import GenAttack  # noqa: E402
 from advrepair.attacks.square import Square  # noqa: E402
 from advrepair.attacks.transfer import Transfer  # noqa: E402
 from advrepair.data.subsets import balanced_subset  # noqa: E402
@@ -179,6 +180,10 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
         f"PGD on {source_name}", d, True, {"source_weights": indep_card.weights_sha256})
     rows["square"] = _row(run, "square", main, Square(defended, eps=cfg.eps, n_queries=cfg.square_queries,
                                                       seed=cfg.seed), "f_a(g(x)), scores only", d, False)
+    rows["genattack"] = _row(run, "genattack", main,
+                             GenAttack(defended, eps=cfg.eps, n_queries=cfg.genattack_queries,
+                                       population=cfg.genattack_population, seed=cfg.seed),
+                             "f_a(g(x)), scores only (the paper's Table 2)", d, False)
     rows["hopskipjump"] = _row(run, "hopskipjump", main,
                                HopSkipJump(defended, eps=cfg.eps, norm="Linf", steps=cfg.hsj_steps,
                                            max_queries=cfg.hsj_max_queries, init_num_evals=cfg.hsj_init_evals,

@@ -92,21 +92,23 @@ def fig5(results: dict[str, Any], out: Path) -> Path | None:
     names = [m for m in table1 if m in timing]
     if not names:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4))
     for m in names:
         for title, cells in table1[m].items():
             rep = cells.get(REPAIR)
             if rep is None or not rep.get("iterate_accuracy") or title not in ("clean", _pgd_title(table1[m])):
                 continue
             acc = PCT * np.array(rep["iterate_accuracy"])
-            axes[0].plot(range(len(acc)), acc, marker=".", label=f"{m}, {title}")
+            line, = axes[0].plot(range(len(acc)), acc, marker=".", label=f"{m}, {title}")
+            axes[0].axhline(PCT * cells[None]["accuracy"], color=line.get_color(), linestyle="--", linewidth=0.8,
+                            label=f"{m}, {title}, no defense")
         sec = timing[m]["seconds_per_image"]
         ks = sorted(int(k) for k in sec)
         axes[1].plot(ks, [1e3 * sec[str(k)] for k in ks], marker="o", label=m)
     axes[0].set_xlabel("repair steps k (early stopping; 0 = the random start)")
     axes[0].set_ylabel("accuracy (%)")
     axes[0].set_title("mao2021 Fig. 5: accuracy vs repair steps", fontsize=10)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     axes[1].set_xlabel("repair steps k")
     axes[1].set_ylabel("ms per image (batched)")
     axes[1].set_title("repair time per image", fontsize=10)
@@ -139,25 +141,40 @@ def fig6(results: dict[str, Any], out: Path) -> Path | None:
 
 
 def fig7(results: dict[str, Any], cfg: Mao2021Config, out: Path) -> Path | None:
+    """Top: the paper's trade-off (clean vs robust accuracy, one point per eps_v); bottom: both
+    accuracies against eps_v, where points that crowd the top panel separate."""
     curves = results.get("fig7", {})
     if not curves:
         return None
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4.2), squeeze=False)
-    for ax, (m, rows) in zip(axes[0], curves.items()):
-        clean, attacked = rows["clean"], rows[next(t for t in rows if t != "clean")]
-        for kind, style in ((REPAIR, "-o"), (NOISE, ":s")):
+    fig, axes = plt.subplots(2, len(curves), figsize=(5.8 * len(curves), 9.6), squeeze=False)
+    offsets = ((4, 4), (4, -11), (-26, 4), (-26, -11))
+    for col, (m, rows) in enumerate(curves.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        attacked_title = next(t for t in rows if t != "clean")
+        clean, attacked = rows["clean"], rows[attacked_title]
+        for kind, style, name in ((REPAIR, "-o", "reverse attack"), (NOISE, ":s", "random noise")):
             xs = [PCT * clean[f"{kind} {v:g}"]["accuracy"] for v in cfg.eps_v_sweep]
             ys = [PCT * attacked[f"{kind} {v:g}"]["accuracy"] for v in cfg.eps_v_sweep]
-            ax.plot(xs, ys, style, label="reverse attack" if kind == REPAIR else "random noise")
-            for v, x, y in zip(cfg.eps_v_sweep, xs, ys):
-                ax.annotate(f"{v:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
-        ax.plot([PCT * clean[None]["accuracy"]], [PCT * attacked[None]["accuracy"]], "k*", markersize=10,
-                label="no defense")
-        ax.set_xlabel("clean accuracy (%)")
-        ax.set_ylabel(f"{next(t for t in rows if t != 'clean')} accuracy (%)")
-        ax.set_title(textwrap.fill(f"{m}: eps_v trade-off (labels: eps_v; n={clean[None]['n_images']})", 50),
-                     fontsize=10)
-        ax.legend(fontsize=8)
+            top.plot(xs, ys, style, label=name)
+            for i, (v, x, y) in enumerate(zip(cfg.eps_v_sweep, xs, ys)):
+                top.annotate(f"{v:g}", (x, y), fontsize=7, textcoords="offset points",
+                             xytext=offsets[i % len(offsets)])
+            bottom.plot(cfg.eps_v_sweep, xs, style, label=f"{name}, clean")
+            bottom.plot(cfg.eps_v_sweep, ys, style, alpha=0.6, label=f"{name}, {attacked_title}")
+        top.plot([PCT * clean[None]["accuracy"]], [PCT * attacked[None]["accuracy"]], "k*", markersize=10,
+                 label="no defense")
+        for value, style, name in ((clean[None]["accuracy"], "--", "no defense, clean"),
+                                   (attacked[None]["accuracy"], "-.", f"no defense, {attacked_title}")):
+            bottom.axhline(PCT * value, color="k", linestyle=style, linewidth=0.8, label=name)
+        top.set_xlabel("clean accuracy (%)")
+        top.set_ylabel(f"{attacked_title} accuracy (%)")
+        top.set_title(textwrap.fill(f"{m}: eps_v trade-off (point labels: eps_v; n={clean[None]['n_images']})", 50),
+                      fontsize=10)
+        top.legend(fontsize=8)
+        bottom.set_xlabel("repair budget eps_v")
+        bottom.set_ylabel("accuracy (%)")
+        bottom.set_title(f"{m}: accuracy against eps_v", fontsize=10)
+        bottom.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     return _figure(out / "fig7_eps_v_tradeoff.png")
 
 
