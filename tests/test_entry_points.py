@@ -40,7 +40,7 @@ from advrepair.engine import (MomentumSignStep, default_step_rule, project, proj
                               seeded_random_start, soft_sign_surrogate, tanh_surrogate)
 from advrepair.enums import Norm
 from advrepair.errors import CheckpointError, InputError
-from advrepair.evaluation import (AttackSpec, ModelEntry, ResultsStore, accuracy_of, evaluate_matrix,
+from advrepair.evaluation import (AttackSpec, ModelEntry, ResultsStore, accuracy_of, evaluate_attack, evaluate_matrix,
                                   images_for_stderr, worst_case)
 from advrepair.evaluation.adaptive import AdaptiveConfig
 from advrepair.models import (Classifier, Normalize, PreActResNet18, SmallCNN, SmallVGG, WideResNet, build_model,
@@ -268,6 +268,18 @@ CASES: list[Case] = [
          r"classifier must be an nn.Module"),
     Case("evaluation.ModelEntry", "defense not callable", lambda t: ModelEntry("m", MODEL, defenses={"jpeg": 75}),
          r"defense 'jpeg' must be a callable"),
+    Case("evaluation.evaluate_attack", "empty dataset",
+         lambda t: evaluate_attack(_empty_dataset(), ModelEntry("m", MODEL), None, ResultsStore(t), row="r",
+                                   progress=False), r"non-empty ImageDataset"),
+    Case("evaluation.evaluate_attack", "an attack name instead of an Attack",
+         lambda t: evaluate_attack(make_shapes(4), ModelEntry("m", MODEL), "pgd", ResultsStore(t), row="r",
+                                   progress=False), r"attack must be a built Attack"),
+    Case("evaluation.evaluate_attack", "no row name",
+         lambda t: evaluate_attack(make_shapes(4), ModelEntry("m", MODEL), None, ResultsStore(t), row=" ",
+                                   progress=False), r"row must name the row"),
+    Case("evaluation.evaluate_attack", "zero batch size",
+         lambda t: evaluate_attack(make_shapes(4), ModelEntry("m", MODEL), None, ResultsStore(t), row="r",
+                                   batch_size=0, progress=False), r"batch_size must be an integer >= 1, got 0"),
     Case("evaluation.evaluate_matrix", "empty dataset",
          lambda t: evaluate_matrix(_empty_dataset(), [ModelEntry("m", MODEL)], [AttackSpec("clean")],
                                    ResultsStore(t), progress=False), r"empty dataset"),

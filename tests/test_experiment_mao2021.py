@@ -149,12 +149,21 @@ def test_quick_run_writes_every_table_and_figure_from_records_and_resumes(tmp_pa
     multi = {r["defense"]["label"] for r in records if len((r.get("defense") or {}).get("tasks", [])) == 3}
     assert multi == {"C+R+I (1, 1, 1)", "C+R+I (1, 50, 10)", "C+R+I random masks (1, 1, 1)"}
     assert (cfg.out / "audit-quick-fmnist-cnn-pgd-reverse-attack" / "audit.json").exists()
-    # a second run computes nothing and writes the same tables
-    before = len(records)
+    # Fig. 6: one point per attack budget, each its own record (not one row repeated)
+    fig6 = {r["attack"]["eps"]: r["accuracy"] for r in records if r.get("subset") == "balanced 6 (seed 0)"
+            and r["model"] == "fmnist-cnn-standard" and r["attack"]["name"] == "pgd" and r.get("defense") is None}
+    assert set(fig6) == set(cfg.eps_sweep)
+    section6 = [line for line in text.splitlines() if line.startswith("- Fig. 6 points, fmnist-cnn-standard")]
+    assert len(section6) == 1 and all(f"{e:g}: {100 * a:.1f} /" in section6[0] for e, a in fig6.items())
+    # a second run computes nothing (its only new record is its own wall time) and writes the same tables
+    results = [r for r in records if r.get("stage") != "mao2021-invocation"]
     run_mao2021_experiment(cfg)
-    assert len(_records(cfg)) == before
+    after = _records(cfg)
+    assert [r for r in after if r.get("stage") != "mao2021-invocation"] == results
+    assert len([r for r in after if r.get("stage") == "mao2021-invocation"]) == 2
     again = report.read_text()
-    strip = re.compile(r"Wall time of this invocation [0-9.]+ min")
+    assert "over the 2 recorded invocations" in again
+    strip = re.compile(r"Status: .*\n")
     assert strip.sub("", again) == strip.sub("", text)
 
 
@@ -172,7 +181,7 @@ def test_feature_statistic_matches_a_hand_computation():
 
 
 def test_the_papers_setting_on_a_cifar10_folder_with_stand_in_models(tmp_path):
-    train = [cifar_arrays(60, 10)]
+    train = [cifar_arrays(20, 10) for _ in range(5)]  # the five data_batch files of CIFAR-10
     write_cifar_bin(tmp_path / "cifar-10-batches-bin", "cifar10", train, cifar_arrays(30, 10),
                     [f"class{i}" for i in range(10)])
     root = str(tmp_path)
@@ -180,13 +189,14 @@ def test_the_papers_setting_on_a_cifar10_folder_with_stand_in_models(tmp_path):
     test_set = load_dataset("cifar10", split="test", root=root)
     model_dir = tmp_path / "stand-in"
     clf, card = ensure_classifier(model_dir, train_set, test_set, arch="small-cnn", recipe=ClassifierRecipe(epochs=1),
-                                  seed=0, arch_config={"width": 4, "feature_dim": 16}, progress=False)
+                                  seed=0, arch_config={"width": 4, "feature_dim": 16, "mean": [0.5] * 3, "std": [0.25] * 3},
+                                  progress=False)
     ensure_contrastive_task(model_dir, clf, card, train_set, test_set, recipe=SSLRecipe(epochs=1), seed=0,
                             negatives=negative_bank(train_set, size=16), progress=False)
-    cfg = _quick(tmp_path, tmp_path, dataset="cifar10", data_root=root, classifiers=(str(model_dir),),
+    cfg = _quick(tmp_path, tmp_path, dataset="cifar10", classifiers=(str(model_dir),),
                  eps=8 / 255, l2_eps=0.5, lawhon=False, audit_images=0)
     text = run_mao2021_experiment(cfg).read_text()
-    assert "on cifar10" in text and "## Table 1 shape: stand-in (L-inf eps 0.0314)" in text
+    assert "on cifar10" in text and "## Table 1 shape: stand-in (L-inf eps 0.0313725)" in text
     assert "## Table 5 shape: stand-in (L2 eps 0.5" in text and "What explains" not in text
     records = _records(cfg)
     assert {r["dataset"] for r in records if "dataset" in r} == {"cifar10"}

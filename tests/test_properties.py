@@ -27,6 +27,7 @@ from advrepair.defenses.adversarial_transformation import AdversarialTransformat
 from advrepair.defenses.bit_depth import BitDepthReduction
 from advrepair.defenses.jpeg import DifferentiableJPEG, JPEGCompression
 from advrepair.defenses.median import MedianFilter
+from advrepair.defenses.random_noise import RandomNoise
 from advrepair.defenses.resize_pad import RandomResizePad
 from advrepair.defenses.total_variation import TotalVariation
 from advrepair.enums import Norm
@@ -234,6 +235,8 @@ DEFENSES = {
     "bit-depth-st": lambda: BitDepthReduction(1, straight_through=True),
     "resize-pad": lambda: RandomResizePad(seed=0),
     "resize-pad-bilinear": lambda: RandomResizePad(ratio=1.3, mode="bilinear", seed=1),
+    "random-noise": lambda: RandomNoise(0.1, seed=0),
+    "random-noise-l2": lambda: RandomNoise(0.5, norm="L2", seed=2),
 }
 # defenses tied to the classifier's input shape (they run it): 3 x 16 x 16 only
 MODEL_DEFENSES = {

@@ -169,6 +169,19 @@ def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None
     ``key_images`` is as in :func:`evaluate_matrix` (one shard of a larger set). A classifier
     without a card is keyed by a fingerprint of its weights.
     Returns ``{defense label or None: record}``."""
+    if not isinstance(data, ImageDataset) or len(data) == 0:
+        raise InputError(f"data must be a non-empty ImageDataset, got {type(data).__name__}"
+                         + (" with no images" if isinstance(data, ImageDataset) else ""))
+    if not isinstance(entry, ModelEntry):
+        raise InputError(f"entry must be a ModelEntry, got {type(entry).__name__}")
+    if attack is not None and not isinstance(attack, Attack):
+        raise InputError(f"attack must be a built Attack (e.g. PGD(model, ...)) or None for clean images, "
+                         f"got {type(attack).__name__}; registry names go through evaluate_matrix")
+    if not isinstance(store, ResultsStore):
+        raise InputError(f"store must be a ResultsStore, got {type(store).__name__}")
+    if not isinstance(row, str) or not row.strip():
+        raise InputError(f"row must name the row (a non-empty string), got {row!r}")
+    batch_size = check_int_at_least(batch_size, "batch_size", 1)
     device = resolve_device(device)
     clf = entry.classifier.to(device).eval()
     desc = {"name": CLEAN} if attack is None else attack.params()

@@ -87,8 +87,7 @@ class StageClock:
             self.rate = self.ran_seconds / self.ran_units
         left = sum(units for _, units in self.plan[index:]) * self.rate
         name = self.plan[index][0]
-        if self.progress:
-            tqdm.write(f"[{index + 1}/{len(self.plan)}] {name}: about {left / 60:.1f} min left in the run")
+        tqdm.write(f"[{index + 1}/{len(self.plan)}] {name}: about {left / 60:.1f} min left in the run")
 
     def finished(self, index: int) -> None:
         took, units = time.perf_counter() - self.stage_start, self.plan[index][1]

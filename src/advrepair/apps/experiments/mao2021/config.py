@@ -169,6 +169,11 @@ class Mao2021Config(RunConfig):
         if self.audit_preset not in ("quick", "standard", "thorough"):
             raise InputError(f"audit_preset must be quick, standard or thorough, got {self.audit_preset!r}")
 
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["publish"] = None if self.publish is None else str(self.publish)
+        return d
+
     @property
     def eps_v(self) -> float:
         return self.eps_v_factor * self.eps

@@ -22,6 +22,12 @@ REPAIR, NOISE = "reverse-attack", "random-noise"
 PCT = 100.0
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _acc(r: dict[str, Any] | None) -> str:
     if r is None:
         return "n/a"
@@ -301,13 +307,14 @@ def write_mao2021_report(cfg: Mao2021Config, store: ResultsStore, results: dict[
                          finished: bool) -> Path:
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
+    runs = [r for r in store.records if r.get("stage") == "mao2021-invocation"]
     lines = ["# mao2021 reproduced: the self-supervised reverse attack on " + cfg.dataset, "",
              f"Command: `advrepair experiment mao2021{' --quick' if cfg.budget_scale != 1.0 else ''}"
              f" --out {cfg.out}{'' if cfg.publish is None else f' --publish {cfg.publish}'}` (it resumes: every row "
              "is a stored record in the --out folder).", "",
              f"Status: {'finished' if finished else 'partial: stages still to run are marked n/a or missing'}. "
-             f"Wall time of this invocation {wall_seconds / 60:.1f} min; sum of the stored records' seconds "
-             f"{sum(r.get('seconds', 0.0) for r in store.records) / 60:.1f} min.", "",
+             f"Wall time of this invocation {wall_seconds / 60:.1f} min; over the {len(runs)} recorded invocations "
+             f"{sum(r['seconds_wall'] for r in runs) / 60:.1f} min (threads: {torch_threads()}).", "",
              f"Models: {', '.join(cfg.classifiers)} with heads {', '.join(cfg.heads or ('<zoo>-contrastive',))}. "
              f"Repair: the reverse attack, eps_v = {cfg.eps_v:g} (2 eps), K = {cfg.reverse_steps}, 4 views, "
              f"sign steps of 2.5 eps_v / K, seed {cfg.seed}. Control: uniform noise in the same eps_v ball "
@@ -339,6 +346,11 @@ def write_mao2021_report(cfg: Mao2021Config, store: ResultsStore, results: dict[
         if path is not None:
             figures.append(path)
             lines += [f"![{path.stem}]({path.name})", "", caption, ""]
+    for m, by_eps in results.get("fig6", {}).items():
+        lines.append(f"- Fig. 6 points, {m} (attack eps: standard / + reverse attack / + random noise, %): "
+                     + "; ".join(f"{e:g}: {PCT * by_eps[e][None]['accuracy']:.1f} / "
+                                 f"{PCT * by_eps[e][REPAIR]['accuracy']:.1f} / {PCT * by_eps[e][NOISE]['accuracy']:.1f}"
+                                 for e in sorted(by_eps)))
     for m, t in results.get("timing", {}).items():
         sec = t["seconds_per_image"]
         lines.append(f"- {m}: ms per image at k = " + ", ".join(f"{k}: {1e3 * v:.1f}" for k, v in sec.items())

@@ -134,7 +134,8 @@ def _pgd20(cfg: Mao2021Config, eps: float) -> Row:
 
 def stage_eps_curve(run: Run, s: Subject) -> None:
     """Fig. 6: PGD-20 at each attack budget, with and without the (fixed) repair."""
-    rows = [_pgd20(run.cfg, e) for e in run.cfg.eps_sweep]
+    steps = run.cfg.scaled(20)
+    rows = [Row(f"PGD-{steps} eps {e:g}", "pgd", e, steps) for e in run.cfg.eps_sweep]  # one title per row
     entry = s.entry()
     by_title = _by_row(rows, run.matrix(run.sweep_data, entry, [r.spec(run.cfg.seed) for r in rows]), entry)
     run.results.setdefault("fig6", {})[s.name] = {e: by_title[r.title] for e, r in zip(run.cfg.eps_sweep, rows)}
@@ -418,8 +419,12 @@ def run_mao2021_experiment(cfg: Mao2021Config) -> Path:
     tqdm.write(f"mao2021: {len(run.subjects)} classifiers; tables on {len(table_data)} test images, sweeps on "
                f"{len(sweep_data)}; records in {cfg.out}")
 
+    invocation = {"stage": "mao2021-invocation", "started": time.time(), "config": cfg.to_dict()}
+
     def report(finished: bool = False) -> Path:
         with store.lock:
+            # this invocation's wall time so far, so the report can sum the cost over resumed runs
+            store.add({**invocation, "key": record_key(**invocation), "seconds_wall": time.perf_counter() - start})
             return write_mao2021_report(cfg, store, run.results, time.perf_counter() - start, finished)
 
     run_stages(run, report)
