@@ -121,6 +121,7 @@ def test_quick_run_writes_every_table_and_figure_from_records_and_resumes(tmp_pa
     docs = tmp_path / "docs"
     assert "(mao2021-x/fig7_eps_v_tradeoff.png)" in (docs / "mao2021-x.md").read_text()
     assert (docs / "mao2021-x" / "fig7_eps_v_tradeoff.png").exists() and not (docs / "mao2021-x" / "results.json").exists()
+    assert (docs / "mao2021-x" / "audit-quick-fmnist-cnn-pgd-reverse-attack" / "audit.md").exists()
     for heading in ("## The answer", "## Table 1 shape: fmnist-cnn-standard", "## Table 1 shape: fmnist-cnn-pgd",
                     "## Table 5 shape: fmnist-cnn-pgd", "Fig. 8 statistic, fmnist-cnn-pgd",
                     "## Fig. 4: the defense-aware attack", "## lawhon: the multi-task repair on fmnist-cnn-pgd",

@@ -414,6 +414,10 @@ def publish(report: Path, target: Path) -> Path:
     for png in sorted(report.parent.glob("*.png")):
         shutil.copyfile(png, folder / png.name)
         text = text.replace(f"]({png.name})", f"]({folder.name}/{png.name})")
+    for audit_dir in sorted(report.parent.glob("audit-*")):  # each audit's report, without its records
+        (folder / audit_dir.name).mkdir(exist_ok=True)
+        for part in (*audit_dir.glob("audit.*"), *audit_dir.glob("*.png")):
+            shutil.copyfile(part, folder / audit_dir.name / part.name)
     target.write_text(text)
     return target
 
@@ -461,7 +465,7 @@ def _audit_section(results: dict[str, Any]) -> list[str]:
     for m, reports in audits.items():
         lines += [f"## The audit of the repair and of the noise control on {m}", "",
                   comparison_table(list(reports.values()), names=list(reports)), "",
-                  "Each audit folder (audit.md, audit.json, figures) sits beside this report. The standard preset "
+                  "Each audit's folder (audit.md, audit.json, figures) sits beside this report. The standard preset "
                   "(APGD-T 9 targets x 100 steps, EOT 20, Square 5000) costs about 25 min per image through the "
                   "reverse attack on this 2-core CPU (docs/results/audit), so it is not run here.", ""]
     return lines
