@@ -75,6 +75,13 @@ def check_int_at_least(value: Any, name: str, low: int) -> int:
     return int(value)
 
 
+def check_fraction(value: Any, name: str) -> float:
+    """``value`` as a float if it is a number in (0, 1] (a probability, a share), else a clear InputError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise InputError(f"{name} must lie in (0, 1], got {value!r}")
+    return float(value)
+
+
 def check_seed(seed: Any, name: str = "seed") -> int | None:
     """``seed`` if it is None (truly random) or an integer >= 0, else a clear InputError."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):

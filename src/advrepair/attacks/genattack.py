@@ -9,9 +9,8 @@ from advrepair.attacks.base import Attack
 from advrepair.attacks.registry import register_attack
 from advrepair.engine import project
 from advrepair.enums import Norm
-from advrepair.errors import InputError
 from advrepair.seeding import image_generators
-from advrepair.validation import check_int_at_least, check_positive
+from advrepair.validation import check_fraction, check_int_at_least, check_positive
 
 
 def log_odds_fitness(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -22,12 +21,6 @@ def log_odds_fitness(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     true = logp.gather(1, labels[:, None]).squeeze(1)
     others = logp.scatter(1, labels[:, None], float("-inf")).logsumexp(1)
     return others - true
-
-
-def _probability(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise InputError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
 
 
 @register_attack("genattack")
@@ -67,8 +60,8 @@ class GenAttack(Attack):
         super().__init__(model, eps=eps, norm=norm, seed=seed)
         self.population = check_int_at_least(population, "population", 2)
         self.n_queries = check_int_at_least(n_queries, "n_queries", self.population)
-        self.mutation_rate = _probability(mutation_rate, "mutation_rate")
-        self.alpha = _probability(alpha, "alpha")
+        self.mutation_rate = check_fraction(mutation_rate, "mutation_rate")
+        self.alpha = check_fraction(alpha, "alpha")
         self.temperature = check_positive(temperature, "temperature")
         self.adaptive = bool(adaptive)
         self.plateau = check_int_at_least(plateau, "plateau", 1)

@@ -12,7 +12,7 @@ from advrepair.attacks.losses import margin as margin_loss
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import image_generators
-from advrepair.validation import check_int_at_least
+from advrepair.validation import check_fraction, check_int_at_least
 from advrepair.attacks.registry import register_attack
 
 # Iterations (out of 10000 queries) after which the paper halves the square's area fraction p.
@@ -82,11 +82,9 @@ class Square(Attack):
         super().__init__(model, eps=eps, norm=norm, seed=seed)
         self.n_queries = check_int_at_least(n_queries, "n_queries", 1)
         self.n_restarts = check_int_at_least(n_restarts, "n_restarts", 1)
-        if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0 < p_init <= 1:
-            raise InputError(f"p_init must be a number in (0, 1], got {p_init!r}")
         if loss not in ("margin", "ce"):
             raise InputError(f"unknown loss {loss!r}; expected 'margin' or 'ce'")
-        self.p_init, self.loss_name = float(p_init), loss
+        self.p_init, self.loss_name = check_fraction(p_init, "p_init"), loss
 
     # -- schedule ----------------------------------------------------------------------
     def p_at(self, iteration: int) -> float:

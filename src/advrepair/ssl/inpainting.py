@@ -51,7 +51,7 @@ from advrepair.errors import InputError
 from advrepair.models.base import Classifier
 from advrepair.models.registry import register_architecture
 from advrepair.ssl.task import SelfSupervisedTask
-from advrepair.validation import check_images, check_int_at_least
+from advrepair.validation import check_fraction, check_images, check_int_at_least
 
 MASK_MODES = ("center", "random")
 #: uniforms one random rectangle consumes: height, width, top, left
@@ -148,8 +148,7 @@ def center_mask(batch: int, height: int, width: int, frac: float = 0.5,
     batch = check_int_at_least(batch, "batch", 1)
     height = check_int_at_least(height, "height", 1)
     width = check_int_at_least(width, "width", 1)
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-        raise InputError(f"frac (the masked side's fraction of the image side) must lie in (0, 1], got {frac!r}")
+    frac = check_fraction(frac, "frac (the masked side's fraction of the image side)")
     mh, mw = max(1, round(frac * height)), max(1, round(frac * width))
     top, left = (height - mh) // 2, (width - mw) // 2
     m = torch.zeros(batch, 1, height, width, device=device)

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from advrepair.apps.experiments.mao2021.config import Mao2021Config  # noqa: E402
 from advrepair.evaluation.metrics import Accuracy, Difference, paired_difference  # noqa: E402
@@ -20,12 +21,6 @@ from advrepair.adaptive.defense_aware import sweep_entry  # noqa: E402
 
 REPAIR, NOISE = "reverse-attack", "random-noise"
 PCT = 100.0
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _acc(r: dict[str, Any] | None) -> str:
@@ -314,7 +309,7 @@ def write_mao2021_report(cfg: Mao2021Config, store: ResultsStore, results: dict[
              "is a stored record in the --out folder).", "",
              f"Status: {'finished' if finished else 'partial: stages still to run are marked n/a or missing'}. "
              f"Wall time of this invocation {wall_seconds / 60:.1f} min; over the {len(runs)} recorded invocations "
-             f"{sum(r['seconds_wall'] for r in runs) / 60:.1f} min (threads: {torch_threads()}).", "",
+             f"{sum(r['seconds_wall'] for r in runs) / 60:.1f} min (threads: {torch.get_num_threads()}).", "",
              f"Models: {', '.join(cfg.classifiers)} with heads {', '.join(cfg.heads or ('<zoo>-contrastive',))}. "
              f"Repair: the reverse attack, eps_v = {cfg.eps_v:g} (2 eps), K = {cfg.reverse_steps}, 4 views, "
              f"sign steps of 2.5 eps_v / K, seed {cfg.seed}. Control: uniform noise in the same eps_v ball "
