@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "resize-and-pad), or your own module:factory (called with seed if it takes one)")
     ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                     help="autocast precision of the classifier (bf16: CPU or CUDA; fp16: CUDA only)")
-    ev.add_argument("--channels-last", action="store_true", help="channels-last memory layout (faster convs on GPU)")
+    ev.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="channels-last memory layout of the classifier's convolutions (default: on for "
+                         "convolutional models: same predictions, ~2x faster on the CPU)")
     ev.add_argument("--purifier", type=Path, default=None, help="NRP purifier stem for --defense nrp")
     ev.add_argument("--ride-iterations", type=int, default=2000,
                     help="RIDE steps K per checkpoint (paper 2000, x T=5; ~5-30 s per image on a CPU)")

@@ -129,7 +129,7 @@ class EvalRequest:
     purifier: Path | None = None
     nrp_dynamic: bool = False
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | None = None
     ride_iterations: int = 2000
 
     def __post_init__(self) -> None:
@@ -151,7 +151,7 @@ def _evaluate(*, dataset: str, data_root: str | None, model_dirs: Sequence[Path]
              out: Path, resume: bool, seed: int, device: str, progress: bool,
              adaptive: dict[str, Any] | None = None, ssl_tasks: str = "contrastive", ray: str | None = None,
              ray_workers: int = 2, purifier: Path | None = None, nrp_dynamic: bool = False,
-             precision: str = "fp32", channels_last: bool = False, ride_iterations: int = 2000) -> Path:
+             precision: str = "fp32", channels_last: bool | None = None, ride_iterations: int = 2000) -> Path:
     from advrepair.runtime import AutocastModule, autocast_context, prepare_module
 
     autocast_context(device, precision)  # refuse fp16 on a CPU before any work

@@ -97,7 +97,9 @@ def _build_classifier(e: ZooEntry, out: Path, data_root: str | None, device: tor
 
 def _build_head(e: ZooEntry, out: Path, data_root: str | None, device: torch.device, progress: bool) -> ModelCard:
     assert isinstance(e.recipe, SSLRecipe) and e.parent is not None
-    classifier, parent = load(e.parent, device, folder=out if is_shipped(e.parent, out) else None)
+    # the layout the recipe was trained in: channels-last would change the head's float sums
+    classifier, parent = load(e.parent, device, folder=out if is_shipped(e.parent, out) else None,
+                              channels_last=False)
     assert isinstance(classifier, Classifier)
     train, heldout, test = _splits(e, data_root)
     options = {k: v for k, v in e.task.items() if k != "name"}

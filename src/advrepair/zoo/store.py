@@ -14,6 +14,7 @@ from advrepair.durable import write_durably, write_text_durably
 from advrepair.errors import CheckpointError, InputError
 from advrepair.models import Classifier, ModelCard, load_checkpoint, read_card
 from advrepair.models.checkpoint import checkpoint_paths, sha256_file
+from advrepair.runtime import prepare_module
 from advrepair.ssl import AugmentConfig, ContrastiveHead, ContrastiveTask, SelfSupervisedTask, task_from_checkpoint_parts
 from advrepair.zoo.registry import NEGATIVES, ZooKind, entry
 
@@ -69,8 +70,11 @@ def load_negatives(folder: Path | None = None, device: str | torch.device = "cpu
 
 
 def load(name: str, device: str | torch.device = "cpu", *, folder: Path | None = None,
-         ) -> tuple[nn.Module | torch.Tensor, ModelCard]:
+         channels_last: bool | None = None) -> tuple[nn.Module | torch.Tensor, ModelCard]:
     """Load a zoo entry by name, in eval mode, with its card.
+
+    Convolutional networks come in channels-last layout unless ``channels_last=False``
+    (``runtime.prepare_module``: the same predictions, about 2x faster on the CPU).
 
     A classifier comes back as the ``Classifier``; a self-supervised head as its ready
     task (the contrastive task with its negative bank), so
@@ -94,11 +98,12 @@ def load(name: str, device: str | torch.device = "cpu", *, folder: Path | None =
     if e.kind is ZooKind.CLASSIFIER:
         if not isinstance(module, Classifier):
             raise CheckpointError(f"zoo entry {name!r} is not a classifier checkpoint")
-        return module, model_card
+        return prepare_module(module, device, channels_last), model_card
     parent_card = card(e.parent or "", folder)
     if model_card.parent.get("classifier_sha256") != parent_card.weights_sha256:
         raise CheckpointError(f"zoo head {name!r} was trained on other weights than {e.parent!r}; rebuild it")
-    return ssl_task(e.task["name"], module, model_card.parent.get("task", {}), folder, device), model_card
+    task = ssl_task(e.task["name"], module, model_card.parent.get("task", {}), folder, device)
+    return prepare_module(task, device, channels_last), model_card
 
 
 def ssl_task(task_name: str, head: nn.Module, task_config: dict[str, Any], folder: Path | None,

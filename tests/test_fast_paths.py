@@ -1,0 +1,87 @@
+"""The faster paths give the results of the plain ones (issue 18): the SmallCNN's pool-before-
+ReLU order exactly, the channels-last layout within a stated tolerance, the repair's chunk size
+exactly. Speed itself is measured in bench/, never here."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from advrepair import zoo
+from advrepair.defenses import ReverseAttack
+from advrepair.models import SmallCNN
+from advrepair.runtime import layout_of, prepare_module
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+#: channels-last changes only the float summation order of the convolutions
+LOGIT_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def real_images() -> torch.Tensor:
+    """Real Fashion-MNIST images (the shipped negative bank) plus flat ones, whose constant
+    regions tie inside every pooling window."""
+    bank = zoo.load_negatives()[:62]
+    return torch.cat([bank, torch.zeros(1, 1, 28, 28), torch.full((1, 1, 28, 28), 0.5)])
+
+
+def _relu_first(model: SmallCNN) -> nn.Sequential:
+    """The textbook conv-ReLU-pool order over the same layers."""
+    b = model.body
+    return nn.Sequential(b[0], b[2], b[1], b[3], b[5], b[4], b[6], b[7], b[8])
+
+
+@pytest.mark.parametrize("name", ["fmnist-cnn-pgd", "fmnist-cnn-standard"])
+def test_pool_before_relu_gives_the_same_values_and_gradients_bit_for_bit(name, real_images):
+    model, _ = zoo.load(name, channels_last=False)
+    assert isinstance(model.body[1], nn.MaxPool2d) and isinstance(model.body[2], nn.ReLU)
+    reference = _relu_first(model)
+    x1 = real_images.clone().requires_grad_(True)
+    x2 = real_images.clone().requires_grad_(True)
+    f1, f2 = model.embed(x1), reference(x2)
+    assert torch.equal(f1, f2)
+    weights = list(model.body.parameters())
+    g1 = torch.autograd.grad(f1.square().sum(), [x1, *weights])
+    g2 = torch.autograd.grad(f2.square().sum(), [x2, *weights])
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))  # the input's and the training gradients
+
+
+def test_checkpoints_keep_their_parameter_names():
+    names = set(SmallCNN().state_dict())
+    assert {"body.0.weight", "body.3.weight", "body.7.weight", "head.weight"} <= names
+
+
+@pytest.mark.parametrize("name", ["fmnist-cnn-pgd", "fmnist-cnn-standard"])
+def test_channels_last_keeps_the_predictions_and_the_logits_within_tolerance(name, real_images):
+    plain, _ = zoo.load(name, channels_last=False)
+    fast, _ = zoo.load(name)
+    assert layout_of(plain) == "contiguous" and layout_of(fast) == "channels_last"
+    with torch.no_grad():
+        a, b = plain(real_images), fast(real_images)
+    assert torch.equal(a.argmax(1), b.argmax(1))
+    assert (a - b).abs().max() <= LOGIT_TOLERANCE
+    x1 = real_images.clone().requires_grad_(True)
+    x2 = real_images.clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(plain(x1).logsumexp(1).sum(), x1)
+    (g2,) = torch.autograd.grad(fast(x2).logsumexp(1).sum(), x2)
+    assert (g1 - g2).abs().max() <= LOGIT_TOLERANCE * max(1.0, float(g1.abs().max()))
+
+
+def test_the_layout_default_follows_the_convolutions():
+    assert layout_of(prepare_module(SmallCNN(), "cpu")) == "channels_last"
+    assert layout_of(prepare_module(SmallCNN(), "cpu", channels_last=False)) == "contiguous"
+    assert layout_of(prepare_module(nn.Linear(3, 2), "cpu")) is None
+
+
+def test_the_default_chunk_repairs_as_any_other_chunk_in_channels_last(real_images):
+    """Batch independence must survive the layout: a chunk of 32, 64 or 5 images gives each
+    image the same repair (the convolution kernels chosen per batch size must not matter)."""
+    classifier, _ = zoo.load("fmnist-cnn-pgd")
+    task, _ = zoo.load("fmnist-cnn-pgd-contrastive")
+    x = real_images[:40]
+    default = ReverseAttack(classifier, task, eps_v=0.2, steps=4)
+    assert default.chunk_size == 32
+    repaired = default(x)
+    assert torch.equal(repaired, default.variant(chunk_size=64)(x))
+    assert torch.equal(repaired[:10], default.variant(chunk_size=5)(x[:10]))
