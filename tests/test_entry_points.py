@@ -46,8 +46,8 @@ from advrepair.evaluation.adaptive import AdaptiveConfig
 from advrepair.models import (Classifier, Normalize, PreActResNet18, SmallCNN, SmallVGG, WideResNet, build_model,
                               register_architecture, wrap_model, wrn_28_10)
 from advrepair.report import accuracy_table, cost_table, write_report
-from advrepair.runtime import (AutocastModule, autocast_context, parse_precision, prepare_images, prepare_module,
-                               resolve_device)
+from advrepair.runtime import (AutocastModule, autocast_context, has_convolutions, layout_of, parse_precision,
+                               prepare_images, prepare_module, resolve_device)
 from advrepair.ssl import (N_AUG_NUMBERS, AugmentConfig, ContrastiveHead, ContrastiveTask, InpaintingNet,
                            InpaintingTask, RotationHead, RotationTask, augment, augment_views, build_task,
                            center_mask, check_task_name, multiview_contrastive_loss, nt_xent, random_rect_mask,
@@ -534,6 +534,10 @@ CASES: list[Case] = [
          r"unknown precision 'fp8'"),
     Case("runtime.prepare_module", "not a module", lambda t: prepare_module(lambda x: x, "cpu"),
          r"prepare_module needs an nn.Module"),
+    Case("runtime.layout_of", "not a module", lambda t: layout_of(torch.zeros(2, 3, 4, 4)),
+         r"layout_of needs an nn.Module"),
+    Case("runtime.has_convolutions", "not a module", lambda t: has_convolutions([torch.zeros(2, 3, 4, 4)]),
+         r"has_convolutions needs an nn.Module"),
     Case("runtime.prepare_images", "images without a batch axis", lambda t: prepare_images(X[0], "cpu"),
          r"4-D NCHW tensor, got \(1, 28, 28\)"),
 ]

@@ -1,14 +1,17 @@
 """The faster paths give the results of the plain ones (issue 18): the SmallCNN's pool-before-
 ReLU order exactly, the channels-last layout within a stated tolerance, the repair's chunk size
-exactly. Speed itself is measured in bench/, never here."""
+exactly, APGD without the images it has already fooled exactly, and so the audit. Speed itself
+is measured in bench/, never here."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from advrepair import zoo
-from advrepair.defenses import ReverseAttack
+from advrepair import audit, zoo
+from advrepair.attacks.apgd import APGD, APGDCE, APGDDLR
+from advrepair.attacks.apgd_t import APGDT
+from advrepair.defenses import MedianFilter, ReverseAttack
 from advrepair.models import SmallCNN
 from advrepair.runtime import layout_of, prepare_module
 
@@ -85,3 +88,52 @@ def test_the_default_chunk_repairs_as_any_other_chunk_in_channels_last(real_imag
     repaired = default(x)
     assert torch.equal(repaired, default.variant(chunk_size=64)(x))
     assert torch.equal(repaired[:10], default.variant(chunk_size=5)(x[:10]))
+
+
+def _labels_with_some_wrong(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 10  # misclassified clean: never attacked
+    return y
+
+
+@pytest.mark.parametrize("name", ["fmnist-cnn-pgd", "fmnist-cnn-standard"])
+@pytest.mark.parametrize("make", [lambda m: APGDCE(m, eps=0.1, steps=12, n_restarts=2),
+                                  lambda m: APGDDLR(m, eps=0.1, steps=12),
+                                  lambda m: APGDT(m, eps=0.1, steps=12, n_target_classes=3)],
+                         ids=["apgd-ce-2-restarts", "apgd-dlr", "apgd-t-3"])
+def test_apgd_dropping_fooled_images_changes_no_result_only_the_passes(name, make, real_images, monkeypatch):
+    model, _ = zoo.load(name)
+    x = real_images[:48]
+    y = _labels_with_some_wrong(model, x)
+    fast = make(model)
+    dropped = fast(x, y)
+    monkeypatch.setattr(APGD, "drop_fooled", False)
+    reference = make(model)
+    assert torch.equal(dropped, reference(x, y))
+    assert fast.stats.forward < reference.stats.forward
+
+
+def test_the_audit_with_the_savings_equals_the_audit_without(real_images, monkeypatch, tmp_path):
+    """The quick audit of a deterministic defense row by row: the same accuracies, worst
+    cases and flags whether or not APGD drops the images it has fooled."""
+    model, _ = zoo.load("fmnist-cnn-pgd")
+    x = real_images[:24]
+    y = _labels_with_some_wrong(model, x)
+
+    def run(out: str) -> dict:
+        report = audit(model, MedianFilter(3), x, y, eps=0.1, preset="quick", out=tmp_path / out, progress=False)
+        return report.to_dict()
+
+    fast = run("fast")
+    monkeypatch.setattr(APGD, "drop_fooled", False)
+    reference = run("reference")
+    varying = {"seconds", "seconds_per_image", "forward_per_image", "backward_per_image"}
+
+    def results(report: dict) -> dict:
+        rows = [{k: v for k, v in row.items() if k not in varying} for row in report["rows"]]
+        return {**{k: v for k, v in report.items() if k not in varying | {"rows", "out"}}, "rows": rows}
+
+    assert results(fast) == results(reference)
+    passes = {r["name"]: r["forward_per_image"] for r in fast["rows"]}
+    assert sum(passes.values()) < sum(r["forward_per_image"] for r in reference["rows"])

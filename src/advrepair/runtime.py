@@ -155,14 +155,21 @@ class AutocastModule(nn.Module):
             return getattr(super().__getattr__("module"), name)
 
 
+def _check_module(module: object, what: str) -> None:
+    if not isinstance(module, nn.Module):
+        raise InputError(f"{what} needs an nn.Module, got {type(module).__name__}")
+
+
 def has_convolutions(module: nn.Module) -> bool:
     """Whether ``module`` holds a 4-D parameter (a 2-D convolution's weight)."""
+    _check_module(module, "has_convolutions")
     return any(p.dim() == 4 for p in module.parameters())
 
 
 def layout_of(module: nn.Module) -> str | None:
     """``"channels_last"`` or ``"contiguous"``: how ``module``'s 4-D parameters are stored
     (``None`` without any). Evaluations record it beside their results."""
+    _check_module(module, "layout_of")
     weights = [p for p in module.parameters() if p.dim() == 4]
     if not weights:
         return None
@@ -181,8 +188,7 @@ def prepare_module(module: nn.Module, device: DeviceLike, channels_last: bool | 
     Example:
         >>> model = prepare_module(model, "auto", channels_last=True).eval()
     """
-    if not isinstance(module, nn.Module):
-        raise InputError(f"prepare_module needs an nn.Module, got {type(module).__name__}")
+    _check_module(module, "prepare_module")
     dev = resolve_device(device)
     module.to(dev)
     if channels_last is None:

@@ -100,6 +100,9 @@ class APGD(Attack):
     name = "apgd-ce"
     #: weight of the new step against the previous displacement (the paper's alpha).
     momentum = 0.75
+    #: drop an image from the batch at its first success (the same results, fewer model
+    #: passes); ``False`` steps every image to the end, the reference the tests compare with
+    drop_fooled = True
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
                  norm: str | Norm = Norm.LINF, steps: int = 100, n_restarts: int = 1,
@@ -141,19 +144,30 @@ class APGD(Attack):
         assert logits_sum is not None
         return loss_sum / n, grad_sum / n, logits_sum / n
 
-    def _run(self, images: torch.Tensor, labels: torch.Tensor, loss_fn: LogitLoss, stream: str) -> _Run:
-        """One APGD run from a random start; success means misclassified (not the target hit)."""
+    def _run(self, images: torch.Tensor, labels: torch.Tensor, loss_for: Callable[[torch.Tensor], LogitLoss],
+             stream: str) -> _Run:
+        """One APGD run from a random start; success means misclassified (not the target hit).
+
+        ``loss_for(indices)`` is the loss of those images of this run. An image leaves the
+        batch at its first success: its result (that iterate) is final, and every image's
+        steps depend on its own values only, so the others' iterates are those of the full
+        batch (tests/test_fast_paths.py) while the model, often a whole defense, runs only
+        on images still standing.
+        """
         rule = default_step_rule(self.norm)
         b = images.shape[0]
-        per_image = (b,) + (1,) * (images.dim() - 1)
+        ones = (1,) * (images.dim() - 1)
+        alive = torch.arange(b, device=images.device)  # this run's images still not fooled
 
         x = self._start(images, stream)
-        loss, grad, logits = self._loss_grad(x, loss_fn)
+        loss, grad, logits = self._loss_grad(x, loss_for(alive))
         fooled = logits.argmax(1) != labels
         adv = x.clone()
-        best, best_loss, best_grad = x.clone(), loss.clone(), grad.clone()
+        best, best_loss = x.clone(), loss.clone()  # full size; rows of fooled images are never read
+        center, y = images, labels
+        best_w, best_loss_w, best_grad = x.clone(), loss.clone(), grad.clone()
 
-        step = torch.full(per_image, 2 * self.eps, device=images.device)
+        step = torch.full((b, *ones), 2 * self.eps, device=images.device)
         x_prev = x
         loss_here = loss  # loss at the current iterate, for counting successful steps
         increases = torch.zeros(b, device=images.device)
@@ -161,38 +175,50 @@ class APGD(Attack):
         # The reference treats the start as a halving so condition 2 cannot fire at w_1.
         halved_at_check = torch.ones(b, dtype=torch.bool, device=images.device)
         marks, last_mark = set(checkpoints(self.steps)), 0
+        newly = fooled
 
         for i in range(self.steps):
+            if self.drop_fooled and bool(newly.any()):  # newly: fooled by the last step
+                keep = ~newly
+                best[alive[~keep]] = best_w[~keep]
+                best_loss[alive[~keep]] = best_loss_w[~keep]
+                alive = alive[keep]
+                if alive.numel() == 0:
+                    break
+                center, y, x, x_prev, grad, step = (t[keep] for t in (center, y, x, x_prev, grad, step))
+                best_w, best_loss_w, best_grad, loss_here, increases, best_at_check, halved_at_check = (
+                    t[keep] for t in (best_w, best_loss_w, best_grad, loss_here, increases, best_at_check,
+                                      halved_at_check))
             a = 1.0 if i == 0 else self.momentum
-            z = project(x + step * rule.direction(grad), images, self.eps, self.norm)
-            x_new = project(x + a * (z - x) + (1 - a) * (x - x_prev), images, self.eps, self.norm)
+            z = project(x + step * rule.direction(grad), center, self.eps, self.norm)
+            x_new = project(x + a * (z - x) + (1 - a) * (x - x_prev), center, self.eps, self.norm)
             x_prev, x = x, x_new
 
-            loss, grad, logits = self._loss_grad(x, loss_fn)
-            newly = (logits.argmax(1) != labels) & ~fooled
-            adv[newly] = x[newly]
-            fooled |= newly
-            increases += (loss > loss_here).float()
-            loss_here = loss
-            improved = loss > best_loss
-            best[improved] = x[improved]
-            best_grad[improved] = grad[improved]
-            best_loss = torch.where(improved, loss, best_loss)
-            # Keeping the first success makes stopping here invisible per image, so the
-            # result still does not depend on batch-mates.
+            loss, grad, logits = self._loss_grad(x, loss_for(alive))
+            newly = (logits.argmax(1) != y) & ~fooled[alive]
+            adv[alive[newly]] = x[newly]
+            fooled[alive[newly]] = True
             if bool(fooled.all()):
                 break
+            increases += (loss > loss_here).float()
+            loss_here = loss
+            improved = loss > best_loss_w
+            best_w[improved] = x[improved]
+            best_grad[improved] = grad[improved]
+            best_loss_w = torch.where(improved, loss, best_loss_w)
 
             if i + 1 in marks:
                 length, last_mark = i + 1 - last_mark, i + 1
-                stalled = (~halved_at_check) & (best_loss <= best_at_check)
+                stalled = (~halved_at_check) & (best_loss_w <= best_at_check)
                 halve = (increases < self.rho * length) | stalled
-                halved_at_check, best_at_check = halve, best_loss.clone()
+                halved_at_check, best_at_check = halve, best_loss_w.clone()
                 increases.zero_()
-                step = torch.where(halve.view(per_image), step / 2, step)
-                x = torch.where(halve.view(per_image), best, x)
-                grad = torch.where(halve.view(per_image), best_grad, grad)
-                loss_here = torch.where(halve, best_loss, loss_here)
+                step = torch.where(halve.view(-1, *ones), step / 2, step)
+                x = torch.where(halve.view(-1, *ones), best_w, x)
+                grad = torch.where(halve.view(-1, *ones), best_grad, grad)
+                loss_here = torch.where(halve, best_loss_w, loss_here)
+        best[alive] = best_w
+        best_loss[alive] = best_loss_w
         return _Run(best=best, best_loss=best_loss, adv=adv, fooled=fooled)
 
     def _attack(self, images: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor,
@@ -205,7 +231,7 @@ class APGD(Attack):
             idx = (~fooled).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            run = self._run(images[idx], labels[idx], loss_for(idx), stream)
+            run = self._run(images[idx], labels[idx], lambda sub, idx=idx, loss_for=loss_for: loss_for(idx[sub]), stream)
             better = (~run.fooled) & (run.best_loss > out_loss[idx])
             out[idx[better]] = run.best[better]
             out_loss[idx[better]] = run.best_loss[better]
