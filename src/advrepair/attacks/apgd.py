@@ -60,6 +60,11 @@ def check_count(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def _on_subset(loss_for: Callable[[torch.Tensor], LogitLoss], idx: torch.Tensor) -> Callable[[torch.Tensor], LogitLoss]:
+    """``loss_for`` of a run over the images ``idx``, indexed within that run."""
+    return lambda sub: loss_for(idx[sub])
+
+
 @dataclass
 class _Run:
     """One APGD run on a batch: the best-loss point and the first misclassified point."""
@@ -231,7 +236,7 @@ class APGD(Attack):
             idx = (~fooled).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            run = self._run(images[idx], labels[idx], lambda sub, idx=idx, loss_for=loss_for: loss_for(idx[sub]), stream)
+            run = self._run(images[idx], labels[idx], _on_subset(loss_for, idx), stream)
             better = (~run.fooled) & (run.best_loss > out_loss[idx])
             out[idx[better]] = run.best[better]
             out_loss[idx[better]] = run.best_loss[better]
