@@ -3,7 +3,9 @@ same cost in units of one defended forward pass measured in the same run.
 
 "defended forwards per image" = audit seconds per image / seconds of one ``classifier(defense(x))``
 per image (batched, no gradient). It says how many repairs an audit costs, independent of the
-machine, and is the number issue 18's savings must lower.
+machine, and is the number issue 18's savings must lower. The same audit without the savings
+(APGD stepping every image to the end) runs in the same run as the reference: the JSON gives
+the speed-up and checks that both reports agree.
 
     python bench/audit_presets.py [--images 20] [--preset quick] [--defenses none,jpeg,reverse-attack] [--out FILE]
 """
@@ -19,6 +21,7 @@ import torch
 
 import advrepair
 from advrepair import zoo
+from advrepair.attacks.apgd import APGD
 from advrepair.data import balanced_subset, load_dataset
 from advrepair.defenses import ReverseAttack, make_defense
 from _timing import timed  # bench/ is sys.path[0] when a script runs
@@ -33,12 +36,20 @@ def build(name: str, classifier: torch.nn.Module) -> torch.nn.Module:
     return make_defense(name, seed=0)
 
 
+def run_audit(classifier: torch.nn.Module, defense: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              preset: str) -> tuple[advrepair.AuditReport, float]:
+    with tempfile.TemporaryDirectory() as folder:
+        return timed(lambda: advrepair.audit(classifier, defense, images, labels, eps=0.1, preset=preset, out=folder,
+                                             progress=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--defenses", default="none,jpeg,reverse-attack")
     parser.add_argument("--out", type=Path, default=Path("bench/results/audit_presets.json"))
+    parser.add_argument("--no-reference", action="store_true", help="skip the audit without the savings")
     args = parser.parse_args()
     classifier, _ = zoo.load("fmnist-cnn-pgd")
     images, labels = balanced_subset(load_dataset("fashion-mnist", split="test"), args.images, seed=0).tensors()
@@ -48,15 +59,25 @@ def main() -> None:
         with torch.no_grad():
             classifier(defense(images))  # warm-up
             _, forward_seconds = timed(lambda d=defense: classifier(d(images)))
-        with tempfile.TemporaryDirectory() as folder:
-            report, seconds = timed(lambda d=defense, f=folder: advrepair.audit(
-                classifier, d, images, labels, eps=0.1, preset=args.preset, out=f, progress=False))
+        report, seconds = run_audit(classifier, defense, images, labels, args.preset)
         per_image = seconds / len(images)
         row = {"defense": name, "preset": args.preset, "images": len(images), "wall_seconds": seconds,
                "seconds_per_image": per_image, "row_seconds_per_image": report.seconds_per_image,
                "defended_forward_seconds_per_image": forward_seconds / len(images),
                "defended_forwards_per_image": per_image / (forward_seconds / len(images)),
                "worst_case_accuracy": report.worst_case_accuracy}
+        if not args.no_reference:
+            APGD.drop_fooled = False
+            try:
+                plain, plain_seconds = run_audit(classifier, defense, images, labels, args.preset)
+            finally:
+                APGD.drop_fooled = True
+            row["without_savings"] = {
+                "wall_seconds": plain_seconds,
+                "defended_forwards_per_image": plain_seconds / len(images) / (forward_seconds / len(images)),
+                "worst_case_accuracy": plain.worst_case_accuracy}
+            row["speedup_from_savings"] = plain_seconds / seconds
+            row["same_rows"] = [(r.name, r.accuracy) for r in report.rows] == [(r.name, r.accuracy) for r in plain.rows]
         print(json.dumps(row))
         rows.append(row)
     result = {"benchmark": "audit_presets", "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -137,3 +137,22 @@ def test_the_audit_with_the_savings_equals_the_audit_without(real_images, monkey
     assert results(fast) == results(reference)
     passes = {r["name"]: r["forward_per_image"] for r in fast["rows"]}
     assert sum(passes.values()) < sum(r["forward_per_image"] for r in reference["rows"])
+
+
+class _FooledByAnyChange(nn.Module):
+    """Class 0 only for (nearly) white images: every random start fools it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = (x.flatten(1).mean(1, keepdim=True) - 0.999) * 1000
+        return torch.cat([score, torch.zeros(x.shape[0], 3)], 1)
+
+
+@pytest.mark.parametrize("attack", [APGDCE, APGDT])
+def test_apgd_with_every_image_fooled_at_its_start(attack, monkeypatch):
+    """The case the property tests found: the whole batch leaves before the first step."""
+    model, x = _FooledByAnyChange(), torch.ones(3, 1, 8, 8)
+    y = torch.zeros(3, dtype=torch.long)
+    fast = attack(model, eps=0.25, steps=5)(x, y)
+    monkeypatch.setattr(APGD, "drop_fooled", False)
+    assert torch.equal(fast, attack(model, eps=0.25, steps=5)(x, y))
+    assert (model(fast).argmax(1) != y).all() and (fast - x).abs().max() <= 0.25 + 1e-6

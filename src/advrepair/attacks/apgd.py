@@ -188,12 +188,12 @@ class APGD(Attack):
                 best[alive[~keep]] = best_w[~keep]
                 best_loss[alive[~keep]] = best_loss_w[~keep]
                 alive = alive[keep]
-                if alive.numel() == 0:
-                    break
                 center, y, x, x_prev, grad, step = (t[keep] for t in (center, y, x, x_prev, grad, step))
                 best_w, best_loss_w, best_grad, loss_here, increases, best_at_check, halved_at_check = (
                     t[keep] for t in (best_w, best_loss_w, best_grad, loss_here, increases, best_at_check,
                                       halved_at_check))
+                if alive.numel() == 0:
+                    break
             a = 1.0 if i == 0 else self.momentum
             z = project(x + step * rule.direction(grad), center, self.eps, self.norm)
             x_new = project(x + a * (z - x) + (1 - a) * (x - x_prev), center, self.eps, self.norm)
