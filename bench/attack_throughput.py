@@ -1,8 +1,7 @@
 """Attack throughput, ours against torchattacks in the same run, with robust accuracy beside it.
 
-Models: the Fashion-MNIST CNN, both of the demo's (adversarially trained "fashion-cnn" and
-standard "fashion-cnn-standard", read from $ADVREPAIR_HOME/models; a briefly trained one
-stands in when missing) on balanced test images, and a
+Models: the zoo's Fashion-MNIST CNNs (adversarially trained "fashion-cnn" = fmnist-cnn-pgd and
+"fashion-cnn-standard" = fmnist-cnn-standard) on balanced test images, and a
 PreAct-ResNet-18 at 32x32 (random weights, random images, labels = its own predictions so
 every image starts correctly classified: a throughput measurement only).
 
@@ -24,26 +23,20 @@ import torch
 import torchattacks
 
 from advrepair.attacks import APGD, FGSM, PGD, AutoAttack, Square
-from advrepair.models import PreActResNet18, SmallCNN, load_checkpoint
+from advrepair.models import PreActResNet18
 
-HOME = Path(os.environ.get("ADVREPAIR_HOME", Path.home() / ".cache" / "advrepair"))
 
 
 def fashion_cnn(n: int, name: str = "fmnist-cnn-pgd") -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
+    """A zoo CNN, in the layout the evaluations use (both libraries attack the same module)."""
+    from advrepair import zoo
     from advrepair.data import balanced_subset, load_dataset
+    from advrepair.runtime import layout_of
 
     test = load_dataset("fashion-mnist", split="test")
     x, y = balanced_subset(test, n, seed=0).tensors()
-    stem = HOME / "models" / name / "classifier"
-    if stem.with_suffix(".safetensors").exists():
-        model, _ = load_checkpoint(stem)
-        return model, x, y, str(stem) + ".safetensors"
-    from advrepair.training import ClassifierRecipe, train_classifier
-
-    model = SmallCNN()
-    train_classifier(model, load_dataset("fashion-mnist", split="train"),
-                     ClassifierRecipe(epochs=1, train_subset=20000), progress=False)
-    return model.eval(), x, y, "small-cnn, 1 epoch standard training on 20000 images"
+    model, card = zoo.load(name)
+    return model, x, y, f"zoo {name} (sha256 {card.weights_sha256[:12]}, {layout_of(model)})"
 
 
 def resnet(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
