@@ -39,14 +39,15 @@ def _write_tiny_classifier(models_dir, fake_fmnist) -> None:
         opt.step()
     card = ModelCard(kind="classifier", arch="small-cnn", config=model.config, dataset=train.name,
                      recipe=RECIPE.to_dict(), seed=0)
-    save_checkpoint(model.eval(), models_dir / "fmnist-cnn-standard" / "classifier", card)
+    save_checkpoint(model.eval(), models_dir / "tiny-standard" / "classifier", card)
 
 
 def _cfg(tmp_path, fake_fmnist, **kw):
     base = dict(out=tmp_path / "out", models_dir=tmp_path / "models", data_root=str(fake_fmnist),
                 classifier_recipe=RECIPE, progress=False, threads=1, batch_size=8,
                 n_images=10, whitebox_images=4, val_images=10, attack_steps=2, sweep_iterations=(2, 3),
-                sweep_checkpoints=2, ride_lr=1e-2)
+                sweep_checkpoints=2, ride_lr=1e-2, classifier_name="tiny-standard", median_kernels=(3, 5),
+                tv_weights=(0.1,), sweep_batch=(1, 2), sweep_alpha=(0.9,), sweep_sigma=(0.5, 1.0))
     base.update(kw)
     return RideConfig(**base)
 
@@ -88,15 +89,46 @@ def test_end_to_end_report_figures_and_resume(tmp_path, fake_fmnist):
     bpda = [r for r in white if r["attack"].get("through") == "bpda"]
     assert len(bpda) == 3 and {r["n_images"] for r in bpda} == {4}
     assert {r["defense"]["label"] for r in bpda} == {"median-3x3", "tv", "ride"}
+    # Tables 4-6: each swept baseline under clean, FGSM and PGD, labelled by its sweep name
+    baselines = summary[0]["baselines"]
+    assert [label for label, _ in baselines] == ["median-3x3", "median-5x5", "tv-chambolle-0.1", "tv-bregman-0.1"] * 3
+    by_key = {r["key"]: r for r in records}
+    assert by_key[baselines[1][1]]["defense"]["kernel_size"] == 5
+    assert by_key[baselines[3][1]]["defense"]["solver"] == "bregman"
+    # Figs. 5b-d: one record per (argument, value, attack), at the chosen stop
+    params = [{**by_key[k], "param": p, "value": v} for p, v, k in summary[0]["params"]]
+    assert [(r["param"], r["value"]) for r in params[::2]] == [("batch", 1), ("batch", 2), ("alpha", 0.9),
+                                                              ("sigma", 0.5), ("sigma", 1.0)]
+    assert {r["steps"] for r in params} == {stop["iterations"] * stop["checkpoints"]}
+    assert params[2]["defense"]["batch"] == 2 and params[8]["defense"]["sigma"] == 1.0
+    assert all(0 <= r["accuracy"] <= 1 and r["l1_255_estimate_to_clean"] > 0 for r in params)
+    for heading in ("Baselines swept (cf. Tables 4-6)", "RIDE's n, alpha and sigma (cf. Figs. 5b-d)",
+                    "L1/px estimate-clean"):
+        assert heading in text
+    assert (out / "ride_parameters.png").stat().st_size > 1000
+    assert all(r["l1_255_adv_to_clean"] > 0 for r in sweep)
     # the validation images are disjoint from the evaluation ones (different subset descriptions, counts)
     assert summary[0]["subsets"]["validation"] != summary[0]["subsets"]["gray"]
 
     before = (out / "results.json").read_text()
-    stamp = (tmp_path / "models" / "fmnist-cnn-standard" / "classifier.safetensors").stat().st_mtime_ns
+    stamp = (tmp_path / "models" / "tiny-standard" / "classifier.safetensors").stat().st_mtime_ns
     run_ride_experiment(cfg)  # a rerun reuses the classifier and every record
     assert (out / "results.json").read_text() == before
-    assert (tmp_path / "models" / "fmnist-cnn-standard" / "classifier.safetensors").stat().st_mtime_ns == stamp
+    assert (tmp_path / "models" / "tiny-standard" / "classifier.safetensors").stat().st_mtime_ns == stamp
     assert "0 new records" in (out / "report.md").read_text()
+
+
+def test_experiments_run_on_the_zoo_classifier_by_default(tmp_path, fake_fmnist):
+    from advrepair import zoo
+    from advrepair.apps.experiments.setup import experiment_classifier
+    from advrepair.data.registry import load_dataset
+
+    train = load_dataset("fashion-mnist", split="train", root=str(fake_fmnist))
+    model, card = experiment_classifier(RideConfig().classifier_name, tmp_path / "models", train, train,
+                                        recipe=RECIPE, seed=0, eval_eps=0.1, device=torch.device("cpu"),
+                                        progress=False)
+    assert card.weights_sha256 == zoo.card("fmnist-cnn-standard").weights_sha256
+    assert not (tmp_path / "models").exists()  # nothing trained
 
 
 def test_split_validation_is_disjoint_and_balanced(fake_fmnist):

@@ -14,7 +14,10 @@ from tqdm.auto import tqdm
 
 from advrepair.data import ImageDataset, load_dataset
 from advrepair.evaluation.store import jsonable
-from advrepair.apps.pipeline import DEFAULT_MODELS_DIR
+from advrepair import zoo
+from advrepair.models import Classifier, ModelCard
+from advrepair.training.recipe import ClassifierRecipe
+from advrepair.apps.pipeline import DEFAULT_MODELS_DIR, ensure_classifier
 from advrepair.runtime import resolve_device
 from advrepair.validation import check_int_at_least, check_positive
 
@@ -27,6 +30,21 @@ def start_run(dataset: str, data_root: str | None, device: str, threads: int | N
         torch.set_num_threads(threads)
     return (resolve_device(device), load_dataset(dataset, split="train", root=data_root),
             load_dataset(dataset, split="test", root=data_root))
+
+
+def experiment_classifier(name: str, models_dir: Path, train: ImageDataset, test: ImageDataset, *,
+                          recipe: ClassifierRecipe, seed: int, eval_eps: float, device: torch.device,
+                          progress: bool) -> tuple[Classifier, ModelCard]:
+    """The zoo's classifier ``name`` when the zoo ships it for this dataset (experiments run
+    on zoo models by default); any other name is trained on demand (or reused) in
+    ``models_dir / name`` with ``recipe``."""
+    if name in zoo.ENTRIES and zoo.is_shipped(name) and zoo.entry(name).dataset == train.name:
+        model, card = zoo.load(name, device)
+        assert isinstance(model, Classifier)
+        tqdm.write(f"classifier: zoo {name} ({card.weights_sha256[:12]})")
+        return model, card
+    return ensure_classifier(models_dir / name, train, test, arch="small-cnn", recipe=recipe, seed=seed,
+                             eval_eps=eval_eps, device=device, progress=progress)
 
 
 @dataclass

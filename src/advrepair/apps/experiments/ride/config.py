@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,6 +15,7 @@ from advrepair.data import ImageDataset  # noqa: E402
 from advrepair.data.subsets import balanced_subset  # noqa: E402
 from advrepair.defenses.median import MedianFilter  # noqa: E402
 from advrepair.defenses.ride import MODES, RIDE  # noqa: E402
+from advrepair.defenses.total_variation import SOLVERS, TotalVariation  # noqa: E402
 from advrepair.errors import InputError  # noqa: E402
 from advrepair.evaluation.harness import AttackSpec  # noqa: E402
 from advrepair.apps.experiments.setup import RunConfig  # noqa: E402
@@ -68,6 +70,12 @@ class RideConfig(RunConfig):
     # -- baselines
     median_kernel: int = 3
     tv_weight: float = 0.1
+    # -- the paper's ablations: baselines swept (Tables 4-6), RIDE's n, alpha and sigma (Figs. 5b-d)
+    median_kernels: tuple[int, ...] = (3, 5, 7, 9, 11)
+    tv_weights: tuple[float, ...] = (0.03, 0.1, 0.3)
+    sweep_batch: tuple[int, ...] = (1, 4, 8)
+    sweep_alpha: tuple[float, ...] = (0.5, 0.9, 0.99)
+    sweep_sigma: tuple[float, ...] = (0.25, 0.5, 1.0)
 
     def __post_init__(self) -> None:
         self.check_run_fields()
@@ -92,16 +100,43 @@ class RideConfig(RunConfig):
         for k in self.sweep_iterations:
             check_int_at_least(k, "every entry of sweep_iterations", 1)
         MedianFilter(self.median_kernel)  # validates the kernel size
+        for name in ("median_kernels", "tv_weights", "sweep_batch", "sweep_alpha", "sweep_sigma"):
+            setattr(self, name, tuple(getattr(self, name)))
+        for k in self.median_kernels:
+            MedianFilter(k)
+        for w in self.tv_weights:
+            check_positive(w, "every entry of tv_weights")
+        for n in self.sweep_batch:
+            check_int_at_least(n, "every entry of sweep_batch", 1)
+        for a in self.sweep_alpha:
+            if not 0 <= a <= 1:
+                raise InputError(f"every entry of sweep_alpha must be in [0, 1], got {a}")
+        for sigma in self.sweep_sigma:
+            check_positive(sigma, "every entry of sweep_sigma")
 
     @property
     def alpha(self) -> float:
         """PGD step size."""
         return self.attack_alpha if self.attack_alpha is not None else 2.5 * self.eps / self.attack_steps
 
-    def ride(self, iterations: int, checkpoints: int) -> RIDE:
-        """The RIDE defense of this config with ``iterations`` (K) and ``checkpoints`` (T)."""
-        return RIDE(mode=self.ride_mode, iterations=iterations, checkpoints=checkpoints, sigma=self.ride_sigma,
-                    alpha=self.ride_alpha, lr=self.ride_lr, seed=self.seed, progress=self.progress)
+    def ride(self, iterations: int, checkpoints: int, **overrides: float) -> RIDE:
+        """The RIDE defense of this config with ``iterations`` (K) and ``checkpoints`` (T);
+        ``overrides`` change ``batch``, ``alpha`` or ``sigma`` (the Fig. 5b-d sweeps)."""
+        options: dict[str, Any] = {"sigma": self.ride_sigma, "alpha": self.ride_alpha, "batch": 1, **overrides}
+        return RIDE(mode=self.ride_mode, iterations=iterations, checkpoints=checkpoints, lr=self.ride_lr,
+                    seed=self.seed, progress=self.progress, **options)
+
+    def param_sweeps(self) -> list[tuple[str, tuple[float, ...]]]:
+        """(RIDE argument, values) of Figs. 5b-d: n (noisy copies per step), alpha, sigma."""
+        return [("batch", tuple(float(n) for n in self.sweep_batch)), ("alpha", self.sweep_alpha),
+                ("sigma", self.sweep_sigma)]
+
+    def baselines(self) -> dict[str, Any]:
+        """Tables 4-6: median filters of every kernel, TV at every weight with both solvers."""
+        out: dict[str, Any] = {f"median-{k}x{k}": MedianFilter(k) for k in self.median_kernels}
+        for solver in SOLVERS:
+            out.update({f"tv-{solver}-{w:g}": TotalVariation(weight=w, solver=solver) for w in self.tv_weights})
+        return out
 
     def attacks(self) -> list[AttackSpec]:
         """The gray-box attacks: FGSM and PGD crafted on the classifier."""

@@ -88,6 +88,39 @@ def _trajectory_figure(sweep: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def _sweep_table(labelled: list[tuple[str, dict[str, Any]]], title_col: str) -> str:
+    cols: list[str] = []
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    rows: list[str] = []
+    for label, r in labelled:
+        col = _attack_name(r["attack"])
+        cols += [col] if col not in cols else []
+        rows += [label] if label not in rows else []
+        cells[(label, col)] = r
+    lines = [f"| {title_col} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {row} | " + " | ".join(_pct(cells.get((row, c))) for c in cols) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _param_figure(params: list[dict[str, Any]], path: Path) -> Path:
+    names = list(dict.fromkeys(r["param"] for r in params))
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for attack in dict.fromkeys(_attack_name(r["attack"]) for r in params):
+            rs = sorted((r for r in params if r["param"] == name and _attack_name(r["attack"]) == attack),
+                        key=lambda r: r["value"])
+            ax.errorbar([r["value"] for r in rs], [100 * r["accuracy"] for r in rs],
+                        yerr=[100 * r["stderr"] for r in rs], marker="o", capsize=2, label=attack)
+        ax.set_xlabel("n (noisy copies per step)" if name == "batch" else name)
+        ax.set_ylabel("validation accuracy (%)")
+        ax.legend(fontsize=8)
+    fig.suptitle("RIDE's arguments (cf. Figs. 5b-d)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | None = None,
                       records_added: int | None = None) -> Path:
     """``report.md``, ``ride_iterations.png`` and ``ride_trajectory.png`` from ``out_dir``'s store.
@@ -118,6 +151,10 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
     all_steps = sorted({st for r in sweep for st in r["steps"]})
     lines = [
         "# RIDE on Fashion-MNIST (Lin, Pfister & Zhang)", "",
+        f"Made by `advrepair experiment ride --n-images {cfg['n_images']} --val-images "
+        f"{cfg['val_images']} --whitebox-images {cfg['whitebox_images']} --sweep-iterations "
+        f"{','.join(str(k) for k in cfg['sweep_iterations'])} --sweep-checkpoints {cfg['sweep_checkpoints']} "
+        f"--ride-lr {cfg['ride_lr']:g}` (the full configuration is in results.json's ride-summary record).", "",
         f"Classifier `{s['model']}` (SmallCNN, recipe {s.get('classifier_recipe')}); attacks L-inf eps = "
         f"{cfg['eps']}, PGD-{cfg['attack_steps']} step {cfg['attack_alpha'] or 2.5 * cfg['eps'] / cfg['attack_steps']:.4g} "
         f"with a seeded random start. RIDE mode `{cfg['ride_mode']}`, sigma {cfg['ride_sigma']}, alpha "
@@ -147,15 +184,39 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
               white_table, "",
               "## Estimate trajectories (cf. Figs. 2e / 6)", "",
               "Mean L2 distance of the estimate to the clean and to the adversarial image along the fit "
-              "(validation images).", "", "| Attack | K | to clean: start / min (step) / end | to adversarial: end | "
-              "L2(x_adv, x) |", "|---|---|---|---|---|"]
+              "(validation images); beside it the paper's measure, the mean absolute pixel difference on the "
+              "0-255 scale, of the final estimate (L1/px).", "",
+              "| Attack | K | to clean: start / min (step) / end | to adversarial: end | L2(x_adv, x) | "
+              "L1/px estimate-clean | L1/px estimate-adv | L1/px x_adv-x |", "|---|---|---|---|---|---|---|---|"]
     for r in sweep:
         tc = r["to_clean"]
         i_min = min(range(len(tc)), key=tc.__getitem__)
+        l1 = " | ".join(f"{r[k]:.2f}" if k in r else "-" for k in
+                        ("l1_255_estimate_to_clean", "l1_255_estimate_to_adv", "l1_255_adv_to_clean"))
         lines.append(f"| {_attack_name(r['attack'])} | {r['iterations']} | {tc[0]:.3f} / {tc[i_min]:.3f} "
                      f"({r['trajectory_steps'][i_min]}) / {tc[-1]:.3f} | {r['to_adv'][-1]:.3f} | "
-                     f"{r['clean_to_adv']:.3f} |")
+                     f"{r['clean_to_adv']:.3f} | {l1} |")
     lines += ["", f"![trajectory]({fig_traj.name})", ""]
+    baselines = [(label, store.get(key)) for label, key in s.get("baselines", [])]
+    if baselines:
+        lines += ["## Baselines swept (cf. Tables 4-6)", "",
+                  f"{s['subsets']['gray']}, the gray-box attacks above. Median filters of every kernel size; TV "
+                  "denoising (no pixel dropout) at each weight with both solvers.", "",
+                  _sweep_table([(label, r) for label, r in baselines if r is not None], "Defense"), ""]
+    params = [{**r, "param": name, "value": value} for name, value, key in s.get("params", [])
+              if (r := store.get(key)) is not None]
+    if params:
+        fig_params = _param_figure(params, out / "ride_parameters.png")
+        lines += ["## RIDE's n, alpha and sigma (cf. Figs. 5b-d)", "",
+                  f"{s['subsets']['validation']}. RIDE at the chosen stop ({stop['steps']} steps) with one argument "
+                  f"changed (defaults n = 1, alpha = {cfg['ride_alpha']}, sigma = {cfg['ride_sigma']}); n is the "
+                  "number of noisy copies per Adam step.", "",
+                  "| Argument | Value | Attack | Accuracy | L1/px estimate-clean | seconds |", "|---|---|---|---|---|---|"]
+        for r in params:
+            lines.append(f"| {'n' if r['param'] == 'batch' else r['param']} | {r['value']:g} | "
+                         f"{_attack_name(r['attack'])} | {_pct(r)} | {r['l1_255_estimate_to_clean']:.2f} | "
+                         f"{r['seconds']:.0f} |")
+        lines += ["", f"![parameters]({fig_params.name})", ""]
     if wall_seconds is not None:
         lines.append(f"This run: {wall_seconds:.0f} s, {records_added} new records.")
     path = out / "report.md"

@@ -19,7 +19,7 @@ from advrepair.errors import InputError  # noqa: E402
 from advrepair.evaluation.harness import CLEAN, AttackSpec, ModelEntry, evaluate_matrix, weights_id  # noqa: E402
 from advrepair.evaluation.metrics import accuracy_of  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, record_key  # noqa: E402
-from advrepair.apps.pipeline import ensure_classifier  # noqa: E402
+from advrepair.apps.experiments.setup import experiment_classifier  # noqa: E402
 from advrepair.apps.experiments.ride.config import PROTOCOL, RideConfig, TRAJECTORY_POINTS, _log, split_validation
 from advrepair.apps.experiments.ride.report import write_ride_report
 
@@ -87,11 +87,77 @@ def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str,
                       "stderr": [accuracy_of(c).stderr for c in correct],
                       "trajectory_steps": t_steps, "to_clean": to_clean, "to_adv": to_adv,
                       "clean_to_adv": float((adv - x).flatten(1).norm(dim=1).mean()),
+                      **l1_255(result.checkpoints[-1], adv, x),
                       "seconds": seconds, "seconds_per_image_step": seconds / (len(val) * ride.total_steps)}
             store.add(record, {"correct_checkpoints": correct.numpy(), "to_clean": traj.to_clean.numpy(),
                                "to_adv": traj.to_adv.numpy()})
             records.append(store.require(key))
     return records
+
+
+def l1_255(estimate: torch.Tensor, adv: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+    """The paper's distances: mean absolute pixel difference on the 0-255 scale, of the
+    final estimate to the clean and to the adversarial image, and of the attack itself."""
+    def mean_l1(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(255 * (a - b).abs().flatten(1).mean(1).mean())
+
+    return {"l1_255_estimate_to_clean": mean_l1(estimate, clean), "l1_255_estimate_to_adv": mean_l1(estimate, adv),
+            "l1_255_adv_to_clean": mean_l1(adv, clean)}
+
+
+def _param_sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str, Any], val: ImageDataset,
+                 subset: str, device: torch.device, k: int, t: int) -> list[dict[str, Any]]:
+    """Figs. 5b-d: RIDE at the chosen stop with one of n, alpha or sigma changed, on the
+    validation images; one record per (argument, value, attack) with the final accuracy."""
+    x, y = _all(val)
+    x, y = x.to(device), y.to(device)
+    adversarial: dict[str, torch.Tensor] = {}
+    records: list[dict[str, Any]] = []
+    for name, values in cfg.param_sweeps():
+        for value in values:
+            ride = cfg.ride(k, t, **{name: int(value) if name == "batch" else value})
+            for spec in cfg.attacks():
+                desc = spec.describe(clf)
+                key = record_key(kind="ride-param-sweep", dataset=val.name, subset=subset, n_images=len(val),
+                                 model_weights=weights_id(card), attack=desc, defense=ride.params())
+                # the defaults recur in every argument's sweep: one record, labelled per sweep
+                labelled = {"param": name, "value": value}
+                if store.has(key):
+                    records.append({**store.require(key), **labelled})
+                    continue
+                if desc["name"] not in adversarial:
+                    adversarial[desc["name"]] = _craft(spec, clf, x, y, cfg.batch_size)
+                adv = adversarial[desc["name"]]
+                _log(f"Fig. 5b-d: RIDE {name}={value:g} on {len(val)} {desc['name']} images")
+                t0 = time.perf_counter()
+                estimate = ride.fit(adv).checkpoints[-1]
+                seconds = time.perf_counter() - t0
+                with torch.no_grad():
+                    correct = (clf(estimate).argmax(1) == y).cpu()
+                acc = accuracy_of(correct)
+                store.add({"kind": "ride-param-sweep", "key": key, "protocol": PROTOCOL, "dataset": val.name,
+                           "subset": subset, "n_images": len(val), "model": cfg.classifier_name,
+                           "model_weights": weights_id(card), "attack": desc,
+                           "defense": {"label": "ride", **ride.params()}, "param": name, "value": value,
+                           "steps": k * t, "accuracy": acc.value, "stderr": acc.stderr, "n_correct": acc.correct,
+                           **l1_255(estimate, adv, x), "seconds": seconds},
+                          {"correct": correct.numpy()})
+                records.append({**store.require(key), **labelled})
+    return records
+
+
+def _baseline_sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str, Any],
+                    evaluation: ImageDataset, subset: str, device: torch.device) -> list[dict[str, Any]]:
+    """Tables 4-6: every median kernel and TV weight (both solvers) under the gray-box attacks.
+    Returns the defended records, each labelled with its sweep name (records of equal
+    parameters are shared with the main table, under its label)."""
+    defenses = cfg.baselines()
+    entry = ModelEntry(cfg.classifier_name, clf, card=card, defenses=defenses)
+    records = evaluate_matrix(evaluation, [entry], [AttackSpec(CLEAN), *cfg.attacks()], store,
+                              batch_size=cfg.batch_size, device=device, subset=subset, progress=cfg.progress)
+    per_attack = 1 + len(defenses)  # evaluate_matrix returns, per attack, the undefended cell then each defense
+    labels = [None, *defenses]
+    return [{**r, "sweep_label": labels[i % per_attack]} for i, r in enumerate(records) if i % per_attack]
 
 
 def choose_stop(sweep: list[dict[str, Any]]) -> tuple[int, int, float]:
@@ -129,9 +195,9 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
     """
     start = time.perf_counter()
     device, train, test = cfg.start()
-    clf, card_obj = ensure_classifier(cfg.models_dir / cfg.classifier_name, train, test, arch="small-cnn",
-                                      recipe=cfg.classifier_recipe, seed=cfg.seed, eval_eps=cfg.eps, device=device,
-                                      progress=cfg.progress)
+    clf, card_obj = experiment_classifier(cfg.classifier_name, cfg.models_dir, train, test,
+                                          recipe=cfg.classifier_recipe, seed=cfg.seed, eval_eps=cfg.eps,
+                                          device=device, progress=cfg.progress)
     clf = clf.to(device).eval()
     card = dict(card_obj.__dict__)
     store = ResultsStore(cfg.out, resume=True)
@@ -155,8 +221,12 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
     white = evaluate_matrix(whitebox, [entry], [AttackSpec(CLEAN), pgd, AttackSpec(pgd.name, pgd.params, through="bpda")],
                             store, batch_size=cfg.batch_size, device=device, subset=wb_desc, progress=cfg.progress)
 
+    baselines = _baseline_sweep(cfg, store, clf, card, evaluation, eval_desc, device)
+    params = _param_sweep(cfg, store, clf, card, val, val_desc, device, k_star, t_star)
     summary_key = record_key(kind="ride-summary", sweep=[r["key"] for r in sweep], gray=[r["key"] for r in gray],
-                             white=[r["key"] for r in white], stop=[k_star, t_star])
+                             white=[r["key"] for r in white], stop=[k_star, t_star],
+                             baselines=[r["key"] for r in baselines],
+                             params=[[r["param"], r["value"], r["key"]] for r in params])
     if not store.has(summary_key):
         store.add({"kind": "ride-summary", "key": summary_key, "protocol": PROTOCOL, "model": cfg.classifier_name,
                    "model_weights": weights_id(card), "classifier_recipe": card.get("recipe"),
@@ -164,7 +234,10 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
                    "stop": {"iterations": k_star, "checkpoints": t_star, "steps": k_star * t_star,
                             "validation_accuracy": val_acc},
                    "sweep": [r["key"] for r in sweep], "gray": [r["key"] for r in gray],
-                   "white": [r["key"] for r in white], "subsets": {"validation": val_desc, "gray": eval_desc,
+                   "white": [r["key"] for r in white],
+                   "baselines": [[r["sweep_label"], r["key"]] for r in baselines],
+                   "params": [[r["param"], r["value"], r["key"]] for r in params],
+                   "subsets": {"validation": val_desc, "gray": eval_desc,
                                                                    "white": wb_desc},
                    "run_seconds": time.perf_counter() - start})
     added = len(store.records) - n_before
