@@ -156,3 +156,29 @@ def test_apgd_with_every_image_fooled_at_its_start(attack, monkeypatch):
     monkeypatch.setattr(APGD, "drop_fooled", False)
     assert torch.equal(fast, attack(model, eps=0.25, steps=5)(x, y))
     assert (model(fast).argmax(1) != y).all() and (fast - x).abs().max() <= 0.25 + 1e-6
+
+
+def test_the_cascade_audit_has_the_worst_case_of_the_full_audit(real_images, tmp_path):
+    """AutoAttack's cascade: rows after the static one attack only the images still standing.
+    The worst cases, the classifier's own robustness and the paired gain are those of the full
+    audit, for fewer passes; each later row attacked no more images than the one before."""
+    model, _ = zoo.load("fmnist-cnn-pgd")
+    x = real_images[:32]
+    y = _labels_with_some_wrong(model, x)
+    full = audit(model, MedianFilter(3), x, y, eps=0.1, preset="quick", out=tmp_path / "full", progress=False)
+    cascade = audit(model, MedianFilter(3), x, y, eps=0.1, preset="quick", out=tmp_path / "cascade",
+                    progress=False, cascade=True)
+    for field in ("worst_case_accuracy", "worst_case_outputs_only", "undefended_robust_accuracy", "defense_gain",
+                  "defense_gain_stderr"):
+        assert getattr(cascade, field) == getattr(full, field), field
+    assert cascade.cascade and not full.cascade
+    attacked = [r for r in cascade.rows if r.defended and r.name not in ("clean",) and not r.name.startswith("static")]
+    assert attacked and attacked[-1].n_images < len(x)
+    counts = [r.n_images for r in attacked]
+    assert counts == sorted(counts, reverse=True)
+    passes = sum(r.forward_per_image * r.n_images for r in cascade.rows)
+    assert passes < sum(r.forward_per_image * r.n_images for r in full.rows)
+    assert "Cascade:" in cascade.to_markdown() and "| images |" in cascade.to_markdown()
+    again = audit(model, MedianFilter(3), x, y, eps=0.1, preset="quick", out=tmp_path / "cascade", progress=False,
+                  cascade=True)
+    assert again.worst_case_accuracy == cascade.worst_case_accuracy  # resumed from the same records

@@ -72,6 +72,8 @@ class AuditReport:
     notes: tuple[str, ...]
     seconds: float
     out: str | None = None
+    #: rows after the static one attacked only the images still standing (their n_images)
+    cascade: bool = False
 
     @property
     def clean_accuracy(self) -> float:
@@ -123,10 +125,13 @@ class AuditReport:
                  f"{pct * self.undefended_robust_accuracy:.1f} ± {pct * self.undefended_robust_stderr:.1f}%, so the "
                  f"defense {'adds' if self.defense_gain > 0 else 'costs'} "
                  f"{pct * abs(self.defense_gain):.1f} ± {pct * self.defense_gain_stderr:.1f} points (paired s.e.).", "",
-                 "| row | model | accuracy (%) | attack and budget | passes per image (fwd / bwd) | s per image |",
-                 "|---|---|---|---|---|---|"]
+                 *(["Cascade: after the static row, each row attacked only the images every earlier row left "
+                    "correct (its image count below); the worst case is that of the full protocol, a row's "
+                    "accuracy is over the images it attacked.", ""] if self.cascade else []),
+                 "| row | model | images | accuracy (%) | attack and budget | passes per image (fwd / bwd) "
+                 "| s per image |", "|---|---|---|---|---|---|---|"]
         for r in self.rows:
-            lines.append(f"| {r.name} | {'defended' if r.defended else 'classifier alone'} | "
+            lines.append(f"| {r.name} | {'defended' if r.defended else 'classifier alone'} | {r.n_images} | "
                          f"{pct * r.accuracy:.1f} ± {pct * r.stderr:.1f} | {r.budget} | "
                          f"{r.forward_per_image:.0f} / {r.backward_per_image:.0f} | {r.seconds_per_image:.3f} |")
         lines += ["", "Flags (fired = the number may be too good):", ""]

@@ -10,6 +10,7 @@ always gets EOT.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tempfile
 from pathlib import Path
@@ -73,7 +74,8 @@ def _check_classifier(classifier: nn.Module, images: torch.Tensor, labels: torch
 def audit(classifier: nn.Module, defense: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
           labels: torch.Tensor, *, eps: float, norm: str = "Linf", preset: str | AuditPreset = "quick",
           out: str | Path | None = None, seed: int = 0, batch_size: int = 100, device: str = "cpu",
-          progress: bool = True, classifier_name: str | None = None, defense_label: str = "defense") -> AuditReport:
+          progress: bool = True, classifier_name: str | None = None, defense_label: str = "defense",
+          cascade: bool = False) -> AuditReport:
     """Audit ``defense`` in front of ``classifier`` on ``images`` with every adaptive attack
     of the protocol at the preset's budgets; returns a typed ``AuditReport``.
 
@@ -85,6 +87,9 @@ def audit(classifier: nn.Module, defense: Callable[[torch.Tensor], torch.Tensor]
         preset: "quick", "standard" or "thorough" (``auditing.presets``).
         out: a folder for the per-row records (written as each row ends; a rerun resumes
             there) and the saved report; ``None`` keeps nothing on disk.
+        cascade: attack, after the static row, only the images every earlier row left
+            correct (AutoAttack's cascade): the same worst case for a fraction of the cost
+            when the defense breaks; each row's accuracy is then over the images it attacked.
 
     Raises:
         InputError: bad images, labels, budget, preset, a classifier that does not return
@@ -106,7 +111,7 @@ def audit(classifier: nn.Module, defense: Callable[[torch.Tensor], torch.Tensor]
     images, labels = images.detach().to("cpu", torch.float32), labels.detach().to("cpu")
     num_classes = _check_classifier(classifier.to(device).eval(), images[:2].to(device), labels.to(device))
     module = as_module(defense)
-    config = budget.config(eps, norm, seed)
+    config = dataclasses.replace(budget.config(eps, norm, seed), cascade=bool(cascade))
     data = ImageDataset(_image_set_name(images, labels), images.contiguous(), labels,
                         classes=[str(k) for k in range(num_classes)])
     name = classifier_name or type(classifier).__name__
@@ -141,10 +146,16 @@ def _report(store: ResultsStore, summary: dict[str, Any], classifier_name: str, 
                 defended.append(record)
             elif row_name.startswith("static"):
                 static_base.append(record)
-    worst_correct = worst_case_correct(store, defended, per_image=correct_at_every_iterate)
+    cascade = bool(summary["config"].get("cascade"))
+    if cascade:  # the rows cover different images: the protocol kept the standing images
+        arrays = store.arrays(store.require(summary["key"]))
+        worst_correct, outputs_correct = arrays["worst_over_iterates_correct"], arrays["worst_case_correct"]
+    else:
+        worst_correct = worst_case_correct(store, defended, per_image=correct_at_every_iterate)
+        outputs_correct = worst_case_correct(store, defended)
     base_correct = worst_case_correct(store, static_base)
     worst, base = Accuracy.of(worst_correct), Accuracy.of(base_correct)
-    outputs_only = Accuracy.of(worst_case_correct(store, defended))
+    outputs_only = Accuracy.of(outputs_correct)
     gain = paired_difference(worst_correct, base_correct)
     notes = [f"preset {preset}: {budget['claim']}", *target.notes]
     if n_images < recommended:
@@ -152,6 +163,7 @@ def _report(store: ResultsStore, summary: dict[str, Any], classifier_name: str, 
                      f"the worst case's standard error is {100 * worst.stderr:.1f} points")
     notes.append("worst case: an image counts as robust only if it is correct clean, under every attacked row "
                  "and at every iterate of the defense where the defense exposes them (trajectory)")
+    notes += [f"{name}: not run, no image was left standing" for name in summary.get("not_run", [])]
     flags = tuple(AuditFlag(f["flag"], bool(f["fired"]), f["detail"]) for f in summary["flags"])
     return AuditReport(classifier=classifier_name, defense=describe_defense(defense), preset=preset,
                        preset_budget=jsonable(budget), eps=eps, norm=norm, n_images=n_images, rows=tuple(rows),
@@ -159,7 +171,7 @@ def _report(store: ResultsStore, summary: dict[str, Any], classifier_name: str, 
                        worst_case_outputs_only=outputs_only.value, undefended_robust_accuracy=base.value,
                        undefended_robust_stderr=base.stderr, defense_gain=gain.diff,
                        defense_gain_stderr=gain.se_paired, flags=flags, randomness=summary["randomness"],
-                       notes=tuple(notes), seconds=float(sum(r.seconds for r in rows)), out=out)
+                       notes=tuple(notes), seconds=float(sum(r.seconds for r in rows)), out=out, cascade=cascade)
 
 
 __all__ = ["audit", "budget_text"]

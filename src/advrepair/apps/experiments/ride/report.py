@@ -203,8 +203,8 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
                   f"{s['subsets']['gray']}, the gray-box attacks above. Median filters of every kernel size; TV "
                   "denoising (no pixel dropout) at each weight with both solvers.", "",
                   _sweep_table([(label, r) for label, r in baselines if r is not None], "Defense"), ""]
-    params = [{**r, "param": name, "value": value} for name, value, key in s.get("params", [])
-              if (r := store.get(key)) is not None]
+    params = [{**found, "param": name, "value": value} for name, value, key in s.get("params", [])
+              if (found := store.get(key)) is not None]
     if params:
         fig_params = _param_figure(params, out / "ride_parameters.png")
         lines += ["## RIDE's n, alpha and sigma (cf. Figs. 5b-d)", "",
