@@ -226,6 +226,11 @@ def test_audit_takes_model_directories_for_the_classifier_and_its_reverse_attack
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([*argv[:3], "--defense", str(empty), *argv[5:]]) == 2
+    cascade = tmp_path / "cascade"
+    assert main([*argv[:-7], "--out", str(cascade), *argv[-5:], "--cascade"]) == 0
+    cascaded = AuditReport.from_json((cascade / "audit.json").read_text())
+    # not compared with the full audit: this defense is randomized, so its EOT rows draw afresh
+    assert cascaded.cascade and "Cascade:" in (cascade / "audit.md").read_text()
 
 
 def test_flags_and_a_toml_run_file_build_the_same_request(tmp_path, monkeypatch):

@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--eps-v", type=float, default=None, help="reverse-attack budget for a zoo head (2 eps)")
     aud.add_argument("--reverse-steps", type=int, default=40, help="reverse-attack steps K for a zoo head")
     aud.add_argument("--batch-size", type=int, default=100)
+    aud.add_argument("--cascade", action="store_true",
+                     help="after the static row, attack only the images every earlier row left correct: the same "
+                          "worst case, cheaper when the defense breaks (per-row accuracies then cover those images)")
     aud.add_argument("--out", type=Path, default=Path("reports/audit"),
                      help="records (resumable), audit.json, audit.md and the figure")
     _add_common(aud)
@@ -405,7 +408,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.audit(classifier=args.classifier, defense=args.defense, eps=args.eps, norm=args.norm,
                        preset=args.preset, dataset=args.dataset, data_root=args.data_root, n_images=args.n_images,
                        eps_v=args.eps_v, reverse_steps=args.reverse_steps, batch_size=args.batch_size, out=args.out,
-                       seed=args.seed, device=device, progress=progress)
+                       seed=args.seed, device=device, progress=progress, cascade=args.cascade)
     elif args.command == "report":
         print(commands.report(args.out))
     return 0

@@ -328,7 +328,7 @@ def resolve_defense(spec: str, classifier: torch.nn.Module, classifier_spec: str
 
 def audit(*, classifier: str, defense: str, eps: float, norm: str, preset: str, dataset: str,
           data_root: str | None, n_images: int, eps_v: float | None, reverse_steps: int, batch_size: int,
-          out: Path, seed: int, device: str, progress: bool) -> Path:
+          out: Path, seed: int, device: str, progress: bool, cascade: bool = False) -> Path:
     from advrepair.auditing import audit as run_audit
     from advrepair.validation import check_int_at_least
 
@@ -340,7 +340,7 @@ def audit(*, classifier: str, defense: str, eps: float, norm: str, preset: str, 
     images, labels = balanced_subset(test, min(n_images, len(test)), seed=seed).tensors()
     report = run_audit(clf, module, images, labels, eps=eps, norm=norm, preset=preset, out=out, seed=seed,
                        batch_size=batch_size, device=device, progress=progress, classifier_name=clf_name,
-                       defense_label=defense)
+                       defense_label=defense, cascade=cascade)
     tqdm.write(report.to_markdown())
     tqdm.write(f"report: {out / 'audit.md'}")
     return out / "audit.md"

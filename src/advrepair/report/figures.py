@@ -14,6 +14,14 @@ import numpy as np  # noqa: E402
 from advrepair.report.tables import attack_label  # noqa: E402
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (120 dpi) and close ``fig``; returns ``path``. Every report figure ends here."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def ssl_loss_histogram(panels: list[dict[str, Any]], path: Path) -> Path:
     """mao2021 Figure 3: the self-supervised loss on clean, attacked and repaired images.
 
@@ -34,10 +42,7 @@ def ssl_loss_histogram(panels: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("contrastive loss $L_s$ per image")
         ax.set_ylabel("images")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def accuracy_bars(records: list[dict[str, Any]], path: Path) -> Path:
@@ -60,10 +65,7 @@ def accuracy_bars(records: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def image_grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str = "") -> Path:
@@ -87,10 +89,7 @@ def image_grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str = "") 
                 ax.set_ylabel(name, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def lambda_sweep_figure(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -107,10 +106,7 @@ def lambda_sweep_figure(rows: list[dict[str, Any]], path: Path, title: str = "")
     ax.set_title(title or f"defense-aware PGD-{attack.get('steps')} eps={attack.get('eps')}, "
                           f"n={rows[0]['n_images'] if rows else 0}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def iterate_accuracy_figure(curves: list[tuple[str, list[float]]], path: Path, title: str = "") -> Path:
@@ -124,7 +120,4 @@ def iterate_accuracy_figure(curves: list[tuple[str, list[float]]], path: Path, t
     # never covers a curve
     ax.set_title(textwrap.fill(title, 60), fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

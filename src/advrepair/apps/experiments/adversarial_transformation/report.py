@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from advrepair.errors import InputError  # noqa: E402
+from advrepair.report.figures import save_figure  # noqa: E402
 from advrepair.evaluation.harness import CLEAN  # noqa: E402
 from advrepair.evaluation.store import ResultsStore  # noqa: E402
 from advrepair.report.tables import accuracy_cell  # noqa: E402
@@ -69,10 +70,7 @@ def _figure(path: Path, curves: list[tuple[str, list[float], list[float], list[f
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | None = None,

@@ -11,7 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from advrepair.errors import InputError  # noqa: E402
+from advrepair.report.figures import save_figure  # noqa: E402
 from advrepair.evaluation.harness import CLEAN  # noqa: E402
+from advrepair.evaluation.metrics import paired_difference  # noqa: E402
 from advrepair.evaluation.store import ResultsStore  # noqa: E402
 from advrepair.report.tables import accuracy_cell  # noqa: E402
 from advrepair.apps.experiments.ride.config import DEFENSE_ORDER
@@ -64,10 +66,7 @@ def _sweep_figure(sweep: list[dict[str, Any]], stop: dict[str, Any], path: Path)
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Accuracy of f(RIDE(x_adv)) vs iterations (cf. Fig. 5a)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _trajectory_figure(sweep: list[dict[str, Any]], path: Path) -> Path:
@@ -82,10 +81,7 @@ def _trajectory_figure(sweep: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("mean L2 distance of the estimate")
     ax.set_title(f"Estimate trajectory, K={k_max} (cf. Figs. 2e / 6); dotted: L2(x_adv, x)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _sweep_table(labelled: list[tuple[str, dict[str, Any]]], title_col: str) -> str:
@@ -115,10 +111,25 @@ def _param_figure(params: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("validation accuracy (%)")
         ax.legend(fontsize=8)
     fig.suptitle("RIDE's arguments (cf. Figs. 5b-d)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def _paired_lines(store: ResultsStore, gray: list[dict[str, Any]]) -> list[str]:
+    """RIDE against no defense and against the best baseline, per image on the same images."""
+    cells = {(_label(r), _attack_name(r["attack"])): r for r in gray}
+    attacks = list(dict.fromkeys(_attack_name(r["attack"]) for r in gray))
+    out = []
+    for other in ("none", "tv", "median-3x3"):
+        parts = []
+        for attack in attacks:
+            a, b = cells.get(("ride", attack)), cells.get((other, attack))
+            if a is None or b is None:
+                continue
+            d = paired_difference(store.arrays(a)["correct"].astype(bool), store.arrays(b)["correct"].astype(bool))
+            parts.append(f"{attack} {100 * d.diff:+.1f} ± {100 * d.se_paired:.1f}")
+        if parts:
+            out.append(f"- RIDE - {other}: " + ", ".join(parts))
+    return ["Paired differences in points (same images, paired s.e.):", "", *out, ""] if out else []
 
 
 def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | None = None,
@@ -176,6 +187,7 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
               f"{s['subsets']['gray']}. Attacks crafted on the undefended classifier; median "
               f"{cfg['median_kernel']}x{cfg['median_kernel']}, TV (Chambolle, weight {cfg['tv_weight']}), RIDE at the "
               "chosen stop.", "", gray_table, ""]
+    lines += _paired_lines(store, gray)
     if per_image:
         lines += [f"RIDE cost: {sum(per_image) / len(per_image):.2f} s per image ({stop['steps']} steps).", ""]
     lines += ["## White-box BPDA (cf. Table 2)", "",
