@@ -132,7 +132,7 @@ def test_the_contract_lists_what_each_defense_offers():
     from advrepair.defenses import JPEGCompression
 
     assert capabilities_of(Blur()).absent() == ["params", "trajectory", "bpda_surrogate", "unroll", "ssl_loss",
-                                                 "fresh_randomness"]
+                                                 "fresh_randomness", "rowwise_randomness"]
     jpeg = capabilities_of(JPEGCompression(75))
     assert jpeg.params and jpeg.bpda_surrogate and not jpeg.ssl_loss
 

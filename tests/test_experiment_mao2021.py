@@ -114,8 +114,12 @@ def _records(cfg: Mao2021Config) -> list[dict]:
     return json.loads((cfg.out / "results.json").read_text())
 
 
-def test_quick_run_writes_every_table_and_figure_from_records_and_resumes(tmp_path, fake_fmnist):
-    cfg = _quick(tmp_path, fake_fmnist, publish=tmp_path / "docs" / "mao2021-x.md")
+def test_quick_run_writes_every_table_and_figure_from_records_and_resumes(tmp_path, fake_fmnist, monkeypatch):
+    from advrepair.auditing.presets import PRESETS, AuditPreset
+
+    # the standard-preset stage is wired like the quick one; its budgets are the quick ones here
+    monkeypatch.setitem(PRESETS, AuditPreset.STANDARD, PRESETS[AuditPreset.QUICK])
+    cfg = _quick(tmp_path, fake_fmnist, publish=tmp_path / "docs" / "mao2021-x.md", standard_audit_images=3)
     report = run_mao2021_experiment(cfg)
     text = report.read_text()
     docs = tmp_path / "docs"
@@ -126,6 +130,8 @@ def test_quick_run_writes_every_table_and_figure_from_records_and_resumes(tmp_pa
                     "## Table 5 shape: fmnist-cnn-pgd", "Fig. 8 statistic, fmnist-cnn-pgd",
                     "## Fig. 4: the defense-aware attack", "## lawhon: the multi-task repair on fmnist-cnn-pgd",
                     "## The audit of the repair and of the noise control on fmnist-cnn-pgd",
+                    "## The audit at the standard preset (cascade) on fmnist-cnn-pgd",
+                    "(b) the audit (standard preset, cascade, 3 images)",
                     "## What explains the old result"):
         assert heading in text, heading
     assert not (cfg.out / "fig4_long_fmnist-cnn-standard.png").exists()
@@ -150,6 +156,8 @@ def test_quick_run_writes_every_table_and_figure_from_records_and_resumes(tmp_pa
     multi = {r["defense"]["label"] for r in records if len((r.get("defense") or {}).get("tasks", [])) == 3}
     assert multi == {"C+R+I (1, 1, 1)", "C+R+I (1, 50, 10)", "C+R+I random masks (1, 1, 1)"}
     assert (cfg.out / "audit-quick-fmnist-cnn-pgd-reverse-attack" / "audit.json").exists()
+    standard = json.loads((cfg.out / "audit-standard-cascade-fmnist-cnn-pgd-reverse-attack" / "audit.json").read_text())
+    assert standard["cascade"] and standard["n_images"] == 3
     # Fig. 6: one point per attack budget, each its own record (not one row repeated)
     fig6 = {r["attack"]["eps"]: r["accuracy"] for r in records if r.get("subset") == "balanced 6 (seed 0)"
             and r["model"] == "fmnist-cnn-standard" and r["attack"]["name"] == "pgd" and r.get("defense") is None}
@@ -222,10 +230,12 @@ def test_cli_builds_the_config_it_is_given(monkeypatch, tmp_path):
     monkeypatch.setattr(mao, "run_mao2021_experiment", lambda cfg: seen.append(cfg) or tmp_path / "report.md")
     assert cli.main(["experiment", "mao2021", "--quick", "--out", str(tmp_path), "--classifiers", "a,b",
                      "--heads", "x,y", "--dataset", "cifar10", "--n-images", "7", "--audit-images", "0",
+                     "--standard-audit-images", "5",
                      "--no-lawhon", "--device", "cpu", "--no-progress"]) == 0
     cfg = seen[0]
     assert cfg.classifiers == ("a", "b") and cfg.heads == ("x", "y") and cfg.dataset == "cifar10"
     assert cfg.n_images == 7 and cfg.audit_images == 0 and not cfg.lawhon and cfg.budget_scale < 1
+    assert cfg.standard_audit_images == 5
     cli.main(["experiment", "mao2021", "--out", str(tmp_path), "--device", "cpu"])
     assert seen[1].n_images == 1000 and seen[1].budget_scale == 1.0 and seen[1].classifiers == (
         "fmnist-cnn-standard", "fmnist-cnn-pgd")

@@ -182,3 +182,50 @@ def test_the_cascade_audit_has_the_worst_case_of_the_full_audit(real_images, tmp
     again = audit(model, MedianFilter(3), x, y, eps=0.1, preset="quick", out=tmp_path / "cascade", progress=False,
                   cascade=True)
     assert again.worst_case_accuracy == cascade.worst_case_accuracy  # resumed from the same records
+
+
+class _CallCounter(nn.Module):
+    def __init__(self, model: nn.Module, noise: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.noise, self.calls = model, noise, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x + self.noise * torch.randn_like(x))
+
+
+def test_stacked_eot_draws_equal_the_loop_on_a_deterministic_model(real_images):
+    model, _ = zoo.load("fmnist-cnn-pgd")
+    x = real_images[:16]
+    y = _labels_with_some_wrong(model, x)
+    looped, stacked = _CallCounter(model), _CallCounter(model)
+    a = APGDCE(looped, eps=0.1, steps=6, eot_iter=3)(x, y)
+    b = APGDCE(stacked, eps=0.1, steps=6, eot_iter=3, eot_batched=True)(x, y)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert stacked.calls * 3 <= looped.calls + 3  # one call per step instead of three
+
+
+def test_stacked_eot_draws_are_independent_draws_per_row():
+    """A per-row random model: the stacked copies of one image see different noise, so the
+    averaged gradient is the EOT estimate, not one draw repeated."""
+    torch.manual_seed(0)
+    model = _CallCounter(SmallCNN(width=4, feature_dim=8).eval(), noise=0.05)
+    attack = APGDCE(model, eps=0.1, steps=1, eot_iter=4, eot_batched=True)
+    x = torch.rand(2, 1, 28, 28)
+    seen = []
+    model.register_forward_hook(lambda m, inputs, out: seen.append(out.detach()))
+    attack._loss_grad(x, lambda logits: logits[:, 0])
+    copies = seen[-1].view(4, 2, -1)
+    assert not torch.equal(copies[0], copies[1])
+
+
+def test_only_defenses_with_rowwise_draws_get_stacked_eot():
+    from advrepair.adaptive.contract import capabilities_of
+    from advrepair.adaptive.randomness import NudgedDraws
+    from advrepair.defenses import JPEGCompression
+
+    assert capabilities_of(NudgedDraws(JPEGCompression())).rowwise_randomness
+    assert not capabilities_of(JPEGCompression()).rowwise_randomness
+    classifier, _ = zoo.load("fmnist-cnn-pgd")
+    task, _ = zoo.load("fmnist-cnn-pgd-contrastive")
+    assert capabilities_of(ReverseAttack(classifier, task, eps_v=0.2).variant(seed=None)).rowwise_randomness

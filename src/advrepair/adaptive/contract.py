@@ -23,6 +23,10 @@ its records better named; the protocol (``evaluation.adaptive``) and the audit
     fresh_randomness() -> Module   EOT draws of a defense whose       ``variant(seed=None)``, else a copy with
                                    randomness is keyed to its input   ``seed = None``, else tiny input nudges
                                                                       (each nudge keys a new draw)
+    rowwise_randomness = True      EOT draws in one batch: each row   one call per draw
+      (on the EOT draws' module)   draws its own randomness, so the
+                                   stacked copies of an image are
+                                   independent draws
 
 Whether a defense is randomized is never read from its attributes: ``detect_randomness``
 runs it (see ``adaptive.randomness``).
@@ -77,6 +81,7 @@ class DefenseCapabilities:
     unroll: bool
     ssl_loss: bool
     fresh_randomness: bool
+    rowwise_randomness: bool = False
 
     def absent(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if not getattr(self, f.name)]
@@ -92,7 +97,8 @@ def capabilities_of(defense: Any) -> DefenseCapabilities:
     return DefenseCapabilities(params=_has(defense, "params"), trajectory=_has(defense, "trajectory"),
                                bpda_surrogate=_has(defense, "bpda_surrogate"),
                                unroll=_has(defense, "variant") and isinstance(getattr(defense, "steps", None), int),
-                               ssl_loss=_has(defense, "ssl_loss"), fresh_randomness=_has(defense, "fresh_randomness"))
+                               ssl_loss=_has(defense, "ssl_loss"), fresh_randomness=_has(defense, "fresh_randomness"),
+                               rowwise_randomness=getattr(defense, "rowwise_randomness", False) is True)
 
 
 def _scalar_settings(obj: Any) -> dict[str, Any]:

@@ -115,6 +115,9 @@ class NudgedDraws(nn.Module):
     uniform noise of at most ``scale`` per pixel (a new key each call); the output is the
     defense's, and the gradient flows to the input as if the nudge were not there."""
 
+    #: every pixel gets its own nudge, so every row keys its own draw (EOT may stack copies)
+    rowwise_randomness = True
+
     def __init__(self, defense: Callable[[torch.Tensor], torch.Tensor], scale: float = NUDGE) -> None:
         super().__init__()
         self.defense = defense

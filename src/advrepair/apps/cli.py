@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     mao.add_argument("--n-images", type=int, default=None, help="table images (default 1000; --quick 20)")
     mao.add_argument("--sweep-images", type=int, default=None, help="figure sweep images (default 500)")
     mao.add_argument("--audit-images", type=int, default=None, help="images of the audit (default 200; 0 skips it)")
+    mao.add_argument("--standard-audit-images", type=int, default=None,
+                     help="question (b) at the audit's standard preset, cascaded, on this many images (default 0)")
     mao.add_argument("--eps", type=float, default=0.1)
     mao.add_argument("--no-sweeps", action="store_true", help="Tables 1 and 5 only")
     mao.add_argument("--no-lawhon", action="store_true", help="skip lawhon's multi-task repair")

@@ -405,7 +405,7 @@ def experiment(which: str, options: dict[str, Any], *, device: str, progress: bo
         from advrepair.apps.experiments.mao2021 import Mao2021Config, run_mao2021_experiment
 
         chosen: dict[str, Any] = {k: v for k, v in common.items() if v is not None}
-        for flag in ("sweep_images", "audit_images"):
+        for flag in ("sweep_images", "audit_images", "standard_audit_images"):
             if o.get(flag) is not None:
                 chosen[flag] = o[flag]
         for flag in ("classifiers", "heads"):

@@ -97,6 +97,10 @@ class APGD(Attack):
         rho: fraction of loss-increasing steps below which the step halves.
         eot_iter: gradients averaged over this many forward/backward passes per step
             (expectation over transformation, for randomized models).
+        eot_batched: run the ``eot_iter`` passes as one batch of stacked copies. Only for a
+            model that draws its randomness independently per batch row (a defense that
+            declares ``rowwise_randomness``); one draw shared by the batch would make every
+            copy the same draw.
 
     Example:
         >>> adv = APGD(model, eps=8/255, steps=100, loss="dlr")(images, labels)
@@ -112,11 +116,12 @@ class APGD(Attack):
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
                  norm: str | Norm = Norm.LINF, steps: int = 100, n_restarts: int = 1,
                  loss: str = "ce", rho: float = 0.75, eot_iter: int = 1,
-                 seed: int | None = 0) -> None:
+                 seed: int | None = 0, eot_batched: bool = False) -> None:
         super().__init__(model, eps=eps, norm=norm, seed=seed)
         self.steps = check_count(steps, "steps")
         self.n_restarts = check_count(n_restarts, "n_restarts")
         self.eot_iter = check_count(eot_iter, "eot_iter")
+        self.eot_batched = bool(eot_batched)
         self.rho = check_positive(rho, "rho")
         if self.rho > 1:
             raise InputError(f"rho is a fraction of steps and must be in (0, 1], got {rho}")
@@ -133,6 +138,8 @@ class APGD(Attack):
 
     def _loss_grad(self, x: torch.Tensor, loss_fn: LogitLoss) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-image loss, its gradient and the logits, each averaged over ``eot_iter`` passes."""
+        if self.eot_iter > 1 and self.eot_batched:
+            return self._loss_grad_stacked(x, loss_fn)
         loss_sum = torch.zeros(x.shape[0], device=x.device)
         grad_sum = torch.zeros_like(x)
         logits_sum: torch.Tensor | None = None
@@ -148,6 +155,19 @@ class APGD(Attack):
         n = float(self.eot_iter)
         assert logits_sum is not None
         return loss_sum / n, grad_sum / n, logits_sum / n
+
+    def _loss_grad_stacked(self, x: torch.Tensor, loss_fn: LogitLoss
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``_loss_grad`` with the ``eot_iter`` copies of each image in one batch: the same
+        estimator when the model draws its randomness per row (``eot_batched``), in one call."""
+        n, b = self.eot_iter, x.shape[0]
+        x_req = x.detach().repeat(n, *([1] * (x.dim() - 1))).requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.logits(x_req).view(n, b, -1)
+            loss = torch.stack([loss_fn(copy) for copy in logits])  # (n, b)
+            (grad,) = torch.autograd.grad(loss.sum(), x_req)
+        return (loss.detach().sum(0) / n, grad.reshape(n, *x.shape).sum(0) / n,
+                logits.detach().sum(0) / n)
 
     def _run(self, images: torch.Tensor, labels: torch.Tensor, loss_for: Callable[[torch.Tensor], LogitLoss],
              stream: str) -> _Run:
@@ -279,9 +299,9 @@ class APGDCE(APGD):
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
                  norm: str | Norm = Norm.LINF, steps: int = 100, n_restarts: int = 1,
-                 rho: float = 0.75, eot_iter: int = 1, seed: int | None = 0) -> None:
+                 rho: float = 0.75, eot_iter: int = 1, seed: int | None = 0, eot_batched: bool = False) -> None:
         super().__init__(model, eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, loss="ce",
-                         rho=rho, eot_iter=eot_iter, seed=seed)
+                         rho=rho, eot_iter=eot_iter, seed=seed, eot_batched=eot_batched)
 
 
 @register_attack("apgd-dlr")
@@ -296,6 +316,6 @@ class APGDDLR(APGD):
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
                  norm: str | Norm = Norm.LINF, steps: int = 100, n_restarts: int = 1,
-                 rho: float = 0.75, eot_iter: int = 1, seed: int | None = 0) -> None:
+                 rho: float = 0.75, eot_iter: int = 1, seed: int | None = 0, eot_batched: bool = False) -> None:
         super().__init__(model, eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, loss="dlr",
-                         rho=rho, eot_iter=eot_iter, seed=seed)
+                         rho=rho, eot_iter=eot_iter, seed=seed, eot_batched=eot_batched)

@@ -35,9 +35,9 @@ class APGDT(APGD):
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
                  norm: str | Norm = Norm.LINF, steps: int = 100, n_restarts: int = 1,
                  n_target_classes: int = 9, rho: float = 0.75, eot_iter: int = 1,
-                 seed: int | None = 0) -> None:
+                 seed: int | None = 0, eot_batched: bool = False) -> None:
         super().__init__(model, eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, loss="dlr",
-                         rho=rho, eot_iter=eot_iter, seed=seed)
+                         rho=rho, eot_iter=eot_iter, seed=seed, eot_batched=eot_batched)
         self.n_target_classes = check_count(n_target_classes, "n_target_classes")
         self.loss_name = "dlr-targeted"
         self.name = "apgd-t"

@@ -208,14 +208,19 @@ def comparison_table(reports: list[AuditReport], names: list[str] | None = None)
              "strongest row | flags fired | s per image |", "|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(reports):
         attacked = [row for row in r.rows if row.defended and row.name != "clean"]
-        strongest = min(attacked, key=lambda row: row.accuracy)
+        if r.cascade:  # rows attacked different images: the one that broke the most
+            top = max(attacked, key=lambda row: round((1 - row.accuracy) * row.n_images))
+            strongest_text = f"{top.name} (broke {round((1 - top.accuracy) * top.n_images)} of {top.n_images})"
+        else:
+            top = min(attacked, key=lambda row: row.accuracy)
+            strongest_text = f"{top.name} {pct * top.accuracy:.1f}"
         fired = ", ".join(f.name for f in r.fired_flags) or "none"
         label = names[i] if names else f"{r.defense.get('name', '?')} + {r.classifier}"
         lines.append(f"| {label} | {r.preset} | {r.n_images} | {pct * r.clean_accuracy:.1f} | "
                      f"**{pct * r.worst_case_accuracy:.1f} ± {pct * r.worst_case_stderr:.1f}** | "
                      f"{pct * r.undefended_robust_accuracy:.1f} ± {pct * r.undefended_robust_stderr:.1f} | "
                      f"{pct * r.defense_gain:+.1f} ± {pct * r.defense_gain_stderr:.1f} | "
-                     f"{strongest.name} {pct * strongest.accuracy:.1f} | {fired} | {r.seconds_per_image:.2f} |")
+                     f"{strongest_text} | {fired} | {r.seconds_per_image:.2f} |")
     return "\n".join(lines) + "\n"
 
 

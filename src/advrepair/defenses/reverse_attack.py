@@ -69,6 +69,10 @@ class ReverseAttack(nn.Module):
         >>> defended = nn.Sequential(defense, classifier)
     """
 
+    #: with ``seed=None`` each image row draws its own start and views (``per_image_uniform``),
+    #: so EOT may stack copies of an image in one batch (``adaptive.contract``)
+    rowwise_randomness = True
+
     def __init__(self, classifier: Classifier,
                  tasks: SelfSupervisedTask | Sequence[tuple[SelfSupervisedTask, float]],
                  eps_v: float, steps: int = 40, step_size: float | None = None,

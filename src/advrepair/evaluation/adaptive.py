@@ -123,15 +123,16 @@ class AdaptiveConfig:
         return self.alpha if self.alpha is not None else self.eps / 4
 
     def gradient_attacks(self, model: nn.Module, steps: int | None = None, eot: int = 1,
-                         ce_only: bool = False) -> list[tuple[str, Attack]]:
+                         ce_only: bool = False, stacked_draws: bool = False) -> list[tuple[str, Attack]]:
         """The attacks of one gradient row, each with the suffix of its row name (none for PGD,
-        so PGD records keep the keys they always had)."""
+        so PGD records keep the keys they always had). ``stacked_draws``: the model's
+        randomness is drawn per batch row, so APGD runs its EOT draws as one batch."""
         steps = steps or self.steps
         if self.attack == "pgd":
             on = model if eot == 1 else EOT(model, draws=eot)
             return [("", PGD(on, eps=self.eps, alpha=self.step_size, steps=steps, norm=self.norm, seed=self.seed))]
         common: dict[str, Any] = dict(eps=self.eps, norm=self.norm, steps=steps, n_restarts=self.restarts,
-                                      eot_iter=eot, seed=self.seed)
+                                      eot_iter=eot, seed=self.seed, eot_batched=stacked_draws and eot > 1)
         attacks: list[tuple[str, Attack]] = [("-apgd-ce", APGDCE(model, **common))]
         if ce_only:
             return attacks
@@ -287,8 +288,11 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
         standing.update(store.arrays(_defended(records[name])), idx)
 
     def gradient_rows(name: str, on: nn.Module, crafted_on: str, with_base: bool = False, steps: int | None = None,
-                      eot: int = 1, ce_only: bool = False, extra: dict[str, Any] | None = None) -> None:
-        for suffix, attack in config.gradient_attacks(on, steps=steps, eot=eot, ce_only=ce_only):
+                      eot: int = 1, ce_only: bool = False, extra: dict[str, Any] | None = None,
+                      draws: Any = None) -> None:
+        stacked = draws is not None and capabilities_of(draws).rowwise_randomness
+        for suffix, attack in config.gradient_attacks(on, steps=steps, eot=eot, ce_only=ce_only,
+                                                      stacked_draws=stacked):
             row(name + suffix, attack, crafted_on, with_base=with_base, extra=extra)
 
     defended_bpda = nn.Sequential(BPDA(target.defense), clf)
@@ -301,7 +305,7 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
     eot = config.eot_draws
     if target.randomized is not None:
         gradient_rows("bpda-eot", nn.Sequential(BPDA(target.randomized), clf), f"EOT over {eot} fresh draws of "
-                      "BPDA(defense) + classifier", eot=eot, extra={"eot_draws": eot})
+                      "BPDA(defense) + classifier", eot=eot, extra={"eot_draws": eot}, draws=target.randomized)
     unrolled = target.unrolled if target.unrolled is not None else target.defense
     full_eot = 1
     if target.randomized is not None and config.attack == "apgd":
@@ -310,7 +314,8 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
             unrolled, full_eot = as_module(fresh_unroll), eot
     gradient_rows("full-gradient", nn.Sequential(unrolled, clf), "unrolled defense + classifier (exact autograd "
                   "or surrogate)" + (f", EOT over {full_eot} draws" if full_eot > 1 else ""), eot=full_eot,
-                  extra={"unroll": _params_of(unrolled), "eot_draws": full_eot})
+                  extra={"unroll": _params_of(unrolled), "eot_draws": full_eot},
+                  draws=unrolled if full_eot > 1 else None)
     sweep_rows: list[dict[str, Any]] = []
     if target.ssl_loss is not None:
         for lam in config.lambdas:

@@ -119,6 +119,9 @@ class Mao2021Config(RunConfig):
     #: the audit of the repair (and of the noise control) on the robust classifier
     audit_images: int = 200
     audit_preset: str = "quick"
+    #: question (b) at the standard preset, with the cascade (the same worst case; the cost of
+    #: an image stops when it breaks): on this many of the audit's images (0: not run)
+    standard_audit_images: int = 0
     #: the explanation grid: {zoo, 2-epoch} base x {zoo, 1-epoch} head x eps_v, on the last classifier
     explain: bool = True
     explain_eps_v: tuple[float, ...] = (0.05, 0.2)
@@ -141,6 +144,8 @@ class Mao2021Config(RunConfig):
         self.long_aware_images = min(check_int_at_least(self.long_aware_images, "long_aware_images", 0),
                                      self.sweep_images)
         self.audit_images = min(check_int_at_least(self.audit_images, "audit_images", 0), self.n_images)
+        self.standard_audit_images = min(check_int_at_least(self.standard_audit_images, "standard_audit_images", 0),
+                                         self.n_images)
         self.timing_images = check_int_at_least(self.timing_images, "timing_images", 1)
         self.reverse_steps = check_int_at_least(self.reverse_steps, "reverse_steps", 1)
         self.aware_steps = check_int_at_least(self.aware_steps, "aware_steps", 1)

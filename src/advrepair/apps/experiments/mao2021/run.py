@@ -280,19 +280,29 @@ def stage_lawhon(run: Run, s: Subject) -> None:
 
 def stage_audit(run: Run, s: Subject) -> None:
     """Question (b): the audit of the repair and of the noise control, at ``audit_preset``."""
+    if run.cfg.audit_images:
+        run.results.setdefault("audit", {})[s.name] = _audits(run, s, run.cfg.audit_preset, run.cfg.audit_images)
+
+
+def stage_audit_standard(run: Run, s: Subject) -> None:
+    """Question (b) at the standard preset, cascaded, on ``standard_audit_images`` images."""
+    if run.cfg.standard_audit_images:
+        run.results.setdefault("audit_standard", {})[s.name] = _audits(
+            run, s, "standard", run.cfg.standard_audit_images, cascade=True)
+
+
+def _audits(run: Run, s: Subject, preset: str, n: int, cascade: bool = False) -> dict[str, Any]:
     from advrepair.auditing import audit
 
     cfg = run.cfg
-    if not cfg.audit_images:
-        return
-    images, labels = balanced_subset(run.table_data, cfg.audit_images, seed=cfg.seed).tensors()
+    images, labels = balanced_subset(run.table_data, n, seed=cfg.seed).tensors()
     reports = {}
     for label, defense in ((REPAIR, s.repair), (NOISE, s.noise)):
-        folder = cfg.out / f"audit-{cfg.audit_preset}-{s.name}-{label}"
-        reports[label] = audit(s.classifier, defense, images, labels, eps=cfg.eps, preset=cfg.audit_preset,
+        folder = cfg.out / f"audit-{preset}{'-cascade' if cascade else ''}-{s.name}-{label}"
+        reports[label] = audit(s.classifier, defense, images, labels, eps=cfg.eps, preset=preset,
                                out=folder, seed=cfg.seed, batch_size=min(100, cfg.batch_size), device=str(run.device),
-                               progress=cfg.progress, classifier_name=s.name, defense_label=label)
-    run.results.setdefault("audit", {})[s.name] = reports
+                               progress=cfg.progress, classifier_name=s.name, defense_label=label, cascade=cascade)
+    return reports
 
 
 def stage_explain(run: Run, s: Subject) -> None:
@@ -366,6 +376,7 @@ STAGES: tuple[tuple[str, Callable[[Run, Subject], None], float], ...] = (
     ("Table 5 (L2 attacks)", stage_table5, 5.0),
     ("Fig. 4 (defense-aware attack)", stage_defense_aware, 5.0),
     ("lawhon (multi-task repair)", stage_lawhon, 9.0),
+    ("audit, standard preset (cascade)", stage_audit_standard, 40.0),
 )
 
 
@@ -380,6 +391,8 @@ def _wanted(cfg: Mao2021Config, fn: Callable[[Run, Subject], None], s: Subject) 
         return cfg.explain and s.zoo_name is not None and zoo.entry(s.zoo_name).eps is not None
     if fn is stage_audit:  # question (b) is about the robust classifier: the last one
         return cfg.audit_images > 0 and s.name == _last_name(cfg)
+    if fn is stage_audit_standard:
+        return cfg.standard_audit_images > 0 and s.name == _last_name(cfg)
     return True
 
 
