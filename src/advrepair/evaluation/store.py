@@ -113,6 +113,10 @@ class ResultsStore:
             kept.append(r)
         return kept
 
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        """The records whose ``kind`` is ``kind`` (summaries, sweeps, ...), oldest first."""
+        return [r for r in self.records if r.get("kind") == kind]
+
     def has(self, key: str) -> bool:
         return any(r.get("key") == key for r in self.records)
 

@@ -42,7 +42,7 @@ def _worst_case_section(store: ResultsStore, records: list[dict[str, Any]]) -> s
 def _adaptive_section(store: ResultsStore, out: Path) -> tuple[list[str], list[Path]]:
     """One table per adaptive-protocol summary, its lambda sweep (mao2021 Figure 4) and the
     accuracy along the defense's iterates."""
-    summaries = [r for r in store.records if r.get("kind") == "adaptive-summary"]
+    summaries = store.of_kind("adaptive-summary")
     if not summaries:
         return [], []
     parts = ["\n## Adaptive evaluation: attacks that see the defense\n",

@@ -83,7 +83,7 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
     """
     out = Path(out_dir)
     store = ResultsStore(out, resume=True)
-    summaries = [r for r in store.records if r.get("kind") == "xiao-summary"]
+    summaries = store.of_kind("xiao-summary")
     if not summaries:
         raise InputError(f"{out / 'results.json'} holds no xiao2020 summary; run the experiment first")
     s = summaries[-1]

@@ -143,7 +143,7 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
     """
     out = Path(out_dir)
     store = ResultsStore(out, resume=True)
-    summaries = [r for r in store.records if r.get("kind") == "ride-summary"]
+    summaries = store.of_kind("ride-summary")
     if not summaries:
         raise InputError(f"{out / 'results.json'} has no ride-summary record: run run_ride_experiment first")
     s = summaries[-1]
