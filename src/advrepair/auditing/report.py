@@ -184,8 +184,13 @@ class AuditReport:
         rows = [r for r in self.rows if r.defended]
         fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 2.2), layout="constrained")
         ys = list(range(len(rows)))[::-1]
-        ax.barh(ys, [100 * r.accuracy for r in rows], xerr=[100 * r.stderr for r in rows], color="#4c72b0",
-                capsize=3, label="defended model, per row")
+        if self.cascade:  # a cascaded row saw only the images still standing: show its share of all of them
+            share = [r.accuracy * r.n_images / self.n_images for r in rows]
+            ax.barh(ys, [100 * p for p in share], xerr=[100 * (p * (1 - p) / self.n_images) ** 0.5 for p in share],
+                    color="#4c72b0", capsize=3, label="defended, cascade: correct after the row, % of all images")
+        else:
+            ax.barh(ys, [100 * r.accuracy for r in rows], xerr=[100 * r.stderr for r in rows], color="#4c72b0",
+                    capsize=3, label="defended model, per row")
         ax.set_yticks(ys)
         ax.set_yticklabels([r.name for r in rows], fontsize=8)
         ax.axvline(100 * self.worst_case_accuracy, color="#c44e52", linestyle="--",
@@ -195,7 +200,7 @@ class AuditReport:
         ax.set_xlim(0, 100)
         ax.set_xlabel(f"accuracy (%), {self.norm} eps {self.eps:g}, {self.n_images} images, ± s.e.")
         ax.set_title(f"audit ({self.preset}): {self.defense.get('name', '?')} + {self.classifier}", fontsize=10)
-        fig.legend(loc="outside lower center", fontsize=8, ncol=2, frameon=False)
+        fig.legend(loc="outside lower center", fontsize=8, ncol=1 if self.cascade else 2, frameon=False)
         fig.savefig(path, dpi=120)
         plt.close(fig)
 
@@ -208,9 +213,9 @@ def comparison_table(reports: list[AuditReport], names: list[str] | None = None)
              "strongest row | flags fired | s per image |", "|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(reports):
         attacked = [row for row in r.rows if row.defended and row.name != "clean"]
-        if r.cascade:  # rows attacked different images: the one that broke the most
+        if r.cascade:  # rows attacked different images: the one that left the most of them wrong
             top = max(attacked, key=lambda row: round((1 - row.accuracy) * row.n_images))
-            strongest_text = f"{top.name} (broke {round((1 - top.accuracy) * top.n_images)} of {top.n_images})"
+            strongest_text = f"{top.name} (wrong on {round((1 - top.accuracy) * top.n_images)} of {top.n_images})"
         else:
             top = min(attacked, key=lambda row: row.accuracy)
             strongest_text = f"{top.name} {pct * top.accuracy:.1f}"
