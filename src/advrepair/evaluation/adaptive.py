@@ -328,10 +328,9 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
             std, rep = records[name]
             sweep_rows.append(sweep_entry(lam, Accuracy(std["n_correct"], std["n_images"]),
                                           Accuracy(rep["n_correct"], rep["n_images"]), rep["attack"]))
-    before_square = standing.accuracy()
+    standing.before_square = standing.accuracy()
     row("square", Square(nn.Sequential(target.defense, clf), eps=config.eps, norm=config.norm,
                          n_queries=config.square_queries, seed=config.seed), "defense + classifier, scores only")
-    standing.before_square = before_square
     return records, sweep_rows, base_common, defense_params, clf, standing
 
 

@@ -41,19 +41,11 @@ def _attack_name(attack: dict[str, Any]) -> str:
     return name + (" (BPDA-I)" if attack.get("through") == "bpda" else "")
 
 
-def _table(records: list[dict[str, Any]], title_col: str) -> tuple[str, list[str]]:
-    cols: list[str] = []
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in records:
-        col = _attack_name(r["attack"])
-        if col not in cols:
-            cols.append(col)
-        cells[(_label(r), col)] = r
-    rows = ["none", *[d for d in DEFENSE_ORDER if any(lab == d for lab, _ in cells)]]
-    lines = [f"| {title_col} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for row in rows:
-        lines.append(f"| {row} | " + " | ".join(_pct(cells.get((row, c))) for c in cols) + " |")
-    return "\n".join(lines), cols
+def _table(records: list[dict[str, Any]], title_col: str) -> str:
+    """The main tables: no defense first, then the defenses in ``DEFENSE_ORDER``."""
+    labelled = [(_label(r), r) for r in records]
+    present = {label for label, _ in labelled}
+    return _labelled_table(labelled, title_col, ["none", *[d for d in DEFENSE_ORDER if d in present]])
 
 
 def _sweep_figure(sweep: list[dict[str, Any]], stop: dict[str, Any], path: Path) -> Path:
@@ -84,15 +76,13 @@ def _trajectory_figure(sweep: list[dict[str, Any]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _sweep_table(labelled: list[tuple[str, dict[str, Any]]], title_col: str) -> str:
-    cols: list[str] = []
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
-    rows: list[str] = []
-    for label, r in labelled:
-        col = _attack_name(r["attack"])
-        cols += [col] if col not in cols else []
-        rows += [label] if label not in rows else []
-        cells[(label, col)] = r
+def _labelled_table(labelled: list[tuple[str, dict[str, Any]]], title_col: str,
+                    rows: list[str] | None = None) -> str:
+    """One row per label (``rows``: which and in what order; default: as they come), one
+    column per attack."""
+    cols = list(dict.fromkeys(_attack_name(r["attack"]) for _, r in labelled))
+    cells = {(label, _attack_name(r["attack"])): r for label, r in labelled}
+    rows = rows if rows is not None else list(dict.fromkeys(label for label, _ in labelled))
     lines = [f"| {title_col} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {row} | " + " | ".join(_pct(cells.get((row, c))) for c in cols) + " |" for row in rows]
     return "\n".join(lines)
@@ -157,8 +147,8 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
     fig_traj = _trajectory_figure(sweep, out / "ride_trajectory.png")
     ride_recs = [r for r in gray if _label(r) == "ride" and r["attack"]["name"] != CLEAN]
     per_image = [r["defense_seconds"] / max(1, r["n_images"]) for r in ride_recs]
-    gray_table, _ = _table(gray, "Defense")
-    white_table, _ = _table(white, "Defense")
+    gray_table = _table(gray, "Defense")
+    white_table = _table(white, "Defense")
     all_steps = sorted({st for r in sweep for st in r["steps"]})
     lines = [
         "# RIDE on Fashion-MNIST (Lin, Pfister & Zhang)", "",
@@ -214,7 +204,7 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
         lines += ["## Baselines swept (cf. Tables 4-6)", "",
                   f"{s['subsets']['gray']}, the gray-box attacks above. Median filters of every kernel size; TV "
                   "denoising (no pixel dropout) at each weight with both solvers.", "",
-                  _sweep_table([(label, r) for label, r in baselines if r is not None], "Defense"), ""]
+                  _labelled_table([(label, r) for label, r in baselines if r is not None], "Defense"), ""]
     params = [{**found, "param": name, "value": value} for name, value, key in s.get("params", [])
               if (found := store.get(key)) is not None]
     if params:
