@@ -40,8 +40,10 @@ def test_every_shipped_entry_loads_and_its_card_says_how_it_was_made_and_measure
     if entry.kind is zoo.ZooKind.NEGATIVE_BANK:
         assert module.shape == (256, 1, 28, 28) and 0 <= module.min() and module.max() <= 1
         return
-    assert card.recipe == entry.recipe.to_dict() and card.seed == entry.seed
-    assert card.parent["provenance"]["training_seconds"] > 0 and card.parent["provenance"]["threads"] >= 1
+    assert card.recipe == (entry.recipe.to_dict() if entry.recipe else {"untrained": True})
+    assert card.seed == entry.seed
+    assert card.parent["provenance"]["threads"] >= 1
+    assert entry.recipe is None or card.parent["provenance"]["training_seconds"] > 0
     assert card.metrics, "a shipped entry records what it reaches"
     for m in card.metrics:
         assert {"metric", "value", "stderr", "attack", "n_images"} <= set(m)
@@ -102,16 +104,22 @@ def test_zoo_md_is_the_table_the_cards_give():
     assert zoo.summary.markdown_table() in text, "regenerate ZOO.md's table with `advrepair zoo list --markdown`"
 
 
-def test_a_rebuild_from_the_recipe_is_bit_identical_and_compared_with_the_card(tmp_path, monkeypatch):
+def _tiny_registry(tmp_path, monkeypatch):
     data = write_fashion_mnist(tmp_path / "fmnist", n_train=300, n_test=100)
     tiny = {}
     for name, e in registry.ENTRIES.items():
         recipe = e.recipe and dataclasses.replace(e.recipe, epochs=2, train_subset=96)
-        tiny[name] = dataclasses.replace(e, recipe=recipe, heldout=48 if e.heldout else 0,
+        transform = {**e.transform, "steps": 2} if e.transform else e.transform
+        tiny[name] = dataclasses.replace(e, recipe=recipe, heldout=48 if e.heldout else 0, transform=transform,
                                          config={**e.config, "width": 4} if e.arch else e.config)
     monkeypatch.setattr(registry, "ENTRIES", tiny)
     monkeypatch.setattr("advrepair.zoo.metrics.ROBUST_IMAGES", 20)
     monkeypatch.setenv("ADVREPAIR_ZOO_DIR", str(tmp_path / "shipped"))
+    return data
+
+
+def test_a_rebuild_from_the_recipe_is_bit_identical_and_compared_with_the_card(tmp_path, monkeypatch):
+    data = _tiny_registry(tmp_path, monkeypatch)
     names = ["fmnist-cnn-pgd-contrastive"]
     first = build(names, tmp_path / "shipped", data_root=str(data), progress=False, autoattack=False)
     assert [r.name for r in first] == ["fmnist-cnn-pgd", zoo.NEGATIVES, "fmnist-cnn-pgd-contrastive"]
@@ -143,3 +151,26 @@ def test_flip_and_shift_is_seeded_and_keeps_pixels():
     assert torch.equal(a, flip_and_shift(x, torch.Generator().manual_seed(3)))
     assert a.shape == x.shape and not torch.equal(a, x)
     assert (a.sum((1, 2, 3)) <= x.sum((1, 2, 3)) + 1e-4).all()  # shifted out, never invented
+
+
+def test_xiao2020_f_a_is_trained_on_g_of_its_f_b_rebuilds_bit_identically_and_loads_as_a_defense(tmp_path,
+                                                                                                monkeypatch):
+    data = _tiny_registry(tmp_path, monkeypatch)
+    first = build(["fmnist-cnn-xiao", "fmnist-vgg8-untrained"], tmp_path / "shipped", data_root=str(data),
+                  progress=False, autoattack=False)
+    assert [r.name for r in first] == ["fmnist-vgg8-pgd", "fmnist-cnn-xiao", "fmnist-vgg8-untrained"]
+    card = json.loads((tmp_path / "shipped" / "fmnist-cnn-xiao.json").read_text())
+    assert card["parent"]["f_b"] == "fmnist-vgg8-pgd" and card["parent"]["transform"]["steps"] == 2
+    metrics = {m["metric"]: m for m in card["metrics"]}
+    assert {"clean_accuracy", "robust_accuracy", "clean_accuracy_defended", "robust_accuracy_defended"} == set(metrics)
+    assert metrics["robust_accuracy_defended"]["attack"]["gradient_of_g"] == "identity (BPDA-I)"
+    assert json.loads((tmp_path / "shipped" / "fmnist-vgg8-untrained.json").read_text())["recipe"] == {"untrained": True}
+    g, f_a, _ = zoo.load_defended("fmnist-cnn-xiao")
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(g(x), g(x)) and (g(x) - x).abs().max() <= 0.2 + 1e-6
+    assert f_a(g(x)).shape == (4, 10)
+    with pytest.raises(InputError, match="not trained on an input transformation"):
+        zoo.load_defended("fmnist-vgg8-pgd")
+    again = build(["fmnist-cnn-xiao"], tmp_path / "rebuilt", data_root=str(data), progress=False, autoattack=False)
+    assert [r.name for r in again] == ["fmnist-cnn-xiao"]  # the shipped f_b is used, not rebuilt
+    assert again[0].identical and again[0].matches

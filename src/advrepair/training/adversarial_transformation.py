@@ -43,7 +43,8 @@ from advrepair.data import ImageDataset
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation
 from advrepair.errors import InputError
 from advrepair.models.base import Classifier
-from advrepair.training.loops import _run_epochs, train_classifier
+from advrepair.training.checkpointing import EpochCheckpoint
+from advrepair.training.loops import _run_epochs, recipe_augmentation, train_classifier
 from advrepair.training.recipe import ClassifierRecipe
 from advrepair.validation import check_images, check_int_at_least, check_positive
 
@@ -56,7 +57,7 @@ def _check_transform(transform: object) -> AdversarialTransformation:
 
 def train_on_transformation(f_a: Classifier, transform: AdversarialTransformation, data: ImageDataset,
                             recipe: ClassifierRecipe, *, seed: int = 0, device: str | torch.device = "cpu",
-                            progress: bool = True) -> list[dict[str, float]]:
+                            progress: bool = True, resume: EpochCheckpoint | None = None) -> list[dict[str, float]]:
     """Train ``f_a`` in place on ``g(x)`` with cross-entropy (xiao2020 Eq. 1); f_b stays fixed.
 
     Args:
@@ -64,7 +65,9 @@ def train_on_transformation(f_a: Classifier, transform: AdversarialTransformatio
         transform: g, built on a pre-trained f_b.
         data: the training set (labels are used, as in Eq. 1).
         recipe: a standard (non-adversarial) recipe: epochs, batch, optimizer, lr, schedule.
-        seed: seeds the batch order, f_a's dropout (none in our models) and g's random starts.
+        seed: seeds the batch order, f_a's dropout (none in our models), the recipe's flips and
+            shifts (applied before g) and g's random starts.
+        resume: save state after every epoch; a rerun continues after the last saved one.
 
     Returns:
         Per-epoch mean losses ``[{"epoch": 1, "loss": ...}, ...]``.
@@ -91,9 +94,11 @@ def train_on_transformation(f_a: Classifier, transform: AdversarialTransformatio
     for p in transform.f_b.parameters():
         p.requires_grad_(False)  # f_b is fixed; its parameters need no gradient
 
+    augment = recipe_augmentation(recipe, seed)
+
     def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
         with torch.no_grad():
-            transformed = transform.transform(x, draw=f"train-{seed}-{epoch}")
+            transformed = transform.transform(augment(x, epoch), draw=f"train-{seed}-{epoch}")
         f_a.train()
         return F.cross_entropy(f_a(transformed), y)
 
@@ -101,7 +106,7 @@ def train_on_transformation(f_a: Classifier, transform: AdversarialTransformatio
         history = _run_epochs(list(f_a.parameters()), data, epochs=recipe.epochs, batch_size=recipe.batch_size,
                               subset=recipe.train_subset, optimizer=recipe.optimizer, lr=recipe.lr,
                               weight_decay=recipe.weight_decay, schedule=recipe.schedule, seed=seed,
-                              device=device, desc="xiao-train", progress=progress, step=step)
+                              device=device, desc="xiao-train", progress=progress, step=step, resume=resume)
     finally:
         for p, flag in zip(transform.f_b.parameters(), f_b_grad):
             p.requires_grad_(flag)

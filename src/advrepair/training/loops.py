@@ -135,16 +135,10 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
     _check_data_fits(model, data, recipe, ClassifierRecipe, labels=True)
     device = resolve_device(device)
     model.to(device)
-    batch_in_epoch = {"epoch": -1, "index": 0}
+    augment = recipe_augmentation(recipe, seed)
 
     def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
-        if recipe.augment:
-            if batch_in_epoch["epoch"] != epoch:
-                batch_in_epoch.update(epoch=epoch, index=0)
-            # seeded by (seed, epoch, batch): a resumed run draws the same augmentations
-            gen = torch.Generator().manual_seed((seed * 100_003 + epoch) * 100_003 + batch_in_epoch["index"])
-            batch_in_epoch["index"] += 1
-            x = flip_and_shift(x, gen)
+        x = augment(x, epoch)
         if recipe.adversarial:
             model.eval()  # craft in eval mode so BatchNorm statistics see only training inputs
             x = PGD(model, eps=recipe.eps, alpha=recipe.alpha, steps=recipe.steps,
@@ -159,6 +153,24 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
                           device=device, desc=desc, progress=progress, step=step, resume=resume)
     model.eval()
     return history
+
+
+def recipe_augmentation(recipe: ClassifierRecipe, seed: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``(batch, epoch) -> batch``: the recipe's flips and shifts (the identity without
+    ``augment``), seeded by (seed, epoch, batch index) so a resumed run draws the same ones.
+    Call it once per batch, in order."""
+    batch_in_epoch = {"epoch": -1, "index": 0}
+
+    def augment(x: torch.Tensor, epoch: int) -> torch.Tensor:
+        if not recipe.augment:
+            return x
+        if batch_in_epoch["epoch"] != epoch:
+            batch_in_epoch.update(epoch=epoch, index=0)
+        gen = torch.Generator().manual_seed((seed * 100_003 + epoch) * 100_003 + batch_in_epoch["index"])
+        batch_in_epoch["index"] += 1
+        return flip_and_shift(x, gen)
+
+    return augment
 
 
 def flip_and_shift(images: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:

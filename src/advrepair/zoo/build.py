@@ -15,17 +15,21 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 from tqdm.auto import tqdm
 
 from advrepair.data import ImageDataset, balanced_subset, load_dataset
 from advrepair.models import Classifier, ModelCard, build_model, save_checkpoint
 from advrepair.ssl import ContrastiveHead, ContrastiveTask, build_task
 from advrepair.training import ClassifierRecipe, SSLRecipe, train_classifier, train_ssl_task
+from advrepair.training.adversarial_transformation import train_on_transformation
 from advrepair.training.checkpointing import EpochCheckpoint
-from advrepair.zoo.metrics import classifier_metrics, ssl_loss_metrics
+from advrepair.defenses.adversarial_transformation import AdversarialTransformation
+from advrepair.zoo.metrics import classifier_metrics, defended_metrics, ssl_loss_metrics
 from advrepair.zoo.registry import NEGATIVES, ZooEntry, ZooKind, build_order, entry
 from advrepair.zoo.store import card as shipped_card
-from advrepair.zoo.store import is_shipped, load, load_negatives, save_tensor_file, weights_dir
+from advrepair.zoo.store import (is_shipped, load, load_negatives, save_tensor_file, transformation_from,
+                                 weights_dir)
 
 #: accepted gap between a rebuilt and a shipped accuracy when the weights differ (fraction):
 #: about two binomial standard errors of a 1,000-image robust accuracy
@@ -73,26 +77,54 @@ def _build_negatives(e: ZooEntry, out: Path, data_root: str | None) -> ModelCard
 
 def _build_classifier(e: ZooEntry, out: Path, data_root: str | None, device: torch.device, progress: bool,
                       autoattack: bool) -> ModelCard:
-    assert isinstance(e.recipe, ClassifierRecipe) and e.arch is not None
+    assert e.arch is not None and (e.recipe is None or isinstance(e.recipe, ClassifierRecipe))
     train, _, test = _splits(e, data_root)
     config = dict(in_channels=train.image_shape[0], num_classes=train.num_classes, input_size=train.image_shape[1],
                   **e.config)
     torch.manual_seed(e.seed)
     model = build_model(e.arch, **config)
     assert isinstance(model, Classifier)
-    resume = EpochCheckpoint(out / f".{e.name}-in-progress", {"entry": e.name, "recipe": e.recipe.to_dict(),
+    recipe = e.recipe.to_dict() if e.recipe is not None else {"untrained": True}
+    resume = EpochCheckpoint(out / f".{e.name}-in-progress", {"entry": e.name, "recipe": recipe,
                                                               "seed": e.seed, "config": config})
+    transform = _parent_transformation(e, out, device)
     start = time.perf_counter()
-    history = train_classifier(model, train, e.recipe, seed=e.seed, device=device, progress=progress, resume=resume)
+    history: list[dict[str, float]] = []
+    if e.recipe is not None and transform is not None:
+        history = train_on_transformation(model, transform, train, e.recipe, seed=e.seed, device=device,
+                                          progress=progress, resume=resume)
+    elif e.recipe is not None:
+        history = train_classifier(model, train, e.recipe, seed=e.seed, device=device, progress=progress,
+                                   resume=resume)
+    model.to(device).eval()
     seconds = time.perf_counter() - start
+    parent: dict[str, Any] = {"zoo_name": e.name, "history": history, "provenance": _provenance(seconds)}
+    if transform is not None:
+        parent.update(f_b=e.parent, f_b_sha256=_card_of(e.parent, out).weights_sha256, transform=transform.params())
     model_card = ModelCard(kind="classifier", arch=e.arch, config=model.config, dataset=train.name,
-                           recipe=e.recipe.to_dict(), seed=e.seed, metrics=[],
-                           parent={"zoo_name": e.name, "history": history, "provenance": _provenance(seconds)})
+                           recipe=recipe, seed=e.seed, metrics=[], parent=parent)
     save_checkpoint(model, out / e.name, model_card)  # the weights are safe before the long measurements
-    model_card.metrics = classifier_metrics(model, test, e.eval_eps, device=device, autoattack=autoattack,
-                                            progress=progress)
+    model_card.metrics = classifier_metrics(model, test, e.eval_eps, device=device,
+                                            autoattack=autoattack and e.autoattack, progress=progress)
+    if transform is not None:
+        model_card.metrics += defended_metrics(model, transform, test, e.eval_eps, device=device, progress=progress)
     save_checkpoint(model, out / e.name, model_card)
     return model_card
+
+
+def _card_of(name: str | None, out: Path) -> ModelCard:
+    assert name is not None
+    return shipped_card(name, out if is_shipped(name, out) else None)
+
+
+def _parent_transformation(e: ZooEntry, out: Path, device: torch.device) -> AdversarialTransformation | None:
+    """g on the parent f_b (from ``out`` when built there, else shipped), in the recipe's layout."""
+    if not e.transform:
+        return None
+    f_b, _ = load(e.parent or "", device, folder=out if is_shipped(e.parent or "", out) else None,
+                  channels_last=False)
+    assert isinstance(f_b, nn.Module)
+    return transformation_from(f_b, e.transform)
 
 
 def _build_head(e: ZooEntry, out: Path, data_root: str | None, device: torch.device, progress: bool) -> ModelCard:
@@ -139,7 +171,7 @@ def _compare(new: ModelCard, old: ModelCard, new_path: Path, old_path: Path) -> 
     identical = new.weights_sha256 == old.weights_sha256 or same_tensors(new_path, old_path)
     differences = []
     for m_new, m_old in zip(new.metrics, old.metrics):
-        limit = TOLERANCE.get(m_new["metric"])
+        limit = TOLERANCE.get(m_new["metric"].removesuffix("_defended"))
         gap = abs(m_new["value"] - m_old["value"])
         if limit is not None and gap > limit:
             differences.append(f"{m_new['metric']} {100 * m_new['value']:.2f}% vs shipped {100 * m_old['value']:.2f}% "

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from advrepair.adaptive.bpda import BPDA
 from advrepair.attacks import PGD, AutoAttack
 from advrepair.data import ImageDataset, balanced_subset
 from advrepair.defenses.reverse_attack import ReverseAttack
@@ -76,3 +77,19 @@ def ssl_loss_metrics(classifier: Classifier, task: SelfSupervisedTask, test: Ima
              "attack": pgd.params(), "n_images": len(data)},
             {"metric": "mean_ssl_loss_increase", "value": float((a - c).mean()),
              "stderr": float((a - c).std() / len(c) ** 0.5), "attack": pgd.params(), "n_images": len(data)}]
+
+
+def defended_metrics(f_a: nn.Module, transform: nn.Module, test: ImageDataset, eps: float, *,
+                     device: torch.device, progress: bool = True) -> list[dict[str, Any]]:
+    """For f_a trained on ``g(x)``: the defended model ``f_a(g(x))`` clean on the whole test
+    split, and under PGD-20 with BPDA-I through ``g`` (the identity on the backward pass; the
+    paper's BPDA-I) on ``ROBUST_IMAGES`` class-balanced images. The audit is the strong test."""
+    defended = nn.Sequential(transform, f_a).eval()
+    attackable = nn.Sequential(BPDA(transform), f_a).eval()
+    robust = balanced_subset(test, min(ROBUST_IMAGES, len(test)), seed=0)
+    pgd = PGD(attackable, eps=eps, alpha=2.5 * eps / 20, steps=20)
+    clean = accuracy_metric(defended, test, None, metric="clean_accuracy_defended", device=device, progress=progress)
+    attacked = accuracy_metric(defended, robust, pgd, metric="robust_accuracy_defended", device=device,
+                               progress=progress)
+    attacked["attack"] = {**pgd.params(), "gradient_of_g": "identity (BPDA-I)"}
+    return [clean, attacked]

@@ -31,11 +31,15 @@ class ZooEntry:
             less ``heldout`` images for heads that stop early).
         parent: the zoo name this entry is built on (a head's classifier), or None.
         arch / config: the architecture and its constructor arguments (classifiers).
-        recipe: the training recipe.
+        recipe: the training recipe; None for a classifier that is only initialized (xiao2020's
+            untrained f_b).
         task: the self-supervised task's name and options (heads).
         eps: the adversarial-training budget (L-inf), None for standard training.
         seed: seeds everything random in the training.
         description: one line for ``zoo list``.
+        transform: for a classifier trained on ``g(x)`` (xiao2020's f_a): the settings of the
+            adversarial transformation ``g`` built on the parent (its f_b); empty otherwise.
+        autoattack: whether the card measures AutoAttack (standard); PGD-20 always.
     """
 
     name: str
@@ -52,6 +56,8 @@ class ZooEntry:
     heldout: int = 0
     #: L-inf budget of the robust accuracy measured for the card
     eval_eps: float = 0.1
+    transform: dict[str, Any] = field(default_factory=dict)
+    autoattack: bool = True
 
     @property
     def eps(self) -> float | None:
@@ -87,6 +93,39 @@ _ENTRIES: tuple[ZooEntry, ...] = (
              "mao2021 contrastive head on fmnist-cnn-pgd's features, early-stopped",
              parent="fmnist-cnn-pgd", task={"name": "contrastive", "tau": 0.2, "n_views": 4},
              recipe=SSLRecipe(epochs=30, lr=1e-3, patience=2), heldout=5000),
+)
+
+
+# xiao2020 (defense by adversarial transformation). f_b: a small VGG, about 8x cheaper than the
+# SmallCNN, in the four states of the paper's Table 1 (untrained, 1 epoch, trained, adversarially
+# trained); f_a: the zoo's SmallCNN recipe on g(x) of the adversarially trained f_b (Eq. 1).
+_VGG8 = {"width": 8, "stages": 3, "convs_per_stage": 1, "feature_dim": 64}
+#: g of the deployed defense: Delta 0.2, N = 13 least-likely sign steps of Delta / 6 (the paper's)
+XIAO_TRANSFORM = {"name": "adversarial-transformation", "delta": 0.2, "steps": 13, "seed": 0}
+
+
+def _vgg_f_b(suffix: str, what: str, recipe: ClassifierRecipe | None) -> ZooEntry:
+    return ZooEntry(f"fmnist-vgg8-{suffix}", ZooKind.CLASSIFIER, FMNIST,
+                    f"xiao2020 f_b: SmallVGG (width 8), {what}", arch="small-vgg", config=dict(_VGG8),
+                    recipe=recipe, autoattack=False)
+
+
+_ENTRIES += (
+    _vgg_f_b("untrained", "untrained (seeded initialization)", None),
+    _vgg_f_b("standard-1ep", "standard training, 1 epoch", ClassifierRecipe(epochs=1, augment=True)),
+    _vgg_f_b("standard", "standard training, 10 epochs", ClassifierRecipe(epochs=10, augment=True)),
+    _vgg_f_b("pgd", "PGD-7 adversarial training at eps 0.1, 10 epochs (g's f_b)",
+             ClassifierRecipe(epochs=10, augment=True, adversarial=True, eps=0.1, alpha=0.025, steps=7)),
+    ZooEntry("fmnist-cnn-xiao", ZooKind.CLASSIFIER, FMNIST,
+             "xiao2020 f_a: SmallCNN (width 32) trained on g(x), g = 13 LL-PGD steps (Delta 0.2) on fmnist-vgg8-pgd",
+             parent="fmnist-vgg8-pgd", arch="small-cnn", config={"width": 32, "feature_dim": 128},
+             recipe=ClassifierRecipe(epochs=10, lr=1e-3, schedule="cosine", augment=True),
+             transform=dict(XIAO_TRANSFORM), autoattack=False),
+    # an independent standard CNN: the source of transfer attacks (xiao2020 Table 2, NRP)
+    ZooEntry("fmnist-cnn-standard-seed1", ZooKind.CLASSIFIER, FMNIST,
+             "SmallCNN (width 32), standard training as fmnist-cnn-standard with seed 1: a transfer source",
+             arch="small-cnn", config={"width": 32, "feature_dim": 128},
+             recipe=ClassifierRecipe(epochs=15, lr=1e-3, schedule="cosine", augment=True), seed=1),
 )
 
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
+from advrepair.defenses.adversarial_transformation import AdversarialTransformation
 from advrepair.durable import write_durably, write_text_durably
 from advrepair.errors import CheckpointError, InputError
 from advrepair.models import Classifier, ModelCard, load_checkpoint, read_card
@@ -117,3 +118,36 @@ def ssl_task(task_name: str, head: nn.Module, task_config: dict[str, Any], folde
     if task_name not in ("rotation", "inpainting"):
         raise InputError(f"unknown self-supervised task {task_name!r}")
     return task_from_checkpoint_parts(task_name, head, task_config).to(device).eval()
+
+
+def transformation_from(f_b: nn.Module, settings: dict[str, Any]) -> AdversarialTransformation:
+    """xiao2020's ``g`` on ``f_b`` with an entry's ``transform`` settings."""
+    if settings.get("name") != "adversarial-transformation":
+        raise InputError(f"unknown input transformation {settings.get('name')!r}")
+    for p in f_b.parameters():
+        p.requires_grad_(False)  # f_b is fixed
+    return AdversarialTransformation(f_b, delta=settings["delta"], steps=settings["steps"], seed=settings["seed"])
+
+
+def load_defended(name: str, device: str | torch.device = "cpu", *, folder: Path | None = None,
+                  channels_last: bool | None = None) -> tuple[AdversarialTransformation, nn.Module, ModelCard]:
+    """A classifier trained on an input transformation (xiao2020's f_a) with its defense:
+    ``(g, f_a, card)``, so ``nn.Sequential(g, f_a)`` is the deployed model.
+
+        >>> g, f_a, _ = zoo.load_defended("fmnist-cnn-xiao")
+        >>> defended = nn.Sequential(g, f_a)
+
+    Raises:
+        InputError: an unknown name, or an entry that is not trained on a transformation.
+        CheckpointError: missing files, weights that do not match the card, or an f_a whose card
+            names other f_b weights than the shipped parent's.
+    """
+    e = entry(name)
+    if not e.transform:
+        raise InputError(f"zoo entry {name!r} is not trained on an input transformation")
+    f_a, model_card = load(name, device, folder=folder, channels_last=channels_last)
+    f_b, f_b_card = load(e.parent or "", device, folder=folder, channels_last=channels_last)
+    if model_card.parent.get("f_b_sha256") != f_b_card.weights_sha256:
+        raise CheckpointError(f"zoo entry {name!r} was trained through other f_b weights than {e.parent!r}; rebuild it")
+    assert isinstance(f_a, nn.Module) and isinstance(f_b, nn.Module)
+    return transformation_from(f_b, e.transform), f_a, model_card

@@ -18,7 +18,9 @@ def describe(name: str) -> dict[str, Any]:
     c = card(name) if shipped else None
     return {"name": e.name, "kind": e.kind.value, "dataset": e.dataset, "parent": e.parent, "eps": e.eps,
             "description": e.description, "arch": e.arch, "seed": e.seed,
-            "recipe": e.recipe.to_dict() if e.recipe is not None else None,
+            "recipe": (e.recipe.to_dict() if e.recipe is not None
+                       else {"untrained": True} if e.kind.value == "classifier" else None),
+            "transform": e.transform or None,
             "shipped": shipped, "weights_sha256": c.weights_sha256 if c else None,
             "metrics": c.metrics if c else [],
             "stopping_epoch": c.parent.get("stopping_epoch") if c else None,
@@ -34,10 +36,14 @@ def metric_text(metric: dict[str, Any]) -> str:
         return f"{label} {value:.3f}" + (f" ± {se:.3f}" if se is not None else "")
     if atk is None:
         label = "clean"
+    elif metric["metric"].endswith("_defended") and atk.get("gradient_of_g"):
+        label = f"{atk['name']}-{atk.get('steps')} BPDA-I eps={atk['eps']:.3g}"
     else:
         steps = atk.get("steps")
         label = atk["name"] + (f"-{steps}" if steps and atk["name"] != "autoattack" else "")
         label += f" eps={atk['eps']:.3g}"
+    if metric["metric"].endswith("_defended"):
+        label = "f_a(g(x)) " + label
     err = f" ± {100 * se:.1f}" if se is not None else ""
     return f"{label}: {100 * value:.1f}{err}% (n={metric['n_images']})"
 
@@ -49,9 +55,12 @@ def markdown_table() -> str:
         d = describe(e.name)
         prov = d["provenance"] or {}
         recipe = d["recipe"] or {}
-        if e.kind.value == "classifier":
+        if e.kind.value == "classifier" and recipe.get("untrained"):
+            how = "untrained (seeded initialization)"
+        elif e.kind.value == "classifier":
             how = (f"{recipe.get('epochs')} ep" + (f", PGD-{recipe['steps']} eps {recipe['eps']:g}"
-                                                   if recipe.get("adversarial") else ", standard"))
+                                                   if recipe.get("adversarial") else
+                                                   f", on g(x) of {e.parent}" if e.transform else ", standard"))
         elif e.kind.value == "ssl head":
             last = d["stopping_epoch"] == recipe.get("epochs")
             how = (f"all {recipe.get('epochs')} epochs (held-out loss still falling; best = last)" if last
