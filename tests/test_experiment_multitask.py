@@ -34,7 +34,7 @@ def _tiny(tmp_path, fake_fmnist, **kw):
         ssl=SSLRecipe(epochs=1), arch_config={"width": 4, "feature_dim": 16}, head_width=4, progress=False,
         adaptive=AdaptiveConfig(eps=0.1, steps=1, eot_draws=2, unroll_steps=1, lambdas=(0.0,), square_queries=2,
                                 randomized_draws=2),
-        adaptive_images=2, **kw)
+        adaptive_images=2, **{"zoo": False, **kw})
 
 
 def test_end_to_end_table_rows_resume_and_no_retraining(tmp_path, fake_fmnist):
@@ -79,8 +79,17 @@ def test_end_to_end_table_rows_resume_and_no_retraining(tmp_path, fake_fmnist):
     assert {p: p.stat().st_mtime_ns for p in cfg.models_dir.rglob("*.safetensors")} == stamps
 
 
-def test_defaults_train_the_quick_models_until_the_experiment_moves_to_the_zoo():
+def test_defaults_run_on_the_zoo_models_and_their_heads():
     cfg = MultiTaskConfig()
+    assert cfg.zoo
+    assert [cfg.zoo_head(m, t) for m in ("fmnist-cnn-standard", "fmnist-cnn-pgd")
+            for t in ("contrastive", "rotation", "inpainting")] == [
+        "fmnist-cnn-standard-contrastive", "fmnist-cnn-standard-rotation", "fmnist-cnn-standard-inpainting",
+        "fmnist-cnn-pgd-contrastive", "fmnist-cnn-pgd-rotation", "fmnist-cnn-pgd-inpainting"]
+    random_masks = MultiTaskConfig(inpainting_mask="random")
+    assert random_masks.zoo_head("fmnist-cnn-pgd", "inpainting") == "fmnist-cnn-pgd-inpainting-random"
+    assert random_masks.zoo_head("fmnist-cnn-standard", "inpainting") is None  # not shipped: trained on demand
+    assert MultiTaskConfig(n_views=2).zoo_head("fmnist-cnn-pgd", "contrastive") is None
     assert cfg.models_dir == DEFAULT_MODELS_DIR and cfg.seed == 0
     assert (cfg.standard, cfg.adversarial, cfg.ssl) == (QUICK_STANDARD, QUICK_ADVERSARIAL, QUICK_SSL)
     assert cfg.n_images == 600 and 100 * math.sqrt(0.25 / cfg.n_images) <= 2.05

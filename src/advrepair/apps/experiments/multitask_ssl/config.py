@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+from advrepair import zoo
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import AdaptiveConfig
 from advrepair.apps.experiments.setup import RunConfig  # noqa: E402
@@ -125,6 +126,11 @@ class MultiTaskConfig(RunConfig):
             ``adaptive_combination`` on the classifiers in ``adaptive_models`` with
             ``adaptive_images`` balanced images out of the ``n_images``.
         batch_size: images per attack/defense batch.
+        zoo: the classifiers and their heads from the zoo (the default): ``fmnist-cnn-standard``
+            and ``fmnist-cnn-pgd`` with their ``-contrastive``, ``-rotation`` and ``-inpainting``
+            (``-inpainting-random``) heads, when shipped and matching ``tau`` / ``n_views``;
+            a head the zoo lacks is trained on demand in ``models_dir`` with ``ssl``.
+            ``zoo=False`` trains everything with the recipes above (the tests' tiny runs).
     """
 
     out: Path = Path("reports/multitask")
@@ -148,6 +154,7 @@ class MultiTaskConfig(RunConfig):
     adaptive_images: int = 100
     adaptive_combination: Combination = tuple(zip(TASK_NAMES, PAPER_TEXT_WEIGHTS))
     adaptive_models: tuple[str, ...] = ("fmnist-cnn-pgd",)
+    zoo: bool = True
 
     def __post_init__(self) -> None:
         self.check_run_fields()
@@ -175,6 +182,17 @@ class MultiTaskConfig(RunConfig):
             return {"tau": self.tau, "n_views": self.n_views}
         options: dict[str, Any] = {"mask": self.inpainting_mask} if name == "inpainting" else {}
         return options if self.head_width is None else {**options, "width": self.head_width}
+
+    def zoo_head(self, classifier: str, task: str) -> str | None:
+        """The zoo head of ``task`` for ``classifier`` with this config's options, or None."""
+        suffix = "inpainting-random" if task == "inpainting" and self.inpainting_mask == "random" else task
+        name = f"{classifier}-{suffix}"
+        if name not in zoo.ENTRIES or not zoo.is_shipped(name) or self.head_width is not None:
+            return None
+        options = zoo.card(name).parent.get("task", {})
+        if task == "contrastive" and (options.get("tau"), options.get("n_views")) != (self.tau, self.n_views):
+            return None
+        return name
 
     def recipe_for(self, model: str) -> ClassifierRecipe:
         return self.standard if model == "fmnist-cnn-standard" else self.adversarial

@@ -195,6 +195,10 @@ def write_multitask_report(cfg: MultiTaskConfig, store: ResultsStore,
         f"{step:.4g}, random start, seed {cfg.seed}; contrastive: {cfg.n_views} views, tau = {cfg.tau:g}, 256 "
         f"fixed negatives; inpainting mask: {cfg.inpainting_mask}; loss = sum_k alpha_k L_k with the weights in "
         "the row name in the order (contrastive C, rotation R, inpainting I).",
+        ("Classifiers and heads: the zoo's (ZOO.md: `fmnist-cnn-standard`, `fmnist-cnn-pgd` and their "
+         "`-contrastive`, `-rotation`, `-inpainting` heads, each trained on the full training split)"
+         + (f"; heads the zoo lacks trained in `{cfg.models_dir}` with {cfg.ssl.to_dict()}.\n" if cfg.zoo else ".\n"))
+        if cfg.zoo else
         f"Classifiers and heads: `{cfg.models_dir}` (the demo's recipes unless configured otherwise); heads "
         f"trained with {cfg.ssl.to_dict()}.\n",
         "## Accuracy (%) ± standard error\n", ablation_table(cfg, index),

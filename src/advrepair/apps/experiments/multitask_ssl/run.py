@@ -8,6 +8,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from advrepair import zoo
+from advrepair.apps.experiments.setup import experiment_classifier
 from advrepair.data import balanced_subset, subset_label
 from advrepair.defenses.reverse_attack import ReverseAttack
 from advrepair.evaluation.adaptive import DefenseUnderTest, run_adaptive
@@ -53,16 +55,27 @@ def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
     entries: dict[str, tuple[Any, Any, dict[str, Any]]] = {}
     for model_name, _ in CLASSIFIERS:
         model_dir = cfg.models_dir / model_name
-        clf, card = ensure_classifier(model_dir, train, test, arch="small-cnn", recipe=cfg.recipe_for(model_name),
-                                      seed=cfg.seed, arch_config=cfg.arch_config, eval_eps=cfg.eps, device=device,
-                                      progress=cfg.progress)
-        tasks = {name: ensure_ssl_task(model_dir, name, clf, card, train, test, recipe=cfg.ssl, seed=cfg.seed,
+        if cfg.zoo:
+            clf, card = experiment_classifier(model_name, cfg.models_dir, train, test, recipe=cfg.recipe_for(model_name),
+                                              seed=cfg.seed, eval_eps=cfg.eps, device=device, progress=cfg.progress)
+        else:
+            clf, card = ensure_classifier(model_dir, train, test, arch="small-cnn", recipe=cfg.recipe_for(model_name),
+                                          seed=cfg.seed, arch_config=cfg.arch_config, eval_eps=cfg.eps, device=device,
+                                          progress=cfg.progress)
+        tasks, head_cards = {}, {}
+        for name in needed:
+            head = cfg.zoo_head(model_name, name) if cfg.zoo else None
+            if head is not None:
+                task, head_card = zoo.load(head, device)
+                tqdm.write(f"{name} head: zoo {head}")
+            else:
+                task = ensure_ssl_task(model_dir, name, clf, card, train, test, recipe=cfg.ssl, seed=cfg.seed,
                                        negatives=negatives if name == "contrastive" else None,
                                        task_options=cfg.task_options(name), eval_eps=cfg.eps, device=device,
                                        progress=cfg.progress)
-                 for name in needed}
-        cards[model_name] = {"classifier": card.__dict__,
-                             **{name: read_card(model_dir / ssl_file(name)).__dict__ for name in needed}}
+                head_card = read_card(model_dir / ssl_file(name))
+            tasks[name], head_cards[name] = task, head_card.__dict__
+        cards[model_name] = {"classifier": card.__dict__, **head_cards}
         entries[model_name] = (clf, card, tasks)
         bar = tqdm(cfg.combinations, desc=f"{model_name} repairs", disable=not cfg.progress)
         for combo in bar:
