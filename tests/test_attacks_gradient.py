@@ -264,3 +264,21 @@ def test_resize_rate_that_does_not_fit_the_images_fails_before_any_work(random_c
     with pytest.raises(InputError, match="resize_rate 1.01 leaves no room"):
         attack(x, y)
     assert attack.stats.forward == 0
+
+
+def test_pgd_from_a_given_start_projects_it_onto_the_ball_and_keeps_the_default_record(random_cnn):
+    from advrepair.attacks.pgd import PGD
+
+    x = torch.rand(4, 1, 28, 28)
+    y = torch.zeros(4, dtype=torch.long)
+    far = PGD(random_cnn, eps=0.1, alpha=0.01, steps=0, start=lambda z: z + 0.5, start_name="x + 0.5")
+    assert torch.equal(far(x, y), (x + 0.1).clamp(0, 1))  # zero steps: the start, projected
+    near = PGD(random_cnn, eps=0.1, alpha=0.01, steps=0, start=lambda z: 1 - z)
+    assert torch.equal(near(x, y), (1 - x).clamp(x - 0.1, x + 0.1).clamp(0, 1))
+    assert far.params()["start"] == "x + 0.5" and far.params()["random_start"] is False
+    assert near.params()["start"] == "custom"
+    assert "start" not in PGD(random_cnn, eps=0.1).params()  # records of plain PGD keep their keys
+    with pytest.raises(InputError, match="one start"):
+        PGD(random_cnn, eps=0.1, restarts=2, start=lambda z: z)
+    with pytest.raises(InputError, match="start must be a function"):
+        PGD(random_cnn, eps=0.1, start=0.5)

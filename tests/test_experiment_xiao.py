@@ -53,7 +53,8 @@ def tiny_config(root: Path, out: Path, models: Path, **overrides: object) -> Xia
                                                alpha=0.05, steps=2, **fa_small),
         imitator_epochs=1, imitator_subset=64, imitator_width=4, imitator_depth=2,
         bpda_steps=(1, 2), eot_draws=(1, 2), deltas=(0.1, 0.2), square_queries=3, genattack_queries=4,
-        genattack_population=2, hsj_steps=1, hsj_max_queries=30, hsj_init_evals=4, hsj_max_evals=8)
+        genattack_population=2, hsj_steps=1, hsj_max_queries=30, hsj_init_evals=4, hsj_max_evals=8,
+        zoo=False, eg_samples=2, small_n=1, spsa_steps=1, spsa_samples=2, fd_images=2, fd_steps=(1e-4, 1e-1))
     kw.update(overrides)
     return XiaoConfig(**kw)  # type: ignore[arg-type]
 
@@ -83,9 +84,11 @@ def test_report_figures_and_tables_exist(finished: tuple[XiaoConfig, Path]) -> N
     assert report == cfg.out / "report.md" and report.exists()
     text = report.read_text()
     for section in ("Table 1", "Training cost", "Per-image worst case, all rows", "Table 3 shape", "Fig. 5 shape",
-                    "Fig. 6 shape", "Fig. 7 shape", "Reparameterization"):
+                    "Fig. 6 shape", "Fig. 7 shape", "Reparameterization", "Fig. 3 shape", "Fig. 2 shape",
+                    "Fig. 4 shape", "f_a∘g under BPDA-I"):
         assert section in text, section
-    for png in ("fig5_accuracy_vs_steps.png", "fig6_accuracy_vs_delta.png", "fig7_accuracy_vs_eot_samples.png"):
+    for png in ("fig5_accuracy_vs_steps.png", "fig6_accuracy_vs_delta.png", "fig7_accuracy_vs_eot_samples.png",
+                "fig3_finite_differences.png", "fig2_transformed_image.png", "fig4_expected_transformation.png"):
         path = cfg.out / png
         assert path.exists() and path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
         assert f"({png})" in text
@@ -108,8 +111,10 @@ def test_every_accuracy_carries_attack_budget_steps_and_images(finished: tuple[X
     attacks = [r for r in _records(cfg.out) if r.get("protocol") == "xiao2020" and "kind" not in r]
     # deployed: clean 2, WT 2, 2 surrogates, 2 EOT counts, reparameterization, transfer 2, Square, GenAttack,
     # HSJ (14); baselines 2 x (clean, PGD) (4); Fig. 5 at N=1: clean + 2 surrogates (3); Delta 0.1: clean 2,
-    # WT 2, EOT 2 (6)
-    assert len(attacks) == 27
+    # WT 2, EOT 2 (6); issue 17's rows on the deployed defense: BPDA-I, full gradient, E[g(x)] start,
+    # small-N transfer, SPSA (5); Table 1's defense per f_b: clean + BPDA-I for the two f_b that g does
+    # not use (4; the used f_b's column is the deployed defense's own records)
+    assert len(attacks) == 36
     names = set()
     for r in attacks:
         assert r["n_images"] == N_IMAGES and 0.0 <= r["accuracy"] <= 1.0
@@ -122,7 +127,9 @@ def test_every_accuracy_carries_attack_budget_steps_and_images(finished: tuple[X
             assert a["steps"] == 2 and a["alpha"] == pytest.approx(2.5 * 0.1 / 2)
         if a["name"] == "transfer":
             assert a["attack"]["steps"] == 2
-    assert names == {"clean", "pgd", "transfer", "square", "genattack", "hopskipjump"}
+    assert names == {"clean", "pgd", "transfer", "square", "genattack", "hopskipjump", "spsa"}
+    started = [r for r in attacks if r["attack"]["xiao_row"] == "eg-start"]
+    assert len(started) == 1 and started[0]["attack"]["start"].startswith("E[g(x)] over 2 draws")
     eot = [r for r in attacks if r["attack"]["xiao_row"].startswith("bpda-eot")]
     assert {r["attack"]["eot_draws"] for r in eot} == {1, 2}
     surrogate = [r for r in attacks if r["attack"]["xiao_row"] == "bpda-softsign"]
@@ -136,7 +143,8 @@ def test_worst_case_is_the_per_image_and_of_all_rows(finished: tuple[XiaoConfig,
     rows = {k["name"]: by_key[k["defended"]] for k in s["deployed"]["rows"] if k["name"] != "clean"}
     assert set(rows) == set(s["worst_case"]["over"])
     assert {"white-box-transfer", "bpda-tanh", "bpda-softsign", "bpda-eot-1", "bpda-eot-2", "reparameterization",
-            "transfer-independent", "square", "genattack", "hopskipjump"} == set(rows)
+            "transfer-independent", "square", "genattack", "hopskipjump", "bpda-identity", "full-gradient",
+            "eg-start", "transfer-small-n", "spsa"} == set(rows)
     worst = s["worst_case"]["accuracy"]
     # the models learned, and the rows disagree per image: otherwise this test could not tell a
     # worst case over all rows from one over a single row
@@ -265,6 +273,12 @@ def test_transformation_statistics_equal_selection_statistic() -> None:
     (dict(fa_recipe=ClassifierRecipe(adversarial=True)), "fa_recipe"),
     (dict(fa_adversarial_recipe=ClassifierRecipe()), "fa_adversarial_recipe"),
     (dict(n_images=0), "n_images"),
+    (dict(zoo=True), "every f_b variant names its zoo entry"),
+    (dict(zoo=True, fb_variants=xiao.config._default_fb_variants(), fb_for_g="pgd", g_steps=3), "Delta 0.2 and N 13"),
+    (dict(zoo=True, fb_variants=xiao.config._default_fb_variants(), fb_for_g="standard", g_steps=13),
+     "fb_for_g must name"),
+    (dict(spsa_samples=0), "spsa_samples"),
+    (dict(fd_steps=(0.1, 2.0)), "fd_steps"),
     (dict(threads=0), "threads"),
 ])
 def test_config_rejects_bad_values(tmp_path: Path, overrides: dict, message: str) -> None:
@@ -280,3 +294,25 @@ def test_entry_points_reject_bad_inputs(tmp_path: Path, fake_fmnist: Path) -> No
         write_xiao_report(tmp_path / "empty")
     with pytest.raises(InputError, match="only 100"):
         run_xiao_experiment(tiny_config(fake_fmnist, tmp_path / "o", tmp_path / "m", n_images=500))
+
+
+def test_table1_defense_columns_fig3_and_fig2(finished: tuple[XiaoConfig, Path]) -> None:
+    cfg, _ = finished
+    s = _summary(cfg.out)
+    by_key = {r["key"]: r for r in _records(cfg.out) if "key" in r}
+    deployed = {row["name"]: row["defended"] for row in s["deployed"]["rows"]}
+    columns = {d["variant"]: d for d in s["table1_defense"]}
+    assert list(columns) == ["untrained", "trained", "adv"]
+    for d in columns.values():
+        assert by_key[d["clean"]]["attack"]["name"] == "clean"
+        assert by_key[d["bpda-identity"]]["attack"]["gradient_of_g"] == "identity (BPDA-I)"
+    # without the zoo the deployed f_a is the ablation f_a of the used f_b: the same records
+    assert columns["adv"]["clean"] == deployed["clean"] and columns["adv"]["bpda-identity"] == deployed["bpda-identity"]
+    assert len({columns[v]["clean"] for v in columns}) == 3
+    fd = by_key[s["fig3"]]
+    assert fd["steps"] == [1e-4, 1e-1] and len(fd["estimates"]) == 2 and all(len(r) == 2 for r in fd["estimates"])
+    assert all(np.isfinite(v) for row in fd["estimates"] for v in row)
+    fig2 = by_key[s["fig2"]]
+    with np.load(cfg.out / fig2["arrays"]) as f:
+        x, adv, gx = f["image"], f["adversarial"], f["transformed"]
+    assert np.abs(adv - x).max() <= cfg.eps + 1e-6 and np.abs(gx - x).max() <= cfg.delta + 1e-6

@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     mao.add_argument("--no-explain", action="store_true", help="skip the base x head x eps_v grid")
     _add_common(mao)
 
-    xiao = esub.add_parser("xiao2020", help="adversarial transformation: Table 1, training cost, Table 3, Figs. 5-7")
+    xiao = esub.add_parser("xiao2020", help="adversarial transformation: Table 1, training cost, Table 3, Figs. 2-7")
     xiao.add_argument("--out", type=Path, default=Path("reports/xiao2020"))
     xiao.add_argument("--models-dir", type=Path, default=None, help="default: $ADVREPAIR_HOME/xiao2020-models")
     xiao.add_argument("--n-images", type=int, default=200)
@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     xiao.add_argument("--deltas", default="0.1,0.2", help="Delta values (Fig. 6)")
     xiao.add_argument("--square-queries", type=int, default=100)
     xiao.add_argument("--paper-fig5", action="store_true", help="Fig. 5 without g's random start, as the paper")
+    xiao.add_argument("--no-zoo", action="store_true",
+                      help="train every model here instead of loading f_a, f_b and the baselines from the zoo")
+    xiao.add_argument("--spsa-steps", type=int, default=10, help="SPSA (finite-difference) row: Adam steps")
+    xiao.add_argument("--spsa-samples", type=int, default=64, help="SPSA row: random directions per step")
     _add_common(xiao)
 
     ride = esub.add_parser("ride", help="RIDE: Fig. 5a sweep, gray-box Table 1, BPDA Table 2, trajectories")

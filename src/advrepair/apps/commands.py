@@ -421,7 +421,8 @@ def experiment(which: str, options: dict[str, Any], *, device: str, progress: bo
             **common, attack_steps=o["attack_steps"], delta=o["delta"], g_steps=o["g_steps"],
             bpda_steps=_numbers(o["bpda_steps"], int, "--bpda-steps"),
             eot_draws=_numbers(o["eot_draws"], int, "--eot-draws"), deltas=_numbers(o["deltas"], float, "--deltas"),
-            sweep_random_start=not o["paper_fig5"], square_queries=o["square_queries"]))
+            sweep_random_start=not o["paper_fig5"], square_queries=o["square_queries"], zoo=not o["no_zoo"],
+            spsa_steps=o["spsa_steps"], spsa_samples=o["spsa_samples"]))
     if which in ("nrp", "multitask"):
         from advrepair.apps.experiments.multitask_ssl import MultiTaskConfig, run_multitask_ablation
         from advrepair.apps.experiments.nrp import NRPConfig, run_nrp_experiment

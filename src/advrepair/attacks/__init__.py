@@ -13,6 +13,7 @@ from advrepair.attacks.hopskipjump import HopSkipJump
 from advrepair.attacks.mifgsm import MIFGSM
 from advrepair.attacks.pgd import PGD
 from advrepair.attacks.registry import ATTACKS, make_attack, parse_spec
+from advrepair.attacks.spsa import SPSA
 from advrepair.attacks.square import Square
 from advrepair.attacks.ssp import SSP
 from advrepair.attacks.tifgsm import TIFGSM
@@ -21,5 +22,5 @@ from advrepair.attacks.transfer import Transfer
 __all__ = [
     "APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "Attack", "AttackStats", "BIM", "CW", "CWPGD",
     "DIFGSM", "FGSM", "GenAttack", "MIFGSM", "PGD", "SSP", "TIFGSM", "ATTACKS", "make_attack", "parse_spec", "FAB",
-    "FABT", "HopSkipJump", "Square", "Transfer",
+    "FABT", "HopSkipJump", "SPSA", "Square", "Transfer",
 ]

@@ -7,7 +7,7 @@ import torch
 
 from advrepair.attacks.base import Attack
 from advrepair.attacks.losses import LOSSES
-from advrepair.engine import seeded_random_start, projected_gradient
+from advrepair.engine import project, projected_gradient, seeded_random_start
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.validation import check_int_at_least, check_positive
@@ -23,6 +23,10 @@ class PGD(Attack):
     restarts an image keeps the first iterate that fools the model, else the one with the
     highest loss.
 
+    ``start`` replaces the random start: a function of the clean images whose output is
+    projected onto the ball and [0, 1] before the first step (e.g. xiao2020's attack from
+    the expected transformation E[g(x)]); ``start_name`` names it in ``params()``.
+
     Shapes: images (B, C, H, W) in [0, 1], labels (B,) -> (B, C, H, W).
 
     Example:
@@ -35,9 +39,15 @@ class PGD(Attack):
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float = 8 / 255,
                  alpha: float = 2 / 255, steps: int = 10, random_start: bool = True,
                  restarts: int = 1, norm: str | Norm = Norm.LINF, loss: str = "ce",
-                 seed: int | None = 0) -> None:
+                 seed: int | None = 0, start: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 start_name: str | None = None) -> None:
         super().__init__(model, eps=eps, norm=norm, seed=seed)
         self.alpha = check_positive(alpha, "alpha")
+        if start is not None and not callable(start):
+            raise InputError(f"start must be a function of the images or None, got {type(start).__name__}")
+        if start is not None and restarts != 1:
+            raise InputError("a given start is one start: use restarts=1")
+        self.start, self.start_name = start, start_name
         check_int_at_least(steps, "steps", 0)
         check_int_at_least(restarts, "restarts", 1)
         if loss not in LOSSES:
@@ -47,7 +57,10 @@ class PGD(Attack):
         self.loss = LOSSES[loss]
 
     def _run_once(self, images: torch.Tensor, labels: torch.Tensor, restart: int) -> torch.Tensor:
-        if self.random_start:
+        if self.start is not None:
+            with torch.no_grad():
+                start = project(self.start(images.detach()), images, self.eps, self.norm)
+        elif self.random_start:
             start = seeded_random_start(images, self.eps, self.norm, self.seed, f"pgd-start-{restart}")
         else:
             start = images
@@ -84,4 +97,6 @@ class PGD(Attack):
         p = super().params()
         p.update(alpha=self.alpha, steps=self.steps, restarts=self.restarts,
                  random_start=self.random_start, loss=self.loss_name)
+        if self.start is not None:
+            p.update(random_start=False, start=self.start_name or "custom")
         return p

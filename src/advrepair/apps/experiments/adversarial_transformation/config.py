@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from advrepair import zoo  # noqa: E402
 from advrepair.apps.pipeline import DEFAULT_HOME
 from advrepair.defenses.adversarial_transformation import SURROGATES  # noqa: E402
 from advrepair.errors import InputError  # noqa: E402
@@ -32,20 +33,32 @@ if IMITATOR_ARCH not in available_architectures():
 
 @dataclass(frozen=True)
 class FbVariant:
-    """One column of Table 1: an ``f_b`` and how it is trained (``recipe=None``: untrained)."""
+    """One column of Table 1: an ``f_b`` and how it is trained (``recipe=None``: untrained).
+
+    ``zoo_name``: the shipped zoo entry of this ``f_b``, loaded instead of training when the
+    config's ``zoo`` is on (its recipe is the entry's)."""
 
     name: str
     recipe: ClassifierRecipe | None
     description: str = ""
+    zoo_name: str | None = None
+
+    @classmethod
+    def from_zoo(cls, name: str, zoo_name: str) -> "FbVariant":
+        e = zoo.entry(zoo_name)
+        assert e.recipe is None or isinstance(e.recipe, ClassifierRecipe)
+        return cls(name, e.recipe, e.description.split(": ", 1)[-1], zoo_name)
 
 
 def _default_fb_variants() -> tuple[FbVariant, ...]:
-    return (FbVariant("untrained", None, "untrained (seeded initialization)"),
-            FbVariant("partly-trained", ClassifierRecipe(epochs=1, train_subset=3000),
-                      "standard, 1 epoch on 3000 images"),
-            FbVariant("standard-1ep", ClassifierRecipe(epochs=1), "standard, 1 epoch"),
-            FbVariant("pgd-1ep", ClassifierRecipe(epochs=1, adversarial=True, eps=0.1, alpha=0.04, steps=3),
-                      "PGD-3 adversarial training (eps 0.1), 1 epoch"))
+    return tuple(FbVariant.from_zoo(name, f"fmnist-vgg8-{name}") for name in ("untrained", "standard-1ep",
+                                                                                "standard", "pgd"))
+
+#: the zoo's models of the deployed defense and its baselines (``XiaoConfig.zoo``)
+ZOO_F_A = "fmnist-cnn-xiao"
+ZOO_INDEPENDENT = "fmnist-cnn-standard-seed1"
+ZOO_NO_DEFENSE = "fmnist-cnn-standard"
+ZOO_PGD_AT = "fmnist-cnn-pgd"
 
 
 @dataclass
@@ -65,6 +78,17 @@ class XiaoConfig(RunConfig):
     Sweeps: ``bpda_steps`` (Fig. 5, N), ``surrogates`` at ``surrogate_temperature``,
     ``eot_draws`` (Fig. 7), ``deltas`` (Fig. 6, one ``f_a`` per Delta).
 
+    Models: with ``zoo`` (the default) the deployed f_a (``fmnist-cnn-xiao``, trained on g of
+    the zoo's adversarially trained f_b), the f_b columns of Table 1, the transfer source and
+    the two baselines come from the zoo; ``fa_recipe`` then trains only the ablation models
+    (one f_a per f_b for Table 1, per Delta for Fig. 6, and at ``small_n`` steps for the
+    transfer of App. A.3), all with the same recipe so that they compare with each other.
+    Without ``zoo`` every model is trained here (the tests' tiny runs).
+
+    Extra rows (issue 17): ``eg_samples`` draws estimate E[g(x)], the start of PGD from the
+    expected transformation; ``spsa_*`` set the finite-difference (SPSA) row;
+    ``fd_images`` / ``fd_steps`` the finite-difference derivatives of Fig. 3.
+
     Example:
         >>> cfg = XiaoConfig(out=Path("/tmp/runs/xiao2020"), models_dir=Path("/tmp/runs/xiao2020-models"))
         >>> report = run_xiao_experiment(cfg)     # -> /tmp/runs/xiao2020/report.md
@@ -83,7 +107,8 @@ class XiaoConfig(RunConfig):
     fb_config: dict[str, Any] = field(default_factory=lambda: dict(width=8, stages=3, convs_per_stage=1,
                                                                    feature_dim=64))
     fb_variants: tuple[FbVariant, ...] = field(default_factory=_default_fb_variants)
-    fb_for_g: str = "pgd-1ep"
+    fb_for_g: str = "pgd"
+    zoo: bool = True
     stat_images: int = 32
     stat_samples: int = 64
     # -- f_a and its baselines
@@ -113,9 +138,25 @@ class XiaoConfig(RunConfig):
     hsj_max_queries: int = 200
     hsj_init_evals: int = 20
     hsj_max_evals: int = 40
+    # -- issue 17's rows
+    eg_samples: int = 16
+    small_n: int = 2
+    spsa_steps: int = 10
+    spsa_samples: int = 64
+    spsa_delta: float = 0.01
+    fd_images: int = 4
+    fd_steps: tuple[float, ...] = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
     def __post_init__(self) -> None:
         self.check_run_fields()
+        for name in ("eg_samples", "small_n", "spsa_steps", "spsa_samples", "fd_images"):
+            check_int_at_least(getattr(self, name), name, 1)
+        check_positive(self.spsa_delta, "spsa_delta")
+        self.fd_steps = tuple(self.fd_steps)
+        if not self.fd_steps or any(check_positive(h, "every entry of fd_steps") > 1 for h in self.fd_steps):
+            raise InputError(f"fd_steps must list step sizes in (0, 1], got {self.fd_steps}")
+        if not isinstance(self.zoo, bool):
+            raise InputError(f"zoo must be True or False, got {self.zoo!r}")
         for name in ("attack_steps", "g_steps", "stat_images", "stat_samples", "imitator_epochs",
                      "imitator_subset", "imitator_width", "square_queries", "hsj_max_queries", "hsj_init_evals",
                      "hsj_max_evals"):
@@ -158,6 +199,17 @@ class XiaoConfig(RunConfig):
                              f"got {bad_names}")
         if self.fb_for_g not in names:
             raise InputError(f"fb_for_g={self.fb_for_g!r} is not one of the fb_variants {names}")
+        if self.zoo:
+            missing = [v.name for v in self.fb_variants if v.zoo_name is None]
+            if missing:
+                raise InputError(f"with zoo=True every f_b variant names its zoo entry; these do not: {missing}")
+            settings = zoo.entry(ZOO_F_A).transform
+            if (self.delta, self.g_steps) != (settings["delta"], settings["steps"]):
+                raise InputError(f"the zoo's f_a was trained on g with Delta {settings['delta']:g} and N "
+                                 f"{settings['steps']}; pass those (or zoo=False to train every model here)")
+            if next(v for v in self.fb_variants if v.name == self.fb_for_g).zoo_name != zoo.entry(ZOO_F_A).parent:
+                raise InputError(f"the zoo's f_a was trained through {zoo.entry(ZOO_F_A).parent}: fb_for_g must "
+                                 "name that variant")
         if self.fa_recipe.adversarial:
             raise InputError("fa_recipe must be a standard recipe: f_a is trained on g(x) (Eq. 1)")
         if not self.fa_adversarial_recipe.adversarial:

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from advrepair import zoo  # noqa: E402
 from advrepair.data import ImageDataset  # noqa: E402
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation  # noqa: E402
 from advrepair.errors import InputError  # noqa: E402
@@ -38,7 +39,8 @@ def transformation_statistics(g: AdversarialTransformation, images: torch.Tensor
                               max_batch: int = 256) -> dict[str, torch.Tensor]:
     """Both selection statistics of xiao2020 Sec. 3.4 from one set of ``samples`` draws of ``g``.
 
-    Returns per image (B,) tensors ``linf`` (``max_i |x_i - E[g(x)]_i|``, Table 1's row 3),
+    Returns ``mean`` (B, C, H, W), the estimate of E[g(x)], and per image (B,) tensors
+    ``linf`` (``max_i |x_i - E[g(x)]_i|``, Table 1's row 3),
     ``mean_abs`` (the mean over pixels), and their standard errors ``linf_se`` (largest
     per-pixel standard error of the mean) and ``mean_abs_se`` (mean one), exactly as
     :func:`advrepair.defenses.adversarial_transformation.selection_statistic` computes each
@@ -69,7 +71,7 @@ def transformation_statistics(g: AdversarialTransformation, images: torch.Tensor
     se = (var / samples).sqrt().flatten(1)
     dtype = images.dtype
     return {"linf": gap.max(1).values.to(dtype), "mean_abs": gap.mean(1).to(dtype),
-            "linf_se": se.max(1).values.to(dtype), "mean_abs_se": se.mean(1).to(dtype)}
+            "linf_se": se.max(1).values.to(dtype), "mean_abs_se": se.mean(1).to(dtype), "mean": mean.to(dtype)}
 
 
 # -- cached models ----------------------------------------------------------------------------
@@ -142,6 +144,8 @@ class _Run:
 
 def _ensure_f_b(run: _Run, variant: FbVariant) -> tuple[nn.Module, ModelCard]:
     cfg = run.cfg
+    if cfg.zoo and variant.zoo_name is not None:
+        return zoo_classifier(run, variant.zoo_name)
     stem = cfg.models_dir / f"fb-{variant.name}"
     model = _build(SmallVGG, cfg.seed, run.train, cfg.fb_config)
     recipe = variant.recipe.to_dict() if variant.recipe is not None else {"untrained": True}
@@ -226,10 +230,22 @@ def _ensure_defended_pair(run: _Run, g: AdversarialTransformation, fb_card: Mode
     return out[0], out[1]
 
 
-def _ensure_fa_for_delta(run: _Run, g: AdversarialTransformation, fb_card: ModelCard) -> tuple[nn.Module, ModelCard]:
-    """An f_a trained on g of another Delta (Fig. 6), with the main f_a's recipe and seed."""
+def zoo_classifier(run: _Run, name: str) -> tuple[nn.Module, ModelCard]:
+    """A shipped zoo classifier, frozen (f_b and the baselines are never trained here)."""
+    model, card = zoo.load(name, run.device)
+    assert isinstance(model, nn.Module)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _log(f"zoo: {name}")
+    return model, card
+
+
+def _ensure_fa_for_delta(run: _Run, g: AdversarialTransformation, fb_card: ModelCard, stem_name: str | None = None,
+                         why: str = "Fig. 6") -> tuple[nn.Module, ModelCard]:
+    """An ablation f_a trained on ``g`` (another Delta for Fig. 6, another f_b for Table 1,
+    a small N for App. A.3) with ``fa_recipe`` and the run's seed."""
     cfg = run.cfg
-    stem = cfg.models_dir / f"fa-xiao-delta{_tag(g.delta)}"
+    stem = cfg.models_dir / (stem_name or f"fa-xiao-delta{_tag(g.delta)}")
     model = _build(SmallCNN, cfg.seed, run.train, cfg.fa_config)
     parent = _fa_parent(g, fb_card)
     wanted: dict[str, Any] = dict(kind="classifier", arch=SmallCNN.arch, config=model.config, dataset=run.train.name,
@@ -237,7 +253,7 @@ def _ensure_fa_for_delta(run: _Run, g: AdversarialTransformation, fb_card: Model
     if card_matches(stem, **wanted, parent=parent):
         _log(f"reusing {stem}.safetensors")
         return load_checkpoint(stem, map_location=run.device, expected_kind="classifier")
-    _log(f"training f_a on g(x) with Delta {g.delta:g} (Fig. 6) -> {stem}.safetensors")
+    _log(f"training f_a on g(x) with Delta {g.delta:g}, N {g.steps} ({why}) -> {stem}.safetensors")
     cost = measure_training_cost(lambda: train_on_transformation(model, g, run.train, cfg.fa_recipe, seed=cfg.seed,
                                                                  device=run.device, progress=cfg.progress),
                                  {"f_a": model, "f_b": g.f_b})

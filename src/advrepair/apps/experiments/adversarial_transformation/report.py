@@ -28,6 +28,11 @@ ROW_TITLES = {
     "square": "Square (scores only)",
     "genattack": "GenAttack (scores only)",
     "hopskipjump": "HopSkipJump (decisions only)",
+    "bpda-identity": "BPDA-I: identity backward through g",
+    "full-gradient": "Automatic differentiation through the unrolled g",
+    "eg-start": "BPDA-I from E[g(x)] (projected onto the eps-ball)",
+    "transfer-small-n": "Transfer from a defense with small N (App. A.3)",
+    "spsa": "SPSA: finite-difference gradients (scores only)",
     "white-box-pgd": "PGD on the classifier itself",
 }
 
@@ -50,6 +55,10 @@ def _budget(attack: dict[str, Any]) -> tuple[str, str, str]:
     steps = inner.get("steps")
     if attack.get("name") in ("square", "genattack"):
         steps_s = f"{attack.get('n_queries')} queries"
+    elif attack.get("name") == "spsa":
+        steps_s = f"{steps} steps x {attack.get('samples')} directions"
+        return (f"{attack.get('eps'):g} ({attack.get('norm', 'Linf')})", steps_s,
+                f"Adam lr {attack.get('lr'):g}, h {attack.get('delta'):g}")
     elif attack.get("name") == "hopskipjump":
         steps_s = f"{steps} iterations, <= {attack.get('max_queries')} queries"
     else:
@@ -93,11 +102,23 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
         return None if key is None else store.get(key)
 
     n = s["n_images"]
+    ablation = _recipe_text(cfg["fa_recipe"])
     parts = ["# xiao2020 on Fashion-MNIST: defense by adversarial transformation\n",
              f"{s['dataset']}, {s['subset']} test images; threat model L-inf eps = {cfg['eps']:g}; g: Delta = "
              f"{s['deployed']['defense']['delta']:g}, N = {s['deployed']['defense']['steps']} LL-PGD steps of "
              f"{s['deployed']['defense']['step_size']:.4g}, seeded random start; f_b = small VGG "
              f"({cfg['fb_for_g']}); f_a = SmallCNN trained on g(x). Accuracy in % ± binomial standard error.\n"]
+    dc = s.get("deployed_card")
+    if s.get("zoo") and dc:
+        secs = (dc.get("provenance") or {}).get("training_seconds")
+        parts.append(f"Models from the zoo (ZOO.md): the deployed f_a is `{dc['name']}` "
+                     f"({_recipe_text(dc['recipe'])}, flips and shifts, cosine Adam"
+                     + (f"; {secs / 60:.1f} min to train" if secs else "") + f"), g's f_b `fmnist-vgg8-{cfg['fb_for_g']}`, "
+                     f"the baselines `{s['baselines']['no-defense']['model']}` and `{s['baselines']['pgd-at']['model']}`"
+                     f", the transfer source `fmnist-cnn-standard-seed1`. The ablation models (one f_a per f_b in "
+                     f"Table 1, per Delta in Fig. 6, at small N for App. A.3, and the training-cost pair) are trained "
+                     f"here with one cheaper recipe ({ablation}) so that they compare with each other, not with the "
+                     "deployed f_a.\n")
     if s.get("run_seconds") is not None:
         parts.append(f"The run that completed these results took {s['run_seconds']:.0f} s wall time "
                      f"({s.get('run_records_added')} records added).")
@@ -106,18 +127,29 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
                      + (f", {records_added} new records" if records_added is not None else "") + ".\n")
 
     # Table 1
-    parts += ["\n## Table 1: the statistic that chooses f_b (Sec. 3.4)\n",
-              "| f_b | training | f_b clean acc. (%) | L-inf ‖x − E[g(x)]‖ ± s.e. | mean-abs ‖x − E[g(x)]‖ ± s.e. "
-              "| samples | images | used for g |", "|---|---|---|---|---|---|---|---|"]
+    defense_by_variant = {d["variant"]: d for d in s.get("table1_defense", [])}
+    parts += ["\n## Table 1: the statistic that chooses f_b, and the defense each f_b gives (Sec. 3.4)\n",
+              "| f_b | training | f_b clean acc. (%) | f_a∘g clean (%) | f_a∘g under BPDA-I (%) "
+              "| L-inf ‖x − E[g(x)]‖ ± s.e. | mean-abs ‖x − E[g(x)]‖ ± s.e. | samples | images | used for g |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for key in s["table1"]:
         t = rec(key)
         if t is None:
             continue
         acc = t.get("f_b_clean_accuracy")
+        dv = defense_by_variant.get(t["variant"], {})
         parts.append(f"| {t['variant']} | {t['description']} | {'-' if acc is None else f'{100 * acc:.1f}'} "
-                     f"(n={t.get('f_b_clean_n_images')}) | {t['linf']:.4f} ± {t['linf_se']:.4f} | "
+                     f"(n={t.get('f_b_clean_n_images')}) | {_pct(rec(dv.get('clean')))} | "
+                     f"{_pct(rec(dv.get('bpda-identity')))} | {t['linf']:.4f} ± {t['linf_se']:.4f} | "
                      f"{t['mean_abs']:.4f} ± {t['mean_abs_se']:.4f} | {t['samples']} | {t['n_images']} | "
                      f"{'yes' if t['used_for_g'] else ''} |")
+    if defense_by_variant:
+        first = rec(next(iter(defense_by_variant.values()))["bpda-identity"])
+        if first is not None:
+            parts.append(f"\nThe defense columns: an f_a trained on g of that f_b ({ablation}, the same for every "
+                         f"column), scored on {first['n_images']} images clean and under PGD-{first['attack']['steps']} "
+                         f"(step {first['attack']['alpha']:.4g}) through BPDA(g, identity), the paper's Table 1 "
+                         "attack.")
     parts.append("\nAverages over images of the per-image distance; s.e. = the Monte-Carlo standard error of one "
                  "pixel's mean (largest pixel for L-inf, mean pixel for mean-abs): an L-inf estimate within ~3 s.e. of "
                  "another is not distinguishable. Paper (CIFAR-10, 5000 samples): 0.005 untrained, 0.033-0.136 "
@@ -149,6 +181,17 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
                      f"{100 * c['pgd_at_clean']:.1f}% (n={n}). Seconds are wall-clock, so they depend on what else "
                      "ran on the machine during each training; the pass counts do not. A pass through f_b costs "
                      "what the f_b architecture costs (here a far smaller network than f_a).\n")
+        dc, ac = s.get("deployed_card") or {}, s.get("pgd_at_card") or {}
+        d_secs = (dc.get("provenance") or {}).get("training_seconds")
+        a_secs = (ac.get("provenance") or {}).get("training_seconds")
+        if s.get("zoo") and d_secs and a_secs:
+            d_ep, a_ep = dc["recipe"]["epochs"], ac["recipe"]["epochs"]
+            parts.append(f"The zoo's models, each trained alone on the idle machine (their cards): `{dc['name']}` "
+                         f"{d_secs:.0f} s for {d_ep} epochs on all 60,000 images ({d_secs / d_ep:.0f} s per epoch), "
+                         f"`{ac['name']}` (PGD-{ac['recipe']['steps']}) {a_secs:.0f} s for {a_ep} epochs "
+                         f"({a_secs / a_ep:.0f} s per epoch): per epoch, training on g costs "
+                         f"**{(d_secs / d_ep) / (a_secs / a_ep):.2f}x** PGD-{ac['recipe']['steps']} adversarial "
+                         "training of the same network.\n")
 
     # attacks on the deployed defense
     dep = s["deployed"]
@@ -266,11 +309,82 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
                          ("g_draw_to_draw_mse", "(reference) two draws of g against each other")):
             if k in im:
                 parts.append(f"| {title} | {im[k]['value']:.5f} | {im[k]['n_images']} |")
+    parts += _finite_difference_section(out, rec(s.get("fig3")), figures)
+    parts += _image_figures(out, store, s, rec(s.get("fig2")), figures)
     parts.append("\n## Figures\n")
     parts += [f"![{f.stem}]({f.name})\n" for f in figures]
     path = out / "report.md"
     path.write_text("\n".join(parts) + "\n")
     return path
+
+
+def _finite_difference_section(out: Path, fd: dict[str, Any] | None, figures: list[Path]) -> list[str]:
+    """Fig. 3 (right): the finite-difference derivative of one pixel of g against the step h."""
+    if fd is None:
+        return []
+    steps, values = fd["steps"], fd["estimates"]
+    lines = ["\n## Fig. 3 shape: finite-difference derivatives of g (Sec. 4.1, Eq. 4)\n",
+             "Central differences (g(x + h e_j) − g(x − h e_j))_j / 2h of the deployed, seeded g, for one pixel j per "
+             f"image (the pixel nearest 0.5), on {fd['n_images']} images. The exact derivative of a masked identity "
+             "would be 1; the paper's claim is that these estimates vanish for tiny h and explode or flip sign as h "
+             "grows.\n", "| h | " + " | ".join(f"image {i + 1}" for i in range(len(values))) + " |",
+             "|---|" + "---|" * len(values)]
+    for k, h in enumerate(steps):
+        lines.append(f"| {h:g} | " + " | ".join(f"{row[k]:.3g}" for row in values) + " |")
+    fig, ax = plt.subplots(figsize=(5.6, 3.7))
+    for i, row in enumerate(values):
+        ax.plot(steps, row, marker="o", label=f"image {i + 1}")
+    ax.axhline(1.0, color="gray", lw=0.8, ls=":", label="1 (identity)")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("finite-difference step h")
+    ax.set_ylabel("estimated ∂g_j/∂x_j")
+    ax.set_title("Central finite differences of g (one pixel per image)", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figures.append(save_figure(fig, out / "fig3_finite_differences.png"))
+    return lines
+
+
+def _image_figures(out: Path, store: ResultsStore, s: dict[str, Any], fig2: dict[str, Any] | None,
+                   figures: list[Path]) -> list[str]:
+    """Fig. 2 (an image, an adversarial example at eps, g(x) at Delta) and Fig. 4 (x − E[g(x)]
+    for every f_b, normalized, with its L-inf; E[g(x)] of the used f_b)."""
+    lines: list[str] = []
+    if fig2 is not None:
+        arrays = store.arrays(fig2)
+        panels = [("x", arrays["image"]), (f"PGD on f_a, eps {fig2['eps']:g}", arrays["adversarial"]),
+                  (f"g(x), Delta {fig2['delta']:g}", arrays["transformed"])]
+        fig, axes = plt.subplots(1, 3, figsize=(6.6, 2.6))
+        for ax, (title, img) in zip(axes, panels):
+            ax.imshow(img[0, 0], cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        figures.append(save_figure(fig, out / "fig2_transformed_image.png"))
+        lines.append("\n## Fig. 2 shape: an attack's perturbation and g's\n\n"
+                     f"The first evaluation image, a PGD-{s['config']['attack_steps']} adversarial example of f_a at "
+                     f"eps {fig2['eps']:g}, and g(x) at Delta {fig2['delta']:g} (fig2_transformed_image.png).\n")
+    table1 = [(t, store.arrays(t)) for k in s["table1"] if (t := store.get(k)) is not None]
+    table1 = [(t, a) for t, a in table1 if "expected" in a]
+    if table1:
+        fig, axes = plt.subplots(1, len(table1) + 2, figsize=(1.75 * (len(table1) + 2), 2.5))
+        x = table1[0][1]["image"][0, 0]
+        axes[0].imshow(x, cmap="gray", vmin=0, vmax=1)
+        axes[0].set_title("x", fontsize=8)
+        for ax, (t, a) in zip(axes[1:], table1):
+            diff = abs(x - a["expected"][0, 0])
+            ax.imshow(diff / max(float(diff.max()), 1e-12), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{t['variant']}\nL-inf {float(diff.max()):.3f}", fontsize=7)
+        used = next((a for t, a in table1 if t["used_for_g"]), table1[-1][1])
+        axes[-1].imshow(used["expected"][0, 0], cmap="gray", vmin=0, vmax=1)
+        axes[-1].set_title("E[g(x)], used f_b", fontsize=7)
+        for ax in axes:
+            ax.axis("off")
+        figures.append(save_figure(fig, out / "fig4_expected_transformation.png"))
+        lines.append("\n## Fig. 4 shape: x − E[g(x)] for every f_b\n\n"
+                     f"|x − E[g(x)]| of one image for each f_b of Table 1, each scaled to its own maximum (its L-inf "
+                     f"above it), from {table1[0][0]['samples']} draws of g; last panel: E[g(x)] for the f_b that g "
+                     "uses (fig4_expected_transformation.png).\n")
+    return lines
 
 
 def _recipe_text(recipe: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import matplotlib
 
@@ -19,6 +19,7 @@ from advrepair.attacks.base import Attack  # noqa: E402
 from advrepair.attacks.hopskipjump import HopSkipJump  # noqa: E402
 from advrepair.attacks.pgd import PGD  # noqa: E402
 from advrepair.attacks.genattack import GenAttack  # noqa: E402
+from advrepair.attacks.spsa import SPSA  # noqa: E402
 from advrepair.attacks.square import Square  # noqa: E402
 from advrepair.attacks.transfer import Transfer  # noqa: E402
 from advrepair.data.subsets import balanced_subset  # noqa: E402
@@ -29,11 +30,14 @@ from advrepair.evaluation.metrics import Accuracy  # noqa: E402
 from advrepair.evaluation.store import ResultsStore, record_key  # noqa: E402
 from advrepair.evaluation.worst_case import worst_case  # noqa: E402
 from advrepair.models.checkpoint import (ModelCard)
-from advrepair.apps.experiments.adversarial_transformation.config import DEPLOYED, IMITATOR_ARCH, PROTOCOL, XiaoConfig
+from advrepair import zoo  # noqa: E402
+from advrepair.apps.experiments.adversarial_transformation.config import (DEPLOYED, IMITATOR_ARCH, PROTOCOL, ZOO_F_A,
+                                                                          ZOO_INDEPENDENT, ZOO_NO_DEFENSE, ZOO_PGD_AT,
+                                                                          XiaoConfig)
 from advrepair.apps.experiments.adversarial_transformation.models import (_Run, _ensure_defended_pair, _ensure_f_b,
                                                                           _ensure_fa_for_delta, _ensure_imitator,
                                                                           _ensure_independent, _log, _transform,
-                                                                          transformation_statistics)
+                                                                          transformation_statistics, zoo_classifier)
 from advrepair.apps.experiments.adversarial_transformation.report import write_xiao_report
 
 
@@ -135,28 +139,44 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
                        "n_images": len(stat_data), "delta": cfg.delta, "g_steps": cfg.g_steps,
                        "training_seconds": (card.parent.get("training_cost") or {}).get("seconds"),
                        "seconds": time.perf_counter() - t0, "used_for_g": v.name == cfg.fb_for_g},
-                      {"linf": stats["linf"].cpu().numpy(), "mean_abs": stats["mean_abs"].cpu().numpy()})
+                      {"linf": stats["linf"].cpu().numpy(), "mean_abs": stats["mean_abs"].cpu().numpy(),
+                       # Fig. 4: the first image and its expected transformation
+                       "image": stat_images[:1].cpu().numpy(), "expected": stats["mean"][:1].cpu().numpy()})
 
     # -- the defended model, its PGD-AT twin (training cost), the independent model, the imitator
     f_b, fb_card = fbs[cfg.fb_for_g]
     for p in f_b.parameters():
         p.requires_grad_(False)
     g = _transform(f_b, cfg.delta, cfg.g_steps, cfg.seed)
-    (fa, fa_card), (fa_at, at_card) = _ensure_defended_pair(run, g, fb_card)
-    indep, indep_card = _ensure_independent(run)
+    (fa_small, fa_small_card), (fa_at, at_card) = _ensure_defended_pair(run, g, fb_card)
+    if cfg.zoo:
+        g_zoo, fa, fa_card = zoo.load_defended(ZOO_F_A, device)
+        if fa_card.parent.get("f_b_sha256") != fb_card.weights_sha256 or g_zoo.params() != g.params():
+            raise InputError(f"{ZOO_F_A} was trained on another g than this run's ({g_zoo.params()})")
+        indep, indep_card = zoo_classifier(run, ZOO_INDEPENDENT)
+        no_defense, no_defense_card = zoo_classifier(run, ZOO_NO_DEFENSE)
+        at_model = _Model(ZOO_PGD_AT, *zoo_classifier(run, ZOO_PGD_AT))
+        main_name = ZOO_F_A
+    else:
+        fa, fa_card = fa_small, fa_small_card
+        indep, indep_card = _ensure_independent(run)
+        no_defense, no_defense_card = indep, indep_card
+        at_model = _Model("fa-pgd-at", fa_at, at_card)
+        main_name = f"fa-xiao-delta{cfg.delta:g}"
     h, h_card = _ensure_imitator(run, g, fb_card)
-    cost_key = record_key(kind="xiao-training-cost", fa=fa_card.weights_sha256, pgd_at=at_card.weights_sha256)
+    cost_key = record_key(kind="xiao-training-cost", fa=fa_small_card.weights_sha256, pgd_at=at_card.weights_sha256)
     if not run.store.has(cost_key):
         fb_cost = fb_card.parent.get("training_cost") or {}
         run.store.add({"kind": "xiao-training-cost", "key": cost_key, "protocol": PROTOCOL,
-                       "transformation": fa_card.parent["training_cost"], "pgd-at": at_card.parent["training_cost"],
-                       "f_b_pretraining": fb_cost, "recipe_transformation": fa_card.recipe,
+                       "transformation": fa_small_card.parent["training_cost"], "pgd-at": at_card.parent["training_cost"],
+                       "f_b_pretraining": fb_cost, "recipe_transformation": fa_small_card.recipe,
                        "recipe_pgd_at": at_card.recipe, "transform": g.params(),
-                       "f_a_clean_defended": next(m["value"] for m in fa_card.metrics
+                       "f_a_clean_defended": next(m["value"] for m in fa_small_card.metrics
                                                   if m["metric"] == "clean_accuracy_defended"),
                        "pgd_at_clean": next(m["value"] for m in at_card.metrics if m["metric"] == "clean_accuracy")})
 
-    main = _Model(f"fa-xiao-delta{cfg.delta:g}", fa, fa_card)
+    main = _Model(main_name, fa, fa_card)
+    small = _Model(f"fa-xiao-delta{cfg.delta:g}", fa_small, fa_small_card)
     defended = nn.Sequential(g, fa).eval()
     rows: dict[str, dict[str | None, dict[str, Any]]] = {}
     d = {DEPLOYED: g}
@@ -168,11 +188,36 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
         rows[f"bpda-{kind}"] = _surrogate_row(run, main, g, DEPLOYED, kind)
     for r in cfg.eot_draws:
         rows[f"bpda-eot-{r}"] = _eot_row(run, main, g, DEPLOYED, r)
+    rows["bpda-identity"] = _row(run, "bpda-identity", main, _pgd(cfg, nn.Sequential(BPDA(g), fa)),
+                                 "BPDA(g, identity) + f_a (BPDA-I, Table 1's attack)", d, False,
+                                 {"gradient_of_g": "identity (BPDA-I)"})
+    rows["full-gradient"] = _row(run, "full-gradient", main, _pgd(cfg, defended),
+                                 f"f_a(g(x)) by automatic differentiation through the {g.steps} unrolled steps of g "
+                                 "(sgn' = 0: the masked identity)", d, False, {"gradient_of_g": "autograd, unrolled"})
+    eg = _expected_transformation(g, cfg.eg_samples)
+    rows["eg-start"] = _row(run, "eg-start", main,
+                            PGD(nn.Sequential(BPDA(g), fa), eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps,
+                                seed=cfg.seed, start=eg, start_name=f"E[g(x)] over {cfg.eg_samples} draws, "
+                                                                    "projected onto the eps-ball"),
+                            "BPDA-I + f_a from E[g(x)] (Sec. 4.3), projected onto the eps-ball", d, False,
+                            {"gradient_of_g": "identity (BPDA-I)", "eg_samples": cfg.eg_samples})
+    g_small = _transform(f_b, cfg.delta, cfg.small_n, cfg.seed)
+    fa_n, fa_n_card = _ensure_fa_for_delta(run, g_small, fb_card, f"fa-xiao-N{cfg.small_n}", "App. A.3")
+    small_source = nn.Sequential(BPDA(g_small, g_small.bpda_surrogate("tanh", cfg.surrogate_temperature)), fa_n).eval()
+    small_name = f"BPDA(tanh) through f_a(g(x)) with N = {cfg.small_n} (another f_a, {_recipe_line(cfg)})"
+    rows["transfer-small-n"] = _row(
+        run, "transfer-small-n", main,
+        Transfer(defended, source=small_source, attack="pgd", eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps,
+                 seed=cfg.seed, source_name=small_name),
+        f"PGD on {small_name}", d, False, {"source_weights": fa_n_card.weights_sha256, "source_steps": cfg.small_n})
+    rows["spsa"] = _row(run, "spsa", main, SPSA(defended, eps=cfg.eps, delta=cfg.spsa_delta, steps=cfg.spsa_steps,
+                                                samples=cfg.spsa_samples, seed=cfg.seed),
+                        "f_a(g(x)), scores only: finite-difference (SPSA) gradient estimates", d, False)
     h_params = {"arch": IMITATOR_ARCH, "weights_sha256": h_card.weights_sha256, **h_card.config}
     rows["reparameterization"] = _row(run, "reparameterization", main,
                                       _pgd(cfg, nn.Sequential(BPDA(g, h), fa)),
                                       "BPDA(g, imitator h) + f_a (Sec. 4.1)", d, False, {"imitator": h_params})
-    source_name = f"independent SmallCNN (seed {cfg.seed + 1})"
+    source_name = (f"{ZOO_INDEPENDENT} (zoo)" if cfg.zoo else f"independent SmallCNN (seed {cfg.seed + 1})")
     rows["transfer-independent"] = _row(
         run, "transfer-independent", main,
         Transfer(defended, source=indep, attack="pgd", eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps,
@@ -192,8 +237,9 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
 
     # -- baselines (Table 3's other methods)
     baselines = {}
-    for role, model in (("no-defense", _Model(f"fa-standard-seed{cfg.seed + 1}", indep, indep_card)),
-                        ("pgd-at", _Model("fa-pgd-at", fa_at, at_card))):
+    no_defense_name = ZOO_NO_DEFENSE if cfg.zoo else f"fa-standard-seed{cfg.seed + 1}"
+    for role, model in (("no-defense", _Model(no_defense_name, no_defense, no_defense_card)),
+                        ("pgd-at", at_model)):
         clean = _row(run, "clean", model, None, "-", {}, True)[None]
         pgd = _row(run, "white-box-pgd", model, _pgd(cfg, model.clf), "the classifier itself", {}, True)[None]
         baselines[role] = {"model": model.name, "clean": clean["key"], "pgd": pgd["key"]}
@@ -214,8 +260,10 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
     # -- Figs. 6 and 7: Delta sweep, each with its own f_a; EOT sample sweep per Delta
     fig6, fig7 = [], []
     for delta in cfg.deltas:
-        if math.isclose(delta, cfg.delta):
+        if math.isclose(delta, cfg.delta) and not cfg.zoo:
             model_d, g_d, label = main, g, DEPLOYED
+        elif math.isclose(delta, cfg.delta):
+            model_d, g_d, label = small, g, DEPLOYED
         else:
             g_d = _transform(f_b, delta, cfg.g_steps, cfg.seed)
             fa_d, card_d = _ensure_fa_for_delta(run, g_d, fb_card)
@@ -230,11 +278,34 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
                      "eot_draws": max(cfg.eot_draws),
                      "training_seconds": (model_d.card.parent.get("training_cost") or {}).get("seconds")})
 
+    # -- Table 1's first two rows: a defense per f_b (ablation f_a), clean and under BPDA-I
+    table1_defense = []
+    for v in cfg.fb_variants:
+        f_b_v, card_v = fbs[v.name]
+        g_v = _transform(f_b_v, cfg.delta, cfg.g_steps, cfg.seed)
+        if v.name == cfg.fb_for_g:
+            model_v = small
+        else:
+            fa_v, fa_v_card = _ensure_fa_for_delta(run, g_v, card_v, f"fa-xiao-fb-{v.name}", "Table 1")
+            model_v = _Model(f"fa-xiao-fb-{v.name}", fa_v, fa_v_card)
+        label_v = f"{DEPLOYED}-fb-{v.name}"
+        clean_v = _row(run, "clean", model_v, None, "-", {label_v: g_v}, False)[label_v]
+        bpda_v = _row(run, "bpda-identity", model_v, _pgd(cfg, nn.Sequential(BPDA(g_v), model_v.clf)),
+                      "BPDA(g, identity) + f_a (BPDA-I, Table 1's attack)", {label_v: g_v}, False,
+                      {"gradient_of_g": "identity (BPDA-I)"})[label_v]
+        table1_defense.append({"variant": v.name, "model": model_v.name, "clean": clean_v["key"],
+                               "bpda-identity": bpda_v["key"]})
+
+    fig3_key = _finite_differences(run, g)
+    fig2_key = _fig2_images(run, g, fa)
+
     # -- summary: per-image worst cases
     attacked = {name: cells[DEPLOYED] for name, cells in rows.items() if name != "clean"}
-    bpda_names = [n for n in attacked if n.startswith("bpda") or n == "reparameterization"]
+    bpda_names = [n for n in attacked if n.startswith("bpda") or n in ("reparameterization", "full-gradient",
+                                                                        "eg-start")]
     summary_key = record_key(kind="xiao-summary", rows={n: c[DEPLOYED]["key"] for n, c in rows.items()},
                              baselines=baselines, fig5=fig5, fig6=fig6, fig7=fig7, table1=table1_keys,
+                             table1_defense=table1_defense, fig2=fig2_key, fig3=fig3_key,
                              cost=cost_key, imitator=h_card.weights_sha256)
     if not run.store.has(summary_key):
         worst = worst_case(run.store, list(attacked.values()))
@@ -247,7 +318,14 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
                          # a list, not a mapping: results.json sorts keys and the report keeps this order
                          "rows": [{"name": n, "defended": c[DEPLOYED]["key"],
                                    "base": c[None]["key"] if None in c else None} for n, c in rows.items()]},
-            "baselines": baselines, "table1": table1_keys, "training_cost": cost_key,
+            "baselines": baselines, "table1": table1_keys, "table1_defense": table1_defense,
+            "fig2": fig2_key, "fig3": fig3_key, "zoo": cfg.zoo,
+            "deployed_card": {"name": main.name, "recipe": fa_card.recipe, "weights_sha256": fa_card.weights_sha256,
+                              "metrics": fa_card.metrics, "provenance": fa_card.parent.get("provenance"),
+                              "training_cost": fa_card.parent.get("training_cost")},
+            "pgd_at_card": {"name": at_model.name, "recipe": at_model.card.recipe,
+                            "provenance": at_model.card.parent.get("provenance")},
+            "training_cost": cost_key,
             "imitator": {"config": h_card.config, "metrics": h_card.metrics, "weights_sha256": h_card.weights_sha256},
             "fig5": fig5, "fig6": fig6, "fig7": fig7,
             "worst_case": _accuracy_dict(worst, sorted(attacked)),
@@ -260,6 +338,62 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
     report = write_xiao_report(cfg.out, wall_seconds=wall, records_added=added)
     _log(f"xiao2020 report: {report} ({wall:.0f} s, {added} new records)")
     return report
+
+
+def _recipe_line(cfg: XiaoConfig) -> str:
+    r = cfg.fa_recipe
+    return f"{r.epochs} epoch(s) on {r.train_subset or 'all'} images"
+
+
+def _expected_transformation(g: AdversarialTransformation, samples: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> the mean of ``samples`` draws of g(x) (draws 1000 on, apart from the deployed draw 0)."""
+    return lambda x: g.sample(x, samples, first_draw=1000).mean(0)
+
+
+def _finite_differences(run: _Run, g: AdversarialTransformation) -> str:
+    """Fig. 3 (right): central finite differences of one output pixel of the deployed g with
+    respect to the same input pixel, at every step size h, on ``fd_images`` images."""
+    cfg = run.cfg
+    images = run.data.tensors(range(min(cfg.fd_images, len(run.data))))[0].to(run.device)
+    _, c, hgt, wid = images.shape
+    # the pixel of each image whose value is nearest 0.5: inside [0, 1] with room on both sides
+    flat = (images.flatten(1) - 0.5).abs().argmin(1)
+    key = record_key(kind="xiao-fig3", transform=g.params(), steps=list(cfg.fd_steps), pixels=flat.tolist(),
+                     subset=run.subset, n=len(images))
+    if run.store.has(key):
+        return key
+    _log(f"Fig. 3: finite differences of g at {len(cfg.fd_steps)} step sizes on {len(images)} images")
+    rows = torch.arange(len(images))
+    estimates = []
+    with torch.no_grad():
+        for h in cfg.fd_steps:
+            e = torch.zeros_like(images).flatten(1)
+            e[rows, flat] = h
+            e = e.view_as(images)
+            up, down = (images + e).clamp(0, 1), (images - e).clamp(0, 1)
+            span = (up - down).flatten(1)[rows, flat]
+            estimates.append(((g(up) - g(down)).flatten(1)[rows, flat] / span).cpu())
+    values = torch.stack(estimates, 1)  # (images, steps)
+    run.store.add({"kind": "xiao-fig3", "key": key, "protocol": PROTOCOL, "steps": list(cfg.fd_steps),
+                   "pixels": flat.tolist(), "image_shape": [c, hgt, wid], "n_images": len(images),
+                   "transform": g.params(), "estimates": values.tolist()}, {"estimates": values.numpy()})
+    return key
+
+
+def _fig2_images(run: _Run, g: AdversarialTransformation, fa: nn.Module) -> str:
+    """Fig. 2: an image, a PGD adversarial example of f_a at eps, and g(x) at Delta."""
+    cfg = run.cfg
+    x, y = run.data.tensors(range(1))
+    x, y = x.to(run.device), y.to(run.device)
+    key = record_key(kind="xiao-fig2", transform=g.params(), subset=run.subset, attack=_pgd(cfg, fa).params())
+    if not run.store.has(key):
+        adv = _pgd(cfg, fa)(x, y)
+        with torch.no_grad():
+            gx = g(x)
+        run.store.add({"kind": "xiao-fig2", "key": key, "protocol": PROTOCOL, "eps": cfg.eps, "delta": g.delta,
+                       "label": int(y[0])}, {"image": x.cpu().numpy(), "adversarial": adv.cpu().numpy(),
+                                             "transformed": gx.cpu().numpy()})
+    return key
 
 
 # -- report -----------------------------------------------------------------------------------
