@@ -316,3 +316,47 @@ def test_table1_defense_columns_fig3_and_fig2(finished: tuple[XiaoConfig, Path])
     with np.load(cfg.out / fig2["arrays"]) as f:
         x, adv, gx = f["image"], f["adversarial"], f["transformed"]
     assert np.abs(adv - x).max() <= cfg.eps + 1e-6 and np.abs(gx - x).max() <= cfg.delta + 1e-6
+
+
+def test_the_default_run_uses_the_zoo_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """zoo=True on a tiny zoo built into a temporary folder: f_a, the four f_b, the baselines and
+    the transfer source are the zoo's (nothing of theirs is trained), the ablation f_a are trained."""
+    import dataclasses
+
+    from advrepair.zoo import registry
+    from advrepair.zoo.build import build
+
+    data = write_fashion_mnist(tmp_path / "fmnist", n_train=300, n_test=60)
+    tiny = {}
+    for name, e in registry.ENTRIES.items():
+        recipe = e.recipe and dataclasses.replace(e.recipe, epochs=1, train_subset=64)
+        if isinstance(recipe, ClassifierRecipe) and recipe.adversarial:
+            recipe = dataclasses.replace(recipe, steps=1)
+        transform = {**e.transform, "steps": 2} if e.transform else e.transform
+        tiny[name] = dataclasses.replace(e, recipe=recipe, transform=transform, autoattack=False,
+                                         config={**e.config, "width": 4} if e.arch else e.config)
+    monkeypatch.setattr(registry, "ENTRIES", tiny)
+    monkeypatch.setattr("advrepair.zoo.metrics.ROBUST_IMAGES", 8)
+    monkeypatch.setenv("ADVREPAIR_ZOO_DIR", str(tmp_path / "zoo"))
+    needed = [xiao.config.ZOO_F_A, xiao.config.ZOO_INDEPENDENT, xiao.config.ZOO_NO_DEFENSE, xiao.config.ZOO_PGD_AT,
+              "fmnist-vgg8-untrained", "fmnist-vgg8-standard-1ep", "fmnist-vgg8-standard"]
+    build(needed, tmp_path / "zoo", data_root=str(data), progress=False, autoattack=False)
+    cfg = tiny_config(data, tmp_path / "out", tmp_path / "models", zoo=True, n_images=10,
+                      fb_variants=xiao.config._default_fb_variants(), fb_for_g="pgd",
+                      fb_config=dict(tiny["fmnist-vgg8-pgd"].config),
+                      deltas=(0.2,), bpda_steps=(2,))
+    run_xiao_experiment(cfg)
+    s = _summary(cfg.out)
+    assert s["zoo"] and s["deployed"]["rows"][0]["name"] == "clean"
+    by_key = {r["key"]: r for r in _records(cfg.out) if "key" in r}
+    clean = by_key[s["deployed"]["rows"][0]["defended"]]
+    assert clean["model"] == xiao.config.ZOO_F_A
+    assert {s["baselines"]["no-defense"]["model"], s["baselines"]["pgd-at"]["model"]} == {
+        xiao.config.ZOO_NO_DEFENSE, xiao.config.ZOO_PGD_AT}
+    assert [d["variant"] for d in s["table1_defense"]] == ["untrained", "standard-1ep", "standard", "pgd"]
+    # the zoo's f_b are loaded, never trained here; the ablation f_a are trained (one per other f_b, N, pair)
+    trained = sorted(p.name for p in (tmp_path / "models").glob("*.safetensors"))
+    assert not any(name.startswith("fb-") for name in trained)
+    assert {"fa-xiao-fb-untrained.safetensors", "fa-xiao-N1.safetensors", "fa-pgd-at.safetensors"} <= set(trained)
+    text = (cfg.out / "report.md").read_text()
+    assert "Models from the zoo" in text and xiao.config.ZOO_F_A in text

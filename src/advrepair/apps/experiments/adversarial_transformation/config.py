@@ -86,7 +86,8 @@ class XiaoConfig(RunConfig):
     Without ``zoo`` every model is trained here (the tests' tiny runs).
 
     Extra rows (issue 17): ``eg_samples`` draws estimate E[g(x)], the start of PGD from the
-    expected transformation; ``spsa_*`` set the finite-difference (SPSA) row;
+    expected transformation; ``spsa_*`` set the finite-difference (SPSA) row (Adam step
+    ``2.5 eps / spsa_steps``, PGD's rule);
     ``fd_images`` / ``fd_steps`` the finite-difference derivatives of Fig. 3.
 
     Example:

@@ -211,7 +211,8 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
                  seed=cfg.seed, source_name=small_name),
         f"PGD on {small_name}", d, False, {"source_weights": fa_n_card.weights_sha256, "source_steps": cfg.small_n})
     rows["spsa"] = _row(run, "spsa", main, SPSA(defended, eps=cfg.eps, delta=cfg.spsa_delta, steps=cfg.spsa_steps,
-                                                samples=cfg.spsa_samples, seed=cfg.seed),
+                                                samples=cfg.spsa_samples, lr=2.5 * cfg.eps / cfg.spsa_steps,
+                                                seed=cfg.seed),
                         "f_a(g(x)), scores only: finite-difference (SPSA) gradient estimates", d, False)
     h_params = {"arch": IMITATOR_ARCH, "weights_sha256": h_card.weights_sha256, **h_card.config}
     rows["reparameterization"] = _row(run, "reparameterization", main,
