@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from advrepair import zoo
 from advrepair.apps.pipeline import DEFAULT_MODELS_DIR, QUICK_ADVERSARIAL, QUICK_SSL, QUICK_STANDARD
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import AdaptiveConfig
@@ -152,3 +153,17 @@ def test_paired_difference_against_hand_computation():
         paired_difference(a, b[:4])
     with pytest.raises(InputError, match="non-empty"):
         paired_difference(np.array([]), np.array([]))
+
+
+def test_the_default_run_uses_the_zoo_classifiers_and_heads(tmp_path, fake_fmnist):
+    cfg = MultiTaskConfig(out=tmp_path / "report", models_dir=tmp_path / "models", data_root=str(fake_fmnist),
+                          n_images=4, pgd_steps=1, pgd_alpha=0.1, reverse_steps=1, progress=False, adaptive=None,
+                          combinations=((("contrastive", 1.0), ("rotation", 1.0), ("inpainting", 1.0)),))
+    report = run_multitask_ablation(cfg)
+    records = json.loads((cfg.out / "results.json").read_text())
+    static = [r for r in records if "protocol" not in r and "kind" not in r]
+    assert {r["model"] for r in static} == {"fmnist-cnn-standard", "fmnist-cnn-pgd"}
+    shipped = {m: zoo.card(m).weights_sha256 for m in ("fmnist-cnn-standard", "fmnist-cnn-pgd")}
+    assert {r["model"]: r["model_weights"] for r in static} == shipped
+    assert not list(cfg.models_dir.rglob("*.safetensors"))  # nothing trained
+    assert "Classifiers and heads: the zoo's" in report.read_text()

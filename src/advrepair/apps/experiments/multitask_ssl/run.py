@@ -19,6 +19,7 @@ from advrepair.models.checkpoint import read_card
 from advrepair.apps.pipeline import (ensure_classifier,
                                 ensure_ssl_task, negative_bank, ssl_file)
 from advrepair.ssl.registry import TASK_NAMES
+from advrepair.ssl.task import SelfSupervisedTask
 
 import matplotlib
 
@@ -62,11 +63,14 @@ def run_multitask_ablation(cfg: MultiTaskConfig) -> Path:
             clf, card = ensure_classifier(model_dir, train, test, arch="small-cnn", recipe=cfg.recipe_for(model_name),
                                           seed=cfg.seed, arch_config=cfg.arch_config, eval_eps=cfg.eps, device=device,
                                           progress=cfg.progress)
-        tasks, head_cards = {}, {}
+        tasks: dict[str, SelfSupervisedTask] = {}
+        head_cards: dict[str, Any] = {}
         for name in needed:
             head = cfg.zoo_head(model_name, name) if cfg.zoo else None
             if head is not None:
-                task, head_card = zoo.load(head, device)
+                loaded, head_card = zoo.load(head, device)
+                assert isinstance(loaded, SelfSupervisedTask)
+                task = loaded
                 tqdm.write(f"{name} head: zoo {head}")
             else:
                 task = ensure_ssl_task(model_dir, name, clf, card, train, test, recipe=cfg.ssl, seed=cfg.seed,
