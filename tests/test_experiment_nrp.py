@@ -30,7 +30,7 @@ def _tiny(root: Path, data: Path, **overrides) -> NRPConfig:
                 critic_config={"width": 4, "blocks": 2},
                 purifier_recipe=PurifierRecipe(epochs=1, batch_size=16, lr=1e-3, train_subset=64),
                 adaptive=AdaptiveConfig(eps=0.1, steps=2, eot_draws=2, unroll_steps=1, lambdas=(), square_queries=2),
-                adaptive_images=6, batch_size=10, progress=False)
+                adaptive_images=6, batch_size=10, progress=False, zoo=False)
     base.update(overrides)
     return NRPConfig(**base)
 
@@ -61,7 +61,7 @@ def test_tables_have_every_row_and_column(run):
     assert "| Defense | Clean | FGSM | MI-FGSM | DIM | DIM-TI | Worst case |" in t1
     assert "n/a" not in t1
     t5 = (cfg.out / "table5.md").read_text()
-    for attack in ("FGSM", "PGD", "MI-FGSM", "DIM", "SSP"):
+    for attack in ("FGSM", "R-FGSM", "I-FGSM", "PGD", "MI-FGSM", "DIM", "SSP"):
         assert len(re.findall(rf"\| {attack} \|", t5)) == 2  # one row per source
     assert "n/a" not in t5
     # white-box cells are starred: exactly one per row of Table 5 (except "No attack")
@@ -82,7 +82,8 @@ def test_records_cover_the_matrix_and_name_sources_by_weights(run):
     assert {r["attack"]["source"].split("@")[0] for r in transfer} == {SOURCE_VGG, SOURCE_CNN, ENSEMBLE}
     assert all(re.fullmatch(r"[\w-]+@[0-9a-f]{12}", r["attack"]["source"]) for r in transfer)
     # Table 1: 1 clean + 3 sources x 4 attacks, each with no defense + 7 defenses on the target
-    assert len(target) == (1 + 3 * 4) * 8 + 2 * 2  # + Table 5's PGD and SSP from both sources, no defense
+    # + Table 5's R-FGSM, I-FGSM, PGD and SSP from both sources, no defense
+    assert len(target) == (1 + 3 * 4) * 8 + 2 * 4
     ssp = [r for r in transfer if r["attack"]["attack"]["name"] == "ssp"]
     assert {r["attack"]["attack"]["layer"] for r in ssp} == {"body.8", "body.4"}
     assert {r["model"] for r in ssp} == {TARGET, SOURCE_VGG, SOURCE_CNN}
@@ -219,3 +220,16 @@ def test_config_pins_the_purifier_recipe_to_the_attack_budget(tmp_path):
 def test_run_rejects_a_non_config():
     with pytest.raises(InputError, match="NRPConfig"):
         run_nrp_experiment({"out": "x"})  # type: ignore[arg-type]
+
+
+def test_the_default_models_are_the_zoos():
+    from advrepair import zoo
+    from advrepair.apps.experiments.nrp.config import ZOO_MODELS
+
+    assert NRPConfig().zoo
+    assert ZOO_MODELS == {TARGET: "fmnist-cnn-standard", SOURCE_VGG: "fmnist-vgg16-standard",
+                          SOURCE_CNN: "fmnist-cnn-standard-seed1"}
+    for name in ZOO_MODELS.values():
+        assert zoo.entry(name).kind is zoo.ZooKind.CLASSIFIER and zoo.entry(name).eps is None
+    # the source the purifier learns from is a VGG as the experiment's own, never the target
+    assert zoo.entry(ZOO_MODELS[SOURCE_VGG]).arch == "small-vgg" and zoo.entry(ZOO_MODELS[SOURCE_CNN]).seed == 1

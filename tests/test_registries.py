@@ -43,7 +43,7 @@ def user_module(tmp_path, monkeypatch):
 def test_every_attack_module_registers_its_attacks():
     assert set(ATTACKS) == {"fgsm", "pgd", "bim", "mifgsm", "difgsm", "tifgsm", "cw", "cw-pgd", "ssp", "apgd",
                             "apgd-ce", "apgd-dlr", "apgd-t", "autoattack", "square", "fab", "fab-t", "hopskipjump", "genattack",
-                            "spsa", "transfer"}
+                            "spsa", "rfgsm", "transfer"}
     assert ATTACKS["pgd"] is PGD
     with pytest.raises(InputError, match="already registered"):
         register_attack("pgd")(type("OtherPGD", (PGD,), {}))

@@ -11,6 +11,7 @@ from advrepair.attacks.fgsm import FGSM
 from advrepair.attacks.genattack import GenAttack
 from advrepair.attacks.hopskipjump import HopSkipJump
 from advrepair.attacks.mifgsm import MIFGSM
+from advrepair.attacks.rfgsm import RFGSM
 from advrepair.attacks.pgd import PGD
 from advrepair.attacks.registry import ATTACKS, make_attack, parse_spec
 from advrepair.attacks.spsa import SPSA
@@ -21,6 +22,6 @@ from advrepair.attacks.transfer import Transfer
 
 __all__ = [
     "APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "Attack", "AttackStats", "BIM", "CW", "CWPGD",
-    "DIFGSM", "FGSM", "GenAttack", "MIFGSM", "PGD", "SSP", "TIFGSM", "ATTACKS", "make_attack", "parse_spec", "FAB",
+    "DIFGSM", "FGSM", "GenAttack", "MIFGSM", "PGD", "RFGSM", "SSP", "TIFGSM", "ATTACKS", "make_attack", "parse_spec", "FAB",
     "FABT", "HopSkipJump", "SPSA", "Square", "Transfer",
 ]

@@ -121,6 +121,11 @@ _ENTRIES += (
              parent="fmnist-vgg8-pgd", arch="small-cnn", config={"width": 32, "feature_dim": 128},
              recipe=ClassifierRecipe(epochs=10, lr=1e-3, schedule="cosine", augment=True),
              transform=dict(XIAO_TRANSFORM), autoattack=False),
+    # NRP (naseer2020): the transfer source whose features the purifier is trained against
+    ZooEntry("fmnist-vgg16-standard", ZooKind.CLASSIFIER, FMNIST,
+             "SmallVGG (width 16, two convolutions per stage), standard training, 10 epochs: NRP's source and "
+             "feature network", arch="small-vgg", config={"width": 16},
+             recipe=ClassifierRecipe(epochs=10, lr=1e-3, schedule="cosine", augment=True)),
     # an independent standard CNN: the source of transfer attacks (xiao2020 Table 2, NRP)
     ZooEntry("fmnist-cnn-standard-seed1", ZooKind.CLASSIFIER, FMNIST,
              "SmallCNN (width 32), standard training as fmnist-cnn-standard with seed 1: a transfer source",

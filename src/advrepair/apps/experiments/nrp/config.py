@@ -42,8 +42,11 @@ DEFENSE_TITLES: dict[str, str] = {
 ATTACK_KINDS: dict[str, tuple[str, str]] = {
     "fgsm": ("FGSM", "fgsm"), "fgsm-ti": ("FGSM-TI", "tifgsm"), "pgd": ("PGD", "pgd"),
     "mifgsm": ("MI-FGSM", "mifgsm"), "mifgsm-ti": ("MI-FGSM-TI", "tifgsm"), "dim": ("DIM", "difgsm"),
-    "dim-ti": ("DIM-TI", "tifgsm"), "ssp": ("SSP", "ssp"),
+    "dim-ti": ("DIM-TI", "tifgsm"), "ssp": ("SSP", "ssp"), "ifgsm": ("I-FGSM", "bim"), "rfgsm": ("R-FGSM", "rfgsm"),
 }
+#: the zoo's models of the experiment (``NRPConfig.zoo``): target, then the sources by label
+ZOO_MODELS: dict[str, str] = {TARGET: "fmnist-cnn-standard", SOURCE_VGG: "fmnist-vgg16-standard",
+                              SOURCE_CNN: "fmnist-cnn-standard-seed1"}
 SOURCE_TITLES = {SOURCE_VGG: "SmallVGG", SOURCE_CNN: "SmallCNN (seed 1)", ENSEMBLE: "Ensemble (VGG + CNN-seed1)"}
 
 
@@ -67,6 +70,9 @@ class NRPConfig(RunConfig):
         ti_kernel: side of DIM-TI's Gaussian smoothing kernel (odd).
         table1_attacks / table5_attacks: attack keys of :data:`ATTACK_KINDS`.
         ensemble: add the logit-averaging ensemble of both sources as a third Table 1 source.
+        zoo: the target and both sources from the zoo (the default; :data:`ZOO_MODELS`), so
+            ``target_recipe``, ``source_recipe``, ``source_seed``, ``vgg_config`` and
+            ``cnn_config`` apply only with ``zoo=False`` (the tests' tiny runs).
         target_recipe: the target's recipe (default: the demo's standard CNN).
         source_recipe: both sources' recipe; source_seed: the second SmallCNN's seed.
         vgg_config / cnn_config: architecture options of the sources (``small-vgg`` / ``small-cnn``).
@@ -94,7 +100,7 @@ class NRPConfig(RunConfig):
     attack_steps: int = 10
     ti_kernel: int = 5
     table1_attacks: tuple[str, ...] = ("fgsm", "mifgsm", "dim", "dim-ti")
-    table5_attacks: tuple[str, ...] = ("fgsm", "pgd", "mifgsm", "dim", "ssp")
+    table5_attacks: tuple[str, ...] = ("fgsm", "rfgsm", "ifgsm", "pgd", "mifgsm", "dim", "ssp")
     ensemble: bool = True
     target_recipe: ClassifierRecipe = QUICK_STANDARD
     source_recipe: ClassifierRecipe = field(default_factory=lambda: ClassifierRecipe(epochs=1))
@@ -118,6 +124,7 @@ class NRPConfig(RunConfig):
         eps=0.1, steps=10, alpha=0.025, eot_draws=2, unroll_steps=5, lambdas=(), square_queries=100))
     adaptive_images: int = 100
     adaptive_defenses: tuple[str, ...] = ("nrp", "nrp-dynamic")
+    zoo: bool = True
 
     def __post_init__(self) -> None:
         self.check_run_fields()
@@ -199,6 +206,8 @@ def attack_params(key: str, eps: float, steps: int, ti_kernel: int = 5, ssp_laye
         "dim": {**iterative, "decay": 1.0, **diversity},
         "dim-ti": {**iterative, "decay": 1.0, **diversity, **kernel},
         "ssp": {"eps": eps, "alpha": eps / 4, "steps": steps, "layer": ssp_layer, "distance": ssp_distance},
+        "ifgsm": iterative,
+        "rfgsm": {"eps": eps, "alpha": eps / 2},
     }
     params = by_kind[key]
     if key == "ssp" and ssp_layer is None:

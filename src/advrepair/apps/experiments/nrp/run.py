@@ -17,8 +17,10 @@ from advrepair.evaluation.store import ResultsStore
 import matplotlib
 
 matplotlib.use("Agg")
-from advrepair.apps.experiments.nrp.config import ENSEMBLE, NRPConfig, SOURCE_CNN, SOURCE_VGG, TARGET, _log, attack_params
-from advrepair.apps.experiments.nrp.models import LogitEnsemble, _Source, _ensure_source, build_defenses, ensure_purifier
+from advrepair.apps.experiments.nrp.config import (ENSEMBLE, NRPConfig, SOURCE_CNN, SOURCE_VGG, TARGET, ZOO_MODELS, _log,
+                                                   attack_params)
+from advrepair.apps.experiments.nrp.models import (LogitEnsemble, _Source, _ensure_source, build_defenses, ensure_purifier,
+                                                   zoo_model)
 from advrepair.apps.experiments.nrp.report import table1_markdown, table5_markdown, write_nrp_report
 from advrepair.apps.experiments.nrp.config import _source_name_sha
 from advrepair.data import subset_label
@@ -53,11 +55,17 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
     phases: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    target, target_card = _ensure_source(cfg, TARGET, "small-cnn", {}, cfg.target_recipe, cfg.seed, train, test, device)
-    vgg, vgg_card = _ensure_source(cfg, SOURCE_VGG, "small-vgg", dict(cfg.vgg_config), cfg.source_recipe, cfg.seed,
-                                   train, test, device)
-    cnn1, cnn1_card = _ensure_source(cfg, SOURCE_CNN, "small-cnn", dict(cfg.cnn_config), cfg.source_recipe,
-                                     cfg.source_seed, train, test, device)
+    if cfg.zoo:
+        target, target_card = zoo_model(ZOO_MODELS[TARGET], device)
+        vgg, vgg_card = zoo_model(ZOO_MODELS[SOURCE_VGG], device)
+        cnn1, cnn1_card = zoo_model(ZOO_MODELS[SOURCE_CNN], device)
+    else:
+        target, target_card = _ensure_source(cfg, TARGET, "small-cnn", {}, cfg.target_recipe, cfg.seed, train, test,
+                                             device)
+        vgg, vgg_card = _ensure_source(cfg, SOURCE_VGG, "small-vgg", dict(cfg.vgg_config), cfg.source_recipe,
+                                       cfg.seed, train, test, device)
+        cnn1, cnn1_card = _ensure_source(cfg, SOURCE_CNN, "small-cnn", dict(cfg.cnn_config), cfg.source_recipe,
+                                         cfg.source_seed, train, test, device)
     feature_model, feature_card = (vgg, vgg_card) if cfg.feature_source == SOURCE_VGG else (cnn1, cnn1_card)
     needs_purifier = any(d.startswith("nrp") for d in cfg.defenses)
     purifier, purifier_card = (ensure_purifier(cfg, feature_model, feature_card, train, test, device)
