@@ -66,7 +66,8 @@ def test_end_to_end_report_figures_and_resume(tmp_path, fake_fmnist):
     for png in ("ride_iterations.png", "ride_trajectory.png"):
         assert (out / png).stat().st_size > 1000
     records = json.loads((out / "results.json").read_text())
-    sweep = [r for r in records if r.get("kind") == "ride-sweep"]
+    summary = [r for r in records if r.get("kind") == "ride-summary"]
+    sweep = [r for r in records if r.get("kind") == "ride-sweep" and r["key"] in summary[0]["sweep"]]
     assert len(sweep) == 2 * 2  # (FGSM, PGD) x K in (2, 3)
     for r in sweep:
         assert r["steps"] == [0, r["iterations"], 2 * r["iterations"]]
@@ -116,6 +117,40 @@ def test_end_to_end_report_figures_and_resume(tmp_path, fake_fmnist):
     assert (out / "results.json").read_text() == before
     assert (tmp_path / "models" / "tiny-standard" / "classifier.safetensors").stat().st_mtime_ns == stamp
     assert "0 new records" in (out / "report.md").read_text()
+
+
+def test_modes_scores_and_bpda_analysis(tmp_path, fake_fmnist):
+    cfg = _cfg(tmp_path, fake_fmnist, sweep_iterations=(2,), median_kernels=(3,), sweep_batch=(1,), sweep_sigma=(0.5,),
+               trace_checkpoints=4, bpda_analysis_images=3)
+    _write_tiny_classifier(cfg.models_dir, fake_fmnist)
+    text = run_ride_experiment(cfg).read_text()
+    records = json.loads((cfg.out / "results.json").read_text())
+    by_key = {r["key"]: r for r in records}
+    summary = next(r for r in records if r.get("kind") == "ride-summary")
+    # Fig. 5a: every mode under both attacks; RIDE's curve is the stopping sweep's own record
+    modes = [by_key[k] for k in summary["modes"]]
+    assert [(r["attack"]["name"], r["mode"]) for r in modes] == [
+        (a, m) for a in ("fgsm", "pgd") for m in ("dip", "idip", "dae", "ride")]
+    assert {r["key"] for r in modes if r["mode"] == "ride"} <= set(summary["sweep"])
+    assert {r["defense"]["mode"] for r in modes} == {"dip", "idip", "dae", "ride"}
+    # Figs. 2d-e: scores at every checkpoint of one image's fit, for DIP and DAE
+    traces = [by_key[k] for k in summary["traces"]]
+    assert [r["mode"] for r in traces] == ["dip", "dae"]
+    for r in traces:
+        assert len(r["scores"]) == 4 + 1 and len(r["scores"][0]) == 10 and r["steps"][-1] == 4 * (2 * 2 // 4)
+        assert r["to_clean"][0] > 0 and 0 <= r["label"] < 10 and 0 <= r["adversarial_class"] < 10
+    # Fig. 7: BPDA through each defense, distances and both accuracies
+    fig7 = [by_key[k] for k in summary["fig7"]]
+    assert [r["label"] for r in fig7] == ["median-3x3", "tv", "ride"]
+    for r in fig7:
+        assert r["n_images"] == 3 and r["attack"]["steps"] == 2 and r["attack"]["eps"] == pytest.approx(0.1)
+        assert 0 < r["mean_adv_to_clean"] <= 255 * 0.1 + 1e-3
+        assert r["mean_defended_to_adv"] > 0 and 0 <= r["accuracy_defended"] <= 1
+    for heading in ("DIP, I-DIP, DAE and RIDE (cf. Fig. 5a)", "class scores and distances (cf. Figs. 2d-e)",
+                    "What BPDA produces (cf. Fig. 7)"):
+        assert heading in text
+    for png in ("ride_modes.png", "ride_scores.png", "ride_bpda_analysis.png"):
+        assert (cfg.out / png).stat().st_size > 1000
 
 
 def test_experiments_run_on_the_zoo_classifier_by_default(tmp_path, fake_fmnist):

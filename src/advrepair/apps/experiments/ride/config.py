@@ -76,10 +76,17 @@ class RideConfig(RunConfig):
     sweep_batch: tuple[int, ...] = (1, 4, 8)
     sweep_alpha: tuple[float, ...] = (0.5, 0.9, 0.99)
     sweep_sigma: tuple[float, ...] = (0.25, 0.5, 1.0)
+    # -- Fig. 5a (DIP, I-DIP, DAE and RIDE on the same images), Figs. 2d-e (class scores and
+    # distances over one image's fit) and Fig. 7 (BPDA's images: distances and accuracies)
+    compare_modes: tuple[str, ...] = ("dip", "idip", "dae", "ride")
+    trace_modes: tuple[str, ...] = ("dip", "dae")
+    trace_checkpoints: int = 20
+    bpda_analysis_images: int = 32
 
     def __post_init__(self) -> None:
         self.check_run_fields()
-        for name in ("attack_steps", "whitebox_images", "val_images", "sweep_checkpoints"):
+        for name in ("attack_steps", "whitebox_images", "val_images", "sweep_checkpoints", "trace_checkpoints",
+                     "bpda_analysis_images"):
             check_int_at_least(getattr(self, name), name, 1)
         if self.whitebox_images > self.n_images:
             raise InputError(f"whitebox_images ({self.whitebox_images}) cannot exceed n_images ({self.n_images}): "
@@ -100,6 +107,11 @@ class RideConfig(RunConfig):
         for k in self.sweep_iterations:
             check_int_at_least(k, "every entry of sweep_iterations", 1)
         MedianFilter(self.median_kernel)  # validates the kernel size
+        for name in ("compare_modes", "trace_modes"):
+            modes = tuple(getattr(self, name))
+            if not modes or any(m not in MODES for m in modes):
+                raise InputError(f"{name} must list modes of {MODES}, got {modes}")
+            setattr(self, name, modes)
         for name in ("median_kernels", "tv_weights", "sweep_batch", "sweep_alpha", "sweep_sigma"):
             setattr(self, name, tuple(getattr(self, name)))
         for k in self.median_kernels:
@@ -119,12 +131,14 @@ class RideConfig(RunConfig):
         """PGD step size."""
         return self.attack_alpha if self.attack_alpha is not None else 2.5 * self.eps / self.attack_steps
 
-    def ride(self, iterations: int, checkpoints: int, **overrides: float) -> RIDE:
+    def ride(self, iterations: int, checkpoints: int, **overrides: Any) -> RIDE:
         """The RIDE defense of this config with ``iterations`` (K) and ``checkpoints`` (T);
-        ``overrides`` change ``batch``, ``alpha`` or ``sigma`` (the Fig. 5b-d sweeps)."""
-        options: dict[str, Any] = {"sigma": self.ride_sigma, "alpha": self.ride_alpha, "batch": 1, **overrides}
-        return RIDE(mode=self.ride_mode, iterations=iterations, checkpoints=checkpoints, lr=self.ride_lr,
-                    seed=self.seed, progress=self.progress, **options)
+        ``overrides`` change ``batch``, ``alpha`` or ``sigma`` (the Fig. 5b-d sweeps) or ``mode``
+        (Fig. 5a)."""
+        options: dict[str, Any] = {"mode": self.ride_mode, "sigma": self.ride_sigma, "alpha": self.ride_alpha,
+                                   "batch": 1, **overrides}
+        return RIDE(iterations=iterations, checkpoints=checkpoints, lr=self.ride_lr, seed=self.seed,
+                    progress=self.progress, **options)
 
     def param_sweeps(self) -> list[tuple[str, tuple[float, ...]]]:
         """(RIDE argument, values) of Figs. 5b-d: n (noisy copies per step), alpha, sigma."""

@@ -122,6 +122,109 @@ def _paired_lines(store: ResultsStore, gray: list[dict[str, Any]]) -> list[str]:
     return ["Paired differences in points (same images, paired s.e.):", "", *out, ""] if out else []
 
 
+def _modes_section(modes: list[dict[str, Any]], subset: str, path: Path) -> list[str]:
+    """Fig. 5a: DIP, I-DIP, DAE and RIDE against the steps, on the same validation images."""
+    fig, axes = plt.subplots(1, len({_attack_name(r["attack"]) for r in modes}), figsize=(10, 3.8), squeeze=False)
+    names = list(dict.fromkeys(_attack_name(r["attack"]) for r in modes))
+    lines = ["## DIP, I-DIP, DAE and RIDE (cf. Fig. 5a)", "",
+             f"{subset}. Each mode with the sweep's K and T (dropout at the paper's layers in every mode; DIP fits the "
+             "adversarial image from fixed noise, I-DIP adds the interpolation, DAE fits noisy copies of the input, "
+             "RIDE adds the interpolation to DAE). Accuracy after t * K steps.", "",
+             "| Attack | mode | " + " | ".join(f"{st} steps" for st in modes[0]["steps"]) + " | s/image |",
+             "|---|---|" + "---|" * len(modes[0]["steps"]) + "---|"]
+    for r in modes:
+        name = _attack_name(r["attack"])
+        ax = axes[0][names.index(name)]
+        ax.errorbar(r["steps"], [100 * a for a in r["accuracy"]], yerr=[100 * e for e in r["stderr"]], marker="o",
+                    capsize=2, label=r["mode"])
+        lines.append(f"| {name} | {r['mode']} | " + " | ".join(f"{100 * a:.1f}" for a in r["accuracy"])
+                     + f" | {r['seconds'] / max(r['n_images'], 1):.2f} |")
+    for name, ax in zip(names, axes[0]):
+        ax.set_title(f"{name} images", fontsize=9)
+        ax.set_xlabel("Adam steps (t * K)")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Dropout, DAE and interpolation (cf. Fig. 5a)", fontsize=10)
+    save_figure(fig, path)
+    return lines + ["", f"![modes]({path.name})", ""]
+
+
+def _trace_section(traces: list[dict[str, Any]], path: Path) -> list[str]:
+    """Figs. 2d-e: the classifier's scores and the estimate's distances along one image's fit."""
+    fig, axes = plt.subplots(2, len(traces), figsize=(4.6 * len(traces), 6.4), squeeze=False)
+    lines = ["## One image's fit: class scores and distances (cf. Figs. 2d-e)", "",
+             f"The first validation image under {_attack_name(traces[0]['attack'])} (label {traces[0]['label']}, "
+             f"classified as {traces[0]['adversarial_class']} after the attack). Top: the classifier's scores "
+             "(logits) of the estimate at each checkpoint, true class green, adversarial class red, others gray. "
+             "Bottom: L2 distance of the estimate to the clean (dist2gt) and to the adversarial image (dist2adv).", "",
+             "| mode | steps | true class first on top at step | true class on top at the end | "
+             "dist2gt min (step) | dist2gt end | dist2adv end |", "|---|---|---|---|---|---|---|"]
+    for col, r in enumerate(traces):
+        top, bottom = axes[0][col], axes[1][col]
+        scores = r["scores"]
+        for c in range(len(scores[0])):
+            if c in (r["label"], r["adversarial_class"]):
+                continue
+            top.plot(r["steps"], [row[c] for row in scores], color="lightgray", lw=0.8)
+        top.plot(r["steps"], [row[r["adversarial_class"]] for row in scores], color="red", label="adversarial class")
+        top.plot(r["steps"], [row[r["label"]] for row in scores], color="green", label="true class")
+        top.set_title(f"{r['mode']}: class scores", fontsize=9)
+        top.set_xlabel("Adam steps")
+        top.set_ylabel("logit")
+        top.legend(fontsize=7)
+        bottom.plot(r["trajectory_steps"], r["to_clean"], label="dist2gt")
+        bottom.plot(r["trajectory_steps"], r["to_adv"], ls="--", label="dist2adv")
+        bottom.set_title(f"{r['mode']}: distances", fontsize=9)
+        bottom.set_xlabel("Adam steps")
+        bottom.set_ylabel("L2 distance")
+        bottom.legend(fontsize=7)
+        on_top = [row.index(max(row)) == r["label"] for row in scores]
+        first = next((st for st, ok in zip(r["steps"], on_top) if ok), None)
+        tc = r["to_clean"]
+        i_min = min(range(len(tc)), key=tc.__getitem__)
+        lines.append(f"| {r['mode']} | {r['steps'][-1]} | {'never' if first is None else first} | "
+                     f"{'yes' if on_top[-1] else 'no'} | {tc[i_min]:.3f} ({r['trajectory_steps'][i_min]}) | "
+                     f"{tc[-1]:.3f} | {r['to_adv'][-1]:.3f} |")
+    save_figure(fig, path)
+    return lines + ["", f"![one image's fit]({path.name})", ""]
+
+
+def _bpda_section(fig7: list[dict[str, Any]], path: Path) -> list[str]:
+    """Fig. 7: BPDA's adversarial and defended images, distances and accuracies per defense."""
+    r0 = fig7[0]
+    lines = ["## What BPDA produces (cf. Fig. 7)", "",
+             f"{r0['subset']}: PGD-{r0['attack']['steps']} (eps {r0['attack']['eps']:g}) through BPDA(defense) with "
+             "the identity backward, then the defense once more. Mean absolute pixel difference on the 0-255 scale "
+             "(± s.d. over images), and the classifier's accuracy on the adversarial and on the defended images.",
+             "", "| Defense | adv-to-clean | defended-to-adv | defended-to-clean | accuracy on adv (%) | "
+             "accuracy on defended (%) | images |", "|---|---|---|---|---|---|---|"]
+    for r in fig7:
+        cells = " | ".join(f"{r['mean_' + k]:.2f} ± {r['sd_' + k]:.2f}"
+                           for k in ("adv_to_clean", "defended_to_adv", "defended_to_clean"))
+        lines.append(f"| {r['label']} | {cells} | {100 * r['accuracy_adversarial']:.1f} ± "
+                     f"{100 * r['stderr_adversarial']:.1f} | {100 * r['accuracy_defended']:.1f} ± "
+                     f"{100 * r['stderr_defended']:.1f} | {r['n_images']} |")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    kinds = ("adv_to_clean", "defended_to_adv", "defended_to_clean")
+    width = 0.8 / len(fig7)
+    for i, r in enumerate(fig7):
+        left.bar([k + i * width for k in range(len(kinds))], [r["mean_" + k] for k in kinds], width,
+                 yerr=[r["sd_" + k] for k in kinds], capsize=2, label=r["label"])
+        right.bar([k + i * width for k in range(2)], [100 * r["accuracy_adversarial"], 100 * r["accuracy_defended"]],
+                  width, yerr=[100 * r["stderr_adversarial"], 100 * r["stderr_defended"]], capsize=2, label=r["label"])
+    left.set_xticks([k + 0.4 - width / 2 for k in range(len(kinds))], ["adv-clean", "defended-adv", "defended-clean"])
+    left.set_ylabel("mean |difference| (0-255)")
+    left.set_title("(a) distances", fontsize=9)
+    right.set_xticks([k + 0.4 - width / 2 for k in range(2)], ["adversarial", "defended"])
+    right.set_ylabel("accuracy (%)")
+    right.set_ylim(0, 100)
+    right.set_title("(b) top-1 accuracy", fontsize=9)
+    right.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle("After BPDA PGD through each defense (cf. Fig. 7)", fontsize=10)
+    save_figure(fig, path)
+    return lines + ["", f"![BPDA analysis]({path.name})", ""]
+
+
 def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | None = None,
                       records_added: int | None = None) -> Path:
     """``report.md``, ``ride_iterations.png`` and ``ride_trajectory.png`` from ``out_dir``'s store.
@@ -219,6 +322,15 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
                          f"{_attack_name(r['attack'])} | {_pct(r)} | {r['l1_255_estimate_to_clean']:.2f} | "
                          f"{r['seconds']:.0f} |")
         lines += ["", f"![parameters]({fig_params.name})", ""]
+    modes = recs(s.get("modes", []))
+    if modes:
+        lines += _modes_section(modes, s["subsets"]["validation"], out / "ride_modes.png")
+    traces = recs(s.get("traces", []))
+    if traces:
+        lines += _trace_section(traces, out / "ride_scores.png")
+    fig7 = recs(s.get("fig7", []))
+    if fig7:
+        lines += _bpda_section(fig7, out / "ride_bpda_analysis.png")
     if wall_seconds is not None:
         lines.append(f"This run: {wall_seconds:.0f} s, {records_added} new records.")
     path = out / "report.md"

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from advrepair.adaptive.bpda import BPDA  # noqa: E402
+from advrepair.attacks.pgd import PGD  # noqa: E402
 from advrepair.data import ImageDataset  # noqa: E402
 from advrepair.data.subsets import balanced_subset  # noqa: E402
 from advrepair.defenses.median import MedianFilter  # noqa: E402
@@ -47,16 +49,18 @@ def _subsample(values: torch.Tensor) -> tuple[list[int], list[float]]:
 
 
 def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str, Any], val: ImageDataset,
-           subset: str, device: torch.device) -> list[dict[str, Any]]:
-    """Fig. 5a: one record per (attack, K) with the accuracy after every checkpoint."""
+           subset: str, device: torch.device, runs: list[tuple[int, str]] | None = None) -> list[dict[str, Any]]:
+    """The stopping sweep (one record per (attack, K) with the accuracy after every
+    checkpoint), or with ``runs`` = [(K, mode), ...] Fig. 5a's comparison of the modes."""
     x: torch.Tensor | None = None
     y: torch.Tensor | None = None
     records: list[dict[str, Any]] = []
+    runs = runs if runs is not None else [(k, cfg.ride_mode) for k in cfg.sweep_iterations]
     for spec in cfg.attacks():
         desc = spec.describe(clf)
         adv = None
-        for k in cfg.sweep_iterations:
-            ride = cfg.ride(k, cfg.sweep_checkpoints)
+        for k, mode in runs:
+            ride = cfg.ride(k, cfg.sweep_checkpoints, mode=mode)
             key = record_key(kind="ride-sweep", dataset=val.name, subset=subset, n_images=len(val),
                              model_weights=weights_id(card), attack=desc, defense=ride.params())
             if store.has(key):
@@ -68,7 +72,7 @@ def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str,
             if adv is None:
                 assert x is not None and y is not None
                 adv = _craft(spec, clf, x, y, cfg.batch_size)
-            _log(f"sweep: RIDE K={k} x T={cfg.sweep_checkpoints} on {len(val)} {desc['name']} images")
+            _log(f"sweep: {mode} K={k} x T={cfg.sweep_checkpoints} on {len(val)} {desc['name']} images")
             t0 = time.perf_counter()
             result = ride.fit(adv, clean=x, trajectory=True)
             seconds = time.perf_counter() - t0
@@ -81,7 +85,7 @@ def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str,
             _, to_adv = _subsample(traj.to_adv.mean(1))
             record = {"kind": "ride-sweep", "key": key, "protocol": PROTOCOL, "dataset": val.name, "subset": subset,
                       "n_images": len(val), "model": cfg.classifier_name, "model_weights": weights_id(card),
-                      "attack": desc, "defense": {"label": "ride", **ride.params()}, "iterations": k,
+                      "attack": desc, "defense": {"label": "ride", **ride.params()}, "iterations": k, "mode": mode,
                       "steps": [k * t for t in range(cfg.sweep_checkpoints + 1)],
                       "accuracy": correct.float().mean(1).tolist(),
                       "stderr": [accuracy_of(c).stderr for c in correct],
@@ -93,6 +97,89 @@ def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str,
                                "to_adv": traj.to_adv.numpy()})
             records.append(store.require(key))
     return records
+
+
+def _traces(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str, Any], val: ImageDataset,
+            subset: str, device: torch.device) -> list[str]:
+    """Figs. 2d-e: one PGD image's fit in each of ``trace_modes``, with the classifier's scores
+    (logits) at ``trace_checkpoints`` points and the per-step L2 distances to the clean and the
+    adversarial image (the sweep's total steps, spread over more checkpoints; DIP and DAE do not
+    interpolate, so their checkpoints only decide where the scores are read)."""
+    spec = cfg.attacks()[1]
+    desc = spec.describe(clf)
+    total = max(cfg.sweep_iterations) * cfg.sweep_checkpoints
+    per = max(1, total // cfg.trace_checkpoints)
+    x, y = val.tensors(range(1))
+    x, y = x.to(device), y.to(device)
+    keys, adv = [], None
+    for mode in cfg.trace_modes:
+        ride = cfg.ride(per, cfg.trace_checkpoints, mode=mode)
+        key = record_key(kind="ride-trace", dataset=val.name, subset=subset, image=0, model_weights=weights_id(card),
+                         attack=desc, defense=ride.params())
+        keys.append(key)
+        if store.has(key):
+            continue
+        if adv is None:
+            adv = _craft(spec, clf, x, y, cfg.batch_size)
+        _log(f"Fig. 2d-e: {mode}, {per} x {cfg.trace_checkpoints} steps on one {desc['name']} image")
+        result = ride.fit(adv, clean=x, trajectory=True)
+        with torch.no_grad():
+            scores = torch.cat([clf(adv)] + [clf(est) for est in result.checkpoints]).cpu()
+            adv_class = int(clf(adv).argmax(1)[0])
+        traj = result.trajectory
+        assert traj is not None and traj.to_clean is not None
+        t_steps, to_clean = _subsample(traj.to_clean[:, 0])
+        _, to_adv = _subsample(traj.to_adv[:, 0])
+        store.add({"kind": "ride-trace", "key": key, "protocol": PROTOCOL, "mode": mode, "attack": desc,
+                   "defense": {"label": mode, **ride.params()}, "label": int(y[0]), "adversarial_class": adv_class,
+                   "steps": [per * t for t in range(cfg.trace_checkpoints + 1)], "scores": scores.tolist(),
+                   "trajectory_steps": t_steps, "to_clean": to_clean, "to_adv": to_adv,
+                   "clean_to_adv": float((adv - x).norm())}, {"scores": scores.numpy()})
+    return keys
+
+
+def _bpda_distances(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str, Any],
+                    images: ImageDataset, subset: str, device: torch.device, defenses: dict[str, nn.Module]
+                    ) -> list[str]:
+    """Fig. 7: PGD through BPDA(defense) on each defense, then the paper's L1 distances (0-255
+    scale) adversarial-to-clean, defended-to-adversarial and defended-to-clean, and the
+    classifier's accuracy on the adversarial and on the defended images."""
+    x, y = _all(images)
+    x, y = x.to(device), y.to(device)
+    keys = []
+    for label, defense in defenses.items():
+        attack = PGD(nn.Sequential(BPDA(defense), clf), eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps,
+                     seed=cfg.seed)
+        defense_params = defense.params() if hasattr(defense, "params") else {"name": label}
+        key = record_key(kind="ride-bpda-distances", dataset=images.name, subset=subset, n_images=len(images),
+                         model_weights=weights_id(card), attack=attack.params(), defense=defense_params)
+        keys.append(key)
+        if store.has(key):
+            continue
+        _log(f"Fig. 7: BPDA PGD-{cfg.attack_steps} through {label} on {len(images)} images")
+        t0 = time.perf_counter()
+        adv = torch.cat([attack(x[i:i + cfg.batch_size], y[i:i + cfg.batch_size])
+                         for i in range(0, len(x), cfg.batch_size)])
+        with torch.no_grad():
+            defended = torch.cat([defense(adv[i:i + cfg.batch_size]) for i in range(0, len(adv), cfg.batch_size)])
+            adv_ok, def_ok = (clf(adv).argmax(1) == y).cpu(), (clf(defended).argmax(1) == y).cpu()
+
+        def per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return (255 * (a - b).abs().flatten(1).mean(1)).cpu()
+
+        distances = {"adv_to_clean": per_image(adv, x), "defended_to_adv": per_image(defended, adv),
+                     "defended_to_clean": per_image(defended, x)}
+        acc_adv, acc_def = accuracy_of(adv_ok), accuracy_of(def_ok)
+        store.add({"kind": "ride-bpda-distances", "key": key, "protocol": PROTOCOL, "label": label,
+                   "attack": attack.params(), "defense": {"label": label, **defense_params}, "n_images": len(images),
+                   "subset": subset, **{f"mean_{k}": float(v.mean()) for k, v in distances.items()},
+                   **{f"sd_{k}": float(v.std()) for k, v in distances.items()},
+                   "accuracy_adversarial": acc_adv.value, "stderr_adversarial": acc_adv.stderr,
+                   "accuracy_defended": acc_def.value, "stderr_defended": acc_def.stderr,
+                   "seconds": time.perf_counter() - t0},
+                  {**{k: v.numpy() for k, v in distances.items()}, "correct_adversarial": adv_ok.numpy(),
+                   "correct_defended": def_ok.numpy()})
+    return keys
 
 
 def l1_255(estimate: torch.Tensor, adv: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
@@ -223,10 +310,18 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
 
     baselines = _baseline_sweep(cfg, store, clf, card, evaluation, eval_desc, device)
     params = _param_sweep(cfg, store, clf, card, val, val_desc, device, k_star, t_star)
+    modes = _sweep(cfg, store, clf, card, val, val_desc, device,
+                   runs=[(max(cfg.sweep_iterations), m) for m in cfg.compare_modes])
+    traces = _traces(cfg, store, clf, card, val, val_desc, device)
+    analysis = balanced_subset(whitebox, min(cfg.bpda_analysis_images, len(whitebox)), seed=cfg.seed)
+    fig7 = _bpda_distances(cfg, store, clf, card, analysis,
+                           f"ride BPDA analysis: balanced {len(analysis)} of the white-box images (seed {cfg.seed})",
+                           device, defenses)
     summary_key = record_key(kind="ride-summary", sweep=[r["key"] for r in sweep], gray=[r["key"] for r in gray],
                              white=[r["key"] for r in white], stop=[k_star, t_star],
                              baselines=[r["key"] for r in baselines],
-                             params=[[r["param"], r["value"], r["key"]] for r in params])
+                             params=[[r["param"], r["value"], r["key"]] for r in params],
+                             modes=[r["key"] for r in modes], traces=traces, fig7=fig7)
     if not store.has(summary_key):
         store.add({"kind": "ride-summary", "key": summary_key, "protocol": PROTOCOL, "model": cfg.classifier_name,
                    "model_weights": weights_id(card), "classifier_recipe": card.get("recipe"),
@@ -237,6 +332,7 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
                    "white": [r["key"] for r in white],
                    "baselines": [[r["sweep_label"], r["key"]] for r in baselines],
                    "params": [[r["param"], r["value"], r["key"]] for r in params],
+                   "modes": [r["key"] for r in modes], "traces": traces, "fig7": fig7,
                    "subsets": {"validation": val_desc, "gray": eval_desc,
                                                                    "white": wb_desc},
                    "run_seconds": time.perf_counter() - start})
