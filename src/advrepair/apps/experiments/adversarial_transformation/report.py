@@ -108,6 +108,13 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
              f"{s['deployed']['defense']['delta']:g}, N = {s['deployed']['defense']['steps']} LL-PGD steps of "
              f"{s['deployed']['defense']['step_size']:.4g}, seeded random start; f_b = small VGG "
              f"({cfg['fb_for_g']}); f_a = SmallCNN trained on g(x). Accuracy in % ± binomial standard error.\n"]
+    parts.append(f"Made by `advrepair experiment xiao2020 --n-images {n} --eps {cfg['eps']:g} --attack-steps "
+                 f"{cfg['attack_steps']} --delta {cfg['delta']:g} --g-steps {cfg['g_steps']} --bpda-steps "
+                 f"{','.join(str(k) for k in cfg['bpda_steps'])} --eot-draws {','.join(str(k) for k in cfg['eot_draws'])}"
+                 f" --deltas {','.join(f'{d:g}' for d in cfg['deltas'])} --square-queries {cfg['square_queries']} "
+                 f"--spsa-steps {cfg['spsa_steps']} --spsa-samples {cfg['spsa_samples']}"
+                 + ("" if cfg["sweep_random_start"] else " --paper-fig5") + ("" if cfg.get("zoo", True) else " --no-zoo")
+                 + "` (the full configuration is in results.json's xiao-summary record).\n")
     dc = s.get("deployed_card")
     if s.get("zoo") and dc:
         secs = (dc.get("provenance") or {}).get("training_seconds")

@@ -187,6 +187,8 @@ def write_multitask_report(cfg: MultiTaskConfig, store: ResultsStore,
     total = sum(r["seconds"] for r in index.values()) + sum(s.get("seconds", 0.0) for s in summaries)
     parts = [
         "# Multi-task self-supervised repair: ablation on Fashion-MNIST (lawhon, issue 5)\n",
+        f"Made by `advrepair experiment multitask --n-images {n} --eps {cfg.eps:g} --adaptive-images "
+        f"{cfg.adaptive_images if cfg.adaptive is not None else 0}` (the configuration's defaults otherwise).\n",
         f"n = {n} class-balanced Fashion-MNIST test images ({subset_label(n, cfg.seed)}); binomial standard "
         f"error <= {100 * math.sqrt(0.25 / n):.2f} points at any accuracy.",
         f"Attack: L-inf PGD-{cfg.pgd_steps}, eps = {cfg.eps:g}, alpha = {cfg.pgd_alpha:g}, random start, crafted on "
