@@ -199,7 +199,8 @@ def write_multitask_report(cfg: MultiTaskConfig, store: ResultsStore,
         "the row name in the order (contrastive C, rotation R, inpainting I).",
         ("Classifiers and heads: the zoo's (ZOO.md: `fmnist-cnn-standard`, `fmnist-cnn-pgd` and their "
          "`-contrastive`, `-rotation`, `-inpainting` heads, each trained on the full training split)"
-         + (f"; heads the zoo lacks trained in `{cfg.models_dir}` with {cfg.ssl.to_dict()}.\n" if cfg.zoo else ".\n"))
+         + (f"; heads the zoo lacks trained in `{cfg.models_dir}` with {cfg.ssl.to_dict()}.\n"
+            if any("zoo_name" not in (c.get("parent") or {}) for m in cards.values() for c in m.values()) else ".\n"))
         if cfg.zoo else
         f"Classifiers and heads: `{cfg.models_dir}` (the demo's recipes unless configured otherwise); heads "
         f"trained with {cfg.ssl.to_dict()}.\n",
