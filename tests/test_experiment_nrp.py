@@ -30,7 +30,7 @@ def _tiny(root: Path, data: Path, **overrides) -> NRPConfig:
                 critic_config={"width": 4, "blocks": 2},
                 purifier_recipe=PurifierRecipe(epochs=1, batch_size=16, lr=1e-3, train_subset=64),
                 adaptive=AdaptiveConfig(eps=0.1, steps=2, eot_draws=2, unroll_steps=1, lambdas=(), square_queries=2),
-                adaptive_images=6, batch_size=10, progress=False, zoo=False)
+                adaptive_images=6, batch_size=10, progress=False, zoo=False, paper_ablations=False)
     base.update(overrides)
     return NRPConfig(**base)
 
@@ -233,3 +233,30 @@ def test_the_default_models_are_the_zoos():
         assert zoo.entry(name).kind is zoo.ZooKind.CLASSIFIER and zoo.entry(name).eps is None
     # the source the purifier learns from is a VGG as the experiment's own, never the target
     assert zoo.entry(ZOO_MODELS[SOURCE_VGG]).arch == "small-vgg" and zoo.entry(ZOO_MODELS[SOURCE_CNN]).seed == 1
+
+
+def test_paper_ablations_figs_3_to_5_and_table_3(tmp_path):
+    torch.set_num_threads(1)
+    data = write_fashion_mnist(tmp_path / "fmnist", n_train=200, n_test=60)
+    cfg = _tiny(tmp_path, data, paper_ablations=True, n_images=10, adaptive=None, fig3_steps=(1, 2),
+                fig4_layers=("body.3", "body.8"), table1_attacks=("fgsm", "dim-ti"), table5_attacks=("fgsm",),
+                defenses=("nrp",))
+    text = run_nrp_experiment(cfg).read_text()
+    records = _records(cfg)
+    fig3 = [r for r in records if r.get("kind") == "nrp-fig3"]
+    assert [(r["attack"]["name"], r["steps"]) for r in fig3] == [("bim", 1), ("bim", 2), ("mifgsm", 1), ("mifgsm", 2)]
+    assert all(r["feature_distortion"] > 0 and r["n_images"] == 10 for r in fig3)
+    ssp = [r for r in records if r.get("attack", {}).get("attack", {}).get("name") == "ssp"]
+    assert {r["attack"]["attack"]["layer"] for r in ssp} >= {"body.3", "body.8"}
+    labels = {(r.get("defense") or {}).get("label") for r in records if "kind" not in r and "protocol" not in r}
+    assert {"nrp-no-feature-loss", "nrp-no-pixel-loss", "nrp-no-critic"} <= labels
+    for stem in ("purifier-no-feature-loss", "purifier-no-pixel-loss", "purifier-no-critic", "local-purifier"):
+        card = read_card(cfg.models_dir / PURIFIER_DIR / stem)
+        assert card.parent["feature_model_sha256"] == read_card(cfg.models_dir / SOURCE_VGG / "classifier").weights_sha256
+    assert read_card(cfg.models_dir / PURIFIER_DIR / "purifier-no-critic").recipe["alpha"] == 0.0
+    assert read_card(cfg.models_dir / PURIFIER_DIR / "local-purifier").seed == cfg.seed + 1
+    through = [r for r in records if "local-purifier" in str(r.get("attack", {}).get("source", ""))]
+    assert through and all(r["attack"]["attack"]["name"] == "tifgsm" for r in through)
+    for heading in ("Fig. 3 shape", "Fig. 4 shape", "Fig. 5 shape", "Table 3 shape", "Cross-task results"):
+        assert heading in text
+    assert (cfg.out / "nrp_fig3_iterations.png").stat().st_size > 1000

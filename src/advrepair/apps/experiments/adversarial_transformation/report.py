@@ -183,7 +183,7 @@ def write_xiao_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
                          f"{p['f_a']['forward']} | {p['f_a']['backward']} | {fb['forward']} | {fb['backward']} "
                          f"| {per_img} |")
         fbp = c.get("f_b_pretraining") or {}
-        used = next((v for v in cfg["fb_variants"] if v["name"] == cfg["fb_for_g"]), {})
+        used: dict[str, Any] = next((v for v in cfg["fb_variants"] if v["name"] == cfg["fb_for_g"]), {})
         if not fbp and s.get("zoo") and used.get("zoo_name"):  # a zoo f_b: its card's training time
             fbp = {"seconds": (zoo.card(used["zoo_name"]).parent.get("provenance") or {}).get("training_seconds", 0.0)}
         parts.append(f"\nRatio of seconds (g / PGD-AT): **{tr['seconds'] / max(at['seconds'], 1e-9):.2f}**. "

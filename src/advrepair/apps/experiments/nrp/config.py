@@ -125,6 +125,10 @@ class NRPConfig(RunConfig):
     adaptive_images: int = 100
     adaptive_defenses: tuple[str, ...] = ("nrp", "nrp-dynamic")
     zoo: bool = True
+    #: issue 17's parts of the paper: Figs. 3-5 and Table 3 (see ``nrp.ablations``)
+    paper_ablations: bool = True
+    fig3_steps: tuple[int, ...] = (1, 2, 5, 10, 20)
+    fig4_layers: tuple[str, ...] = ("body.1", "body.3", "body.6", "body.8", "body.11", "body.13")
 
     def __post_init__(self) -> None:
         self.check_run_fields()

@@ -147,11 +147,12 @@ def purifier_metrics(purifier: Purifier, feature_model: nn.Module, layer: str, d
 
 
 def ensure_purifier(cfg: NRPConfig, feature_model: nn.Module, feature_card: ModelCard, train: ImageDataset,
-                    test: ImageDataset, device: torch.device) -> tuple[Purifier, ModelCard]:
+                    test: ImageDataset, device: torch.device, stem_name: str = PURIFIER_STEM
+                    ) -> tuple[Purifier, ModelCard]:
     """Load ``models_dir/nrp-purifier/purifier`` if its card records the same P and C
     configs, recipe, seed, extractor SHA-256 and layer; else train it by Algorithm 2
     (``training.purifier.train_purifier``), measure it on 200 balanced test images and save it."""
-    stem = cfg.models_dir / PURIFIER_DIR / PURIFIER_STEM
+    stem = cfg.models_dir / PURIFIER_DIR / stem_name
     c, h, w = train.image_shape
     wanted = _purifier_wanted(cfg, feature_card, c, min(h, w))
     if checkpoint_paths(stem)[0].exists():

@@ -12,6 +12,7 @@ from advrepair.evaluation.metrics import Accuracy, paired_difference
 from advrepair.evaluation.store import ResultsStore
 from advrepair.evaluation.worst_case import worst_case_correct as evaluation_worst_case  # noqa: E402
 from advrepair.models.checkpoint import ModelCard
+from advrepair.report.figures import save_figure
 from advrepair.report.tables import accuracy_cell, adaptive_table
 
 import matplotlib
@@ -268,7 +269,7 @@ def write_nrp_report(cfg: NRPConfig, store: ResultsStore,
                      table1: dict[tuple[str, str], dict[str | None, dict[str, Any]]],
                      table5: dict[tuple[str, str, str], dict[str, Any]], summaries: list[dict[str, Any]],
                      cards: dict[str, ModelCard], purifier_card: ModelCard | None, phases: dict[str, float],
-                     seconds: float, figures: bool = True) -> Path:
+                     seconds: float, figures: bool = True, ablations: dict[str, Any] | None = None) -> Path:
     """``cfg.out/report.md`` plus ``table1.md``, ``table5.md`` and (with ``figures``) the PNG
     figures, from stored records."""
     out = Path(cfg.out)
@@ -318,6 +319,9 @@ def write_nrp_report(cfg: NRPConfig, store: ResultsStore,
         for s in summaries:
             rows = {name: [rec for k in keys if (rec := store.get(k)) is not None] for name, keys in s["rows"].items()}
             parts.append(adaptive_table(s, {k: v for k, v in rows.items() if v}))
+    if ablations:
+        parts += ablation_sections(store, ablations, out, pngs)
+    parts += [CROSS_TASK]
     parts += ["## Deviations from naseer2020\n", DEVIATIONS.format(
                   eps=cfg.eps, k=cfg.ti_kernel, epochs=recipe.epochs, subset=recipe.train_subset or "all",
                   lr=recipe.lr, clr=recipe.critic_lr, bs=recipe.batch_size, alpha=recipe.alpha, gamma=recipe.gamma,
@@ -332,3 +336,92 @@ def write_nrp_report(cfg: NRPConfig, store: ResultsStore,
     path.write_text("\n".join(parts))
     return path
 
+
+
+CROSS_TASK = """## Cross-task results (detection, segmentation): not run
+
+naseer2020 also shows NRP in front of object detectors and segmenters (Mask R-CNN / RetinaNet on
+MS-COCO, DeepLab on PASCAL VOC) against SSP and DIM transfers. Nothing here can say anything about
+that: it needs a detection or segmentation dataset read from a user's folder (COCO / VOC loaders),
+task models trained by our own code on it (a detector is hours of GPU training; nothing may be
+downloaded), the task metrics (mAP, mIoU) and attacks whose loss is the task's. The purifier itself is
+task-agnostic (``NRPDefense`` maps images to images), so the missing parts are data, models and
+metrics, not the defense.
+"""
+
+
+def ablation_sections(store: ResultsStore, ablations: dict[str, Any], out: Path, pngs: list[Path]) -> list[str]:
+    """Figs. 3-5 and Table 3 from the records ``nrp.ablations`` wrote."""
+    parts: list[str] = []
+    fig3 = [r for k in ablations.get("fig3", []) if (r := store.get(k)) is not None]
+    if fig3:
+        parts += ["## Fig. 3 shape: transfer and feature distortion against iterations\n",
+                  f"I-FGSM and MI-FGSM (step eps / iterations) crafted on {fig3[0]['source']}, scored on the target "
+                  f"(no defense); distortion = mean {fig3[0]['layer']} feature distance d(F(x), F(x_adv)) on the "
+                  "purifier's feature network. Paper: I-FGSM's distortion and transfer fall with more iterations, "
+                  "MI-FGSM's do not.\n",
+                  "| Attack | iterations | target accuracy (%) | feature distortion ± s.e. | images |",
+                  "|---|---|---|---|---|"]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for kind in dict.fromkeys(r["attack"]["name"] for r in fig3):
+            rows = [r for r in fig3 if r["attack"]["name"] == kind]
+            for r in rows:
+                parts.append(f"| {kind} | {r['steps']} | {100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f} | "
+                             f"{r['feature_distortion']:.4f} ± {r['feature_distortion_se']:.4f} | {r['n_images']} |")
+            left.plot([r["steps"] for r in rows], [100 - 100 * r["accuracy"] for r in rows], marker="o", label=kind)
+            right.plot([r["steps"] for r in rows], [r["feature_distortion"] for r in rows], marker="o", label=kind)
+        left.set_ylabel("target error rate (%)")
+        right.set_ylabel("mean feature distortion")
+        for ax in (left, right):
+            ax.set_xscale("log")
+            ax.set_xlabel("iterations")
+            ax.legend(fontsize=8)
+        fig.suptitle("Transfer and feature distortion against iterations (cf. Fig. 3)", fontsize=10)
+        pngs.append(save_figure(fig, out / "nrp_fig3_iterations.png"))
+        parts.append("")
+    fig4 = [r for k in ablations.get("fig4", []) if (r := store.get(k)) is not None]
+    if fig4:
+        parts += ["## Fig. 4 shape: SSP at each layer of the VGG source\n",
+                  "SSP (MAE, the attack steps and eps of Table 5) at one layer at a time, scored on the target "
+                  "(no defense). Lower accuracy = more transferable.\n",
+                  "| layer | target accuracy (%) | images |", "|---|---|---|"]
+        for r in fig4:
+            parts.append(f"| {r['attack']['attack']['layer']} | {100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f} "
+                         f"| {r['n_images']} |")
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        ax.errorbar([r["attack"]["attack"]["layer"] for r in fig4], [100 - 100 * r["accuracy"] for r in fig4],
+                    yerr=[100 * r["stderr"] for r in fig4], marker="o", capsize=3)
+        ax.set_xlabel("SSP layer of the VGG source")
+        ax.set_ylabel("target error rate (%)")
+        ax.set_title("SSP's transfer by layer (cf. Fig. 4)", fontsize=10)
+        pngs.append(save_figure(fig, out / "nrp_fig4_layers.png"))
+        parts.append("")
+    fig5 = ablations.get("fig5", [])
+    if fig5:
+        labels = list(fig5[0]["cells"])
+        parts += ["## Fig. 5 shape: the purifier without each loss\n",
+                  "Purifiers trained like NRP with one Eq. 8 weight set to zero (lambda: feature loss, gamma: pixel "
+                  f"loss, alpha: the critic), in front of the target; DIM-TI from {fig5[0]['source']}. Paper: "
+                  "without the feature loss NRP performs poorly; without the pixel loss slightly worse.\n",
+                  "| Purifier | " + " | ".join(f"{row['attack']} (%)" for row in fig5) + " |",
+                  "|---|" + "---|" * len(fig5)]
+        for label in labels:
+            cells = [store.get(row["cells"][label]) for row in fig5]
+            parts.append(f"| {label} | " + " | ".join(
+                f"{100 * c['accuracy']:.1f} ± {100 * c['stderr']:.1f}" if c else "-" for c in cells) + " |")
+        parts.append("")
+    table3 = ablations.get("table3", [])
+    if table3:
+        parts += ["## Table 3 shape: an attacker with its own purifier\n",
+                  "The attacker trains a purifier the same way (same data, recipe and feature network, another "
+                  "seed) and crafts DIM-TI through it on each source (exact gradients: the local purifier is "
+                  "differentiable), then transfers to the target behind NRP. Target accuracy (%).\n",
+                  "| Source | DIM-TI crafted | target alone | target + NRP | images |", "|---|---|---|---|---|"]
+        for row in table3:
+            none, nrp = store.get(row["none"]), store.get(row["nrp"])
+            if none and nrp:
+                parts.append(f"| {row['source']} | {row['kind']} | {100 * none['accuracy']:.1f} ± "
+                             f"{100 * none['stderr']:.1f} | {100 * nrp['accuracy']:.1f} ± {100 * nrp['stderr']:.1f} | "
+                             f"{nrp['n_images']} |")
+        parts.append("")
+    return parts

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 from advrepair.apps.experiments.nrp.config import (ENSEMBLE, NRPConfig, SOURCE_CNN, SOURCE_VGG, TARGET, ZOO_MODELS, _log,
                                                    attack_params)
+from advrepair.apps.experiments.nrp.ablations import AblationContext, run_ablations
 from advrepair.apps.experiments.nrp.models import (LogitEnsemble, _Source, _ensure_source, build_defenses, ensure_purifier,
                                                    zoo_model)
 from advrepair.apps.experiments.nrp.report import table1_markdown, table5_markdown, write_nrp_report
@@ -139,8 +140,17 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
                 target_dut, cfg.adaptive, store, batch_size=min(cfg.batch_size, 100), device=device,
                 subset=f"balanced {len(adaptive_subset)} of {subset_name}", progress=cfg.progress))
         phases["adaptive protocol"] = time.perf_counter() - t0
+    ablations: dict[str, Any] | None = None
+    if cfg.paper_ablations and purifier is not None and purifier_card is not None and "nrp" in defenses:
+        t0 = time.perf_counter()
+        ablations = run_ablations(AblationContext(
+            cfg, store, subset, subset_name, device, target, target_card, feature_model, feature_card, sources,
+            purifier_card, defenses["nrp"],
+            lambda variant, stem: ensure_purifier(variant, feature_model, feature_card, train, test, device, stem),
+            evaluate, spec))
+        phases["Figs. 3-5 and Table 3"] = time.perf_counter() - t0
     report = write_nrp_report(cfg, store, table1, table5, summaries, cards, purifier_card, phases,
-                              time.perf_counter() - start)
+                              time.perf_counter() - start, ablations=ablations)
     _log(table1_markdown(cfg, store, table1))
     _log(table5_markdown(cfg, table5))
     _log(f"report: {report} ({time.perf_counter() - start:.0f} s)")

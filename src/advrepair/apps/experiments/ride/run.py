@@ -150,7 +150,8 @@ def _bpda_distances(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: 
     for label, defense in defenses.items():
         attack = PGD(nn.Sequential(BPDA(defense), clf), eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps,
                      seed=cfg.seed)
-        defense_params = defense.params() if hasattr(defense, "params") else {"name": label}
+        params_of = getattr(defense, "params", None)
+        defense_params = params_of() if callable(params_of) else {"name": label}
         key = record_key(kind="ride-bpda-distances", dataset=images.name, subset=subset, n_images=len(images),
                          model_weights=weights_id(card), attack=attack.params(), defense=defense_params)
         keys.append(key)
