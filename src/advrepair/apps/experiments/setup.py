@@ -47,6 +47,17 @@ def experiment_classifier(name: str, models_dir: Path, train: ImageDataset, test
                              eval_eps=eval_eps, device=device, progress=progress)
 
 
+def frozen_zoo_model(name: str, device: torch.device) -> tuple[torch.nn.Module, ModelCard]:
+    """A shipped zoo classifier in eval mode with frozen weights: experiments score and attack
+    the zoo's models, they never train them."""
+    model, card = zoo.load(name, device)
+    assert isinstance(model, torch.nn.Module)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tqdm.write(f"zoo: {name} ({card.weights_sha256[:12]})")
+    return model.eval(), card
+
+
 @dataclass
 class RunConfig:
     """The fields every experiment shares; each experiment's config extends it and sets its

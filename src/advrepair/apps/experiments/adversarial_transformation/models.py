@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from advrepair import zoo  # noqa: E402
+from advrepair.apps.experiments.setup import frozen_zoo_model  # noqa: E402
 from advrepair.data import ImageDataset  # noqa: E402
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation  # noqa: E402
 from advrepair.errors import InputError  # noqa: E402
@@ -232,12 +232,7 @@ def _ensure_defended_pair(run: _Run, g: AdversarialTransformation, fb_card: Mode
 
 def zoo_classifier(run: _Run, name: str) -> tuple[nn.Module, ModelCard]:
     """A shipped zoo classifier, frozen (f_b and the baselines are never trained here)."""
-    model, card = zoo.load(name, run.device)
-    assert isinstance(model, nn.Module)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    _log(f"zoo: {name}")
-    return model, card
+    return frozen_zoo_model(name, run.device)
 
 
 def _ensure_fa_for_delta(run: _Run, g: AdversarialTransformation, fb_card: ModelCard, stem_name: str | None = None,

@@ -20,7 +20,6 @@ from advrepair.defenses.total_variation import TotalVariation
 from advrepair.errors import InputError
 from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
 from advrepair.models.purifier import Critic, Purifier
-from advrepair import zoo
 from advrepair.apps.pipeline import ensure_classifier
 from advrepair.training import ClassifierRecipe
 from advrepair.training.purifier import PurifierRecipe, pixel_loss, train_purifier
@@ -87,16 +86,6 @@ def build_defenses(cfg: NRPConfig, purifier: Purifier | None, purifier_card: Mod
 
 
 # ----------------------------------------------------------------------------- models
-
-def zoo_model(name: str, device: torch.device) -> tuple[nn.Module, ModelCard]:
-    """A zoo classifier, frozen (the experiment never trains the target or the sources)."""
-    model, card = zoo.load(name, device)
-    assert isinstance(model, nn.Module)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    _log(f"zoo: {name} ({card.weights_sha256[:12]})")
-    return model.eval(), card
-
 
 def _ensure_source(cfg: NRPConfig, folder: str, arch: str, arch_config: dict[str, Any], recipe: ClassifierRecipe,
                    seed: int, train: ImageDataset, test: ImageDataset, device: torch.device) -> tuple[nn.Module, ModelCard]:

@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 from advrepair.apps.experiments.nrp.config import (ENSEMBLE, NRPConfig, SOURCE_CNN, SOURCE_VGG, TARGET, ZOO_MODELS, _log,
                                                    attack_params)
 from advrepair.apps.experiments.nrp.ablations import AblationContext, run_ablations
-from advrepair.apps.experiments.nrp.models import (LogitEnsemble, _Source, _ensure_source, build_defenses, ensure_purifier,
-                                                   zoo_model)
+from advrepair.apps.experiments.nrp.models import LogitEnsemble, _Source, _ensure_source, build_defenses, ensure_purifier
+from advrepair.apps.experiments.setup import frozen_zoo_model as zoo_model
 from advrepair.apps.experiments.nrp.report import table1_markdown, table5_markdown, write_nrp_report
 from advrepair.apps.experiments.nrp.config import _source_name_sha
 from advrepair.data import subset_label
