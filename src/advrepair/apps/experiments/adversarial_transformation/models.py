@@ -235,7 +235,7 @@ def zoo_classifier(run: _Run, name: str) -> tuple[nn.Module, ModelCard]:
     return frozen_zoo_model(name, run.device)
 
 
-def _ensure_fa_for_delta(run: _Run, g: AdversarialTransformation, fb_card: ModelCard, stem_name: str | None = None,
+def _ensure_ablation_fa(run: _Run, g: AdversarialTransformation, fb_card: ModelCard, stem_name: str | None = None,
                          why: str = "Fig. 6") -> tuple[nn.Module, ModelCard]:
     """An ablation f_a trained on ``g`` (another Delta for Fig. 6, another f_b for Table 1,
     a small N for App. A.3) with ``fa_recipe`` and the run's seed."""

@@ -35,7 +35,7 @@ from advrepair.apps.experiments.adversarial_transformation.config import (DEPLOY
                                                                           ZOO_INDEPENDENT, ZOO_NO_DEFENSE, ZOO_PGD_AT,
                                                                           XiaoConfig)
 from advrepair.apps.experiments.adversarial_transformation.models import (_Run, _ensure_defended_pair, _ensure_f_b,
-                                                                          _ensure_fa_for_delta, _ensure_imitator,
+                                                                          _ensure_ablation_fa, _ensure_imitator,
                                                                           _ensure_independent, _log, _transform,
                                                                           transformation_statistics, zoo_classifier)
 from advrepair.apps.experiments.adversarial_transformation.report import write_xiao_report
@@ -202,7 +202,7 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
                             "BPDA-I + f_a from E[g(x)] (Sec. 4.3), projected onto the eps-ball", d, False,
                             {"gradient_of_g": "identity (BPDA-I)", "eg_samples": cfg.eg_samples})
     g_small = _transform(f_b, cfg.delta, cfg.small_n, cfg.seed)
-    fa_n, fa_n_card = _ensure_fa_for_delta(run, g_small, fb_card, f"fa-xiao-N{cfg.small_n}", "App. A.3")
+    fa_n, fa_n_card = _ensure_ablation_fa(run, g_small, fb_card, f"fa-xiao-N{cfg.small_n}", "App. A.3")
     small_source = nn.Sequential(BPDA(g_small, g_small.bpda_surrogate("tanh", cfg.surrogate_temperature)), fa_n).eval()
     small_name = f"BPDA(tanh) through f_a(g(x)) with N = {cfg.small_n} (another f_a, {_recipe_line(cfg)})"
     rows["transfer-small-n"] = _row(
@@ -267,7 +267,7 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
             model_d, g_d, label = small, g, DEPLOYED
         else:
             g_d = _transform(f_b, delta, cfg.g_steps, cfg.seed)
-            fa_d, card_d = _ensure_fa_for_delta(run, g_d, fb_card)
+            fa_d, card_d = _ensure_ablation_fa(run, g_d, fb_card)
             model_d, label = _Model(f"fa-xiao-delta{delta:g}", fa_d, card_d), f"{DEPLOYED}-delta{delta:g}"
         clean_row = _row(run, "clean", model_d, None, "-", {label: g_d}, True)
         wt = _row(run, "white-box-transfer", model_d, _pgd(cfg, model_d.clf), "f_a alone (WT, Sec. 4.2)",
@@ -287,7 +287,7 @@ def run_xiao_experiment(cfg: XiaoConfig) -> Path:
         if v.name == cfg.fb_for_g:
             model_v = small
         else:
-            fa_v, fa_v_card = _ensure_fa_for_delta(run, g_v, card_v, f"fa-xiao-fb-{v.name}", "Table 1")
+            fa_v, fa_v_card = _ensure_ablation_fa(run, g_v, card_v, f"fa-xiao-fb-{v.name}", "Table 1")
             model_v = _Model(f"fa-xiao-fb-{v.name}", fa_v, fa_v_card)
         label_v = f"{DEPLOYED}-fb-{v.name}"
         clean_v = _row(run, "clean", model_v, None, "-", {label_v: g_v}, False)[label_v]
