@@ -224,7 +224,7 @@ def test_run_rejects_a_non_config():
 
 def test_the_default_models_are_the_zoos():
     from advrepair import zoo
-    from advrepair.apps.experiments.nrp.config import ZOO_MODELS
+    from advrepair.apps.experiments.nrp.config import ZOO_MODELS, ZOO_PURIFIER
 
     assert NRPConfig().zoo
     assert ZOO_MODELS == {TARGET: "fmnist-cnn-standard", SOURCE_VGG: "fmnist-vgg16-standard",
@@ -233,6 +233,15 @@ def test_the_default_models_are_the_zoos():
         assert zoo.entry(name).kind is zoo.ZooKind.CLASSIFIER and zoo.entry(name).eps is None
     # the source the purifier learns from is a VGG as the experiment's own, never the target
     assert zoo.entry(ZOO_MODELS[SOURCE_VGG]).arch == "small-vgg" and zoo.entry(ZOO_MODELS[SOURCE_CNN]).seed == 1
+    # the purifier too: trained on the VGG at the layer, budget and distance the defaults pin
+    purifier = zoo.entry(ZOO_PURIFIER)
+    assert purifier.kind is zoo.ZooKind.PURIFIER and purifier.parent == ZOO_MODELS[SOURCE_VGG]
+    assert purifier.recipe.train_subset is None  # the whole training split
+    with pytest.raises(InputError, match="zoo's purifier .* feature_layer 'body.6'"):
+        NRPConfig(feature_layer="body.6")
+    with pytest.raises(InputError, match="eps 0.05"):
+        NRPConfig(eps=0.05)
+    assert NRPConfig(eps=0.05, defenses=("jpeg",), adaptive=None).zoo  # no NRP defense: nothing to refuse
 
 
 def test_paper_ablations_figs_3_to_5_and_table_3(tmp_path):

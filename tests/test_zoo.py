@@ -13,6 +13,7 @@ from advrepair.apps.cli import main
 from advrepair.defenses import ReverseAttack
 from advrepair.errors import CheckpointError, InputError
 from advrepair.models import Classifier
+from advrepair.models.purifier import Purifier
 from advrepair.ssl import ContrastiveTask
 from advrepair.training import SSLRecipe, train_ssl_task
 from advrepair.training.loops import flip_and_shift
@@ -40,7 +41,8 @@ def test_every_shipped_entry_loads_and_its_card_says_how_it_was_made_and_measure
     if entry.kind is zoo.ZooKind.NEGATIVE_BANK:
         assert module.shape == (256, 1, 28, 28) and 0 <= module.min() and module.max() <= 1
         return
-    assert card.recipe == (entry.recipe.to_dict() if entry.recipe else {"untrained": True})
+    recipe = {k: v for k, v in card.recipe.items() if k != "critic"}  # a purifier's card adds its critic
+    assert recipe == (entry.recipe.to_dict() if entry.recipe else {"untrained": True})
     assert card.seed == entry.seed
     assert card.parent["provenance"]["threads"] >= 1
     assert entry.recipe is None or card.parent["provenance"]["training_seconds"] > 0
@@ -52,6 +54,10 @@ def test_every_shipped_entry_loads_and_its_card_says_how_it_was_made_and_measure
         clean = card.metrics[0]
         assert clean["metric"] == "clean_accuracy" and clean["n_images"] == 10000
         assert all(m["n_images"] >= 1000 for m in card.metrics)
+    elif entry.kind is zoo.ZooKind.PURIFIER:
+        assert isinstance(module, Purifier) and not module.training
+        assert card.parent["layer"] == entry.recipe.layer and card.parent["history"]
+        assert {m["metric"]: m["n_images"] for m in card.metrics}["clean_accuracy_purified"] == 10000
     else:
         assert card.parent["stopping_epoch"] >= 1
         assert any(h.get("best") for h in card.parent["history"]) and "heldout_loss" in card.parent["history"][0]
@@ -174,3 +180,52 @@ def test_xiao2020_f_a_is_trained_on_g_of_its_f_b_rebuilds_bit_identically_and_lo
     again = build(["fmnist-cnn-xiao"], tmp_path / "rebuilt", data_root=str(data), progress=False, autoattack=False)
     assert [r.name for r in again] == ["fmnist-cnn-xiao"]  # the shipped f_b is used, not rebuilt
     assert again[0].identical and again[0].matches
+
+
+def test_the_nrp_purifier_is_built_on_its_feature_network_rebuilds_bit_identically_and_loads_as_a_defense(
+        tmp_path, monkeypatch):
+    data = _tiny_registry(tmp_path, monkeypatch)
+    first = build(["fmnist-nrp-purifier"], tmp_path / "shipped", data_root=str(data), progress=False,
+                  autoattack=False)
+    assert [r.name for r in first] == ["fmnist-vgg16-standard", "fmnist-nrp-purifier"]
+    purifier, card = zoo.load("fmnist-nrp-purifier")
+    assert isinstance(purifier, Purifier) and card.kind == "purifier"
+    assert card.parent["classifier"] == "fmnist-vgg16-standard" and card.parent["layer"] == "body.8"
+    assert card.parent["feature_model_sha256"] == zoo.card("fmnist-vgg16-standard").weights_sha256
+    assert {"mean_feature_ssp", "mean_feature_purified_ssp", "clean_accuracy_purified"} <= {
+        m["metric"] for m in card.metrics}
+    x = torch.rand(3, 1, 28, 28)
+    out = purifier(x)
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    again = build(["fmnist-nrp-purifier"], tmp_path / "rebuilt", data_root=str(data), progress=False,
+                  autoattack=False)
+    assert [r.name for r in again] == ["fmnist-nrp-purifier"] and again[0].identical and again[0].matches
+    # a purifier trained against other feature-network weights than its parent's is refused
+    card_path = tmp_path / "shipped" / "fmnist-nrp-purifier.json"
+    card_json = json.loads(card_path.read_text())
+    card_json["parent"]["feature_model_sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card_json))
+    with pytest.raises(CheckpointError, match="another feature extractor"):
+        zoo.load("fmnist-nrp-purifier")
+
+
+def test_channels_last_training_is_deterministic_and_leaves_contiguous_weights():
+    from advrepair.models import build_model
+    from advrepair.training import ClassifierRecipe, train_classifier
+
+    data = make_shapes(64, seed=4)
+    recipe = ClassifierRecipe(epochs=1, batch_size=32, adversarial=True, eps=0.1, alpha=0.05, steps=2,
+                              channels_last=True)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model("small-cnn", width=4, feature_dim=8, in_channels=data.image_shape[0],
+                            input_size=data.image_shape[1], num_classes=data.num_classes)
+        train_classifier(model, data, recipe, progress=False)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        assert all(v.is_contiguous() for v in model.state_dict().values())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert recipe.to_dict()["channels_last"] is True
+    assert "channels_last" not in dataclasses.replace(recipe, channels_last=False).to_dict()
+    with pytest.raises(InputError, match="channels_last must be True or False"):
+        ClassifierRecipe(channels_last="yes")

@@ -146,13 +146,15 @@ def _feature_identity(feature_model: nn.Module | str) -> tuple[str, str]:
 
 def save_purifier(purifier: Purifier, stem: str | os.PathLike[str], *, feature_model: nn.Module | str,
                   layer: str | None, recipe: dict[str, Any] | None = None, dataset: str = "",
-                  seed: int | None = None, metrics: list[dict[str, Any]] | None = None) -> Path:
+                  seed: int | None = None, metrics: list[dict[str, Any]] | None = None,
+                  provenance: dict[str, Any] | None = None) -> Path:
     """Write ``stem.safetensors`` and ``stem.json`` (``kind="purifier"``); returns the weights path.
 
     ``feature_model`` is the extractor P was trained against: the module itself (its state
     dict is hashed) or its checkpoint's ``weights_sha256``. The card's ``parent`` records
     ``feature_model_sha256``, ``feature_model_sha256_of`` (``"state_dict"`` or
-    ``"checkpoint"``) and ``layer``; ``recipe`` is e.g. ``PurifierRecipe.to_dict()``.
+    ``"checkpoint"``) and ``layer``, after the items of ``provenance`` (a zoo build's name, training
+    history and time); ``recipe`` is e.g. ``PurifierRecipe.to_dict()``.
 
     Example:
         >>> save_purifier(p, "models/nrp-shapes", feature_model=cnn, layer="body.3",
@@ -165,7 +167,8 @@ def save_purifier(purifier: Purifier, stem: str | os.PathLike[str], *, feature_m
     sha, of = _feature_identity(feature_model)
     card = ModelCard(kind="purifier", arch=purifier.arch, config=dict(purifier.config), dataset=dataset,
                      recipe=dict(recipe or {}), seed=seed, metrics=list(metrics or []),
-                     parent={"feature_model_sha256": sha, "feature_model_sha256_of": of, "layer": layer})
+                     parent={**(provenance or {}), "feature_model_sha256": sha, "feature_model_sha256_of": of,
+                             "layer": layer})
     return save_checkpoint(purifier, stem, card)
 
 

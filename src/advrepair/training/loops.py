@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from advrepair.runtime import resolve_device
+from advrepair.runtime import prepare_module, resolve_device
 from advrepair.attacks import PGD
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -134,11 +134,12 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
     """
     _check_data_fits(model, data, recipe, ClassifierRecipe, labels=True)
     device = resolve_device(device)
-    model.to(device)
+    layout = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    prepare_module(model, device, channels_last=recipe.channels_last)
     augment = recipe_augmentation(recipe, seed)
 
     def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
-        x = augment(x, epoch)
+        x = augment(x, epoch).contiguous(memory_format=layout)
         if recipe.adversarial:
             model.eval()  # craft in eval mode so BatchNorm statistics see only training inputs
             x = PGD(model, eps=recipe.eps, alpha=recipe.alpha, steps=recipe.steps,
@@ -151,6 +152,7 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
                           subset=recipe.train_subset, optimizer=recipe.optimizer, lr=recipe.lr,
                           weight_decay=recipe.weight_decay, schedule=recipe.schedule, seed=seed,
                           device=device, desc=desc, progress=progress, step=step, resume=resume)
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # checkpoints store contiguous tensors
     model.eval()
     return history
 

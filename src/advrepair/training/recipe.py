@@ -40,11 +40,15 @@ class ClassifierRecipe:
     train_subset: int | None = None
     #: random horizontal flips and shifts of up to 2 pixels (zero fill), drawn per batch
     augment: bool = False
+    #: train (and measure the card) with the weights and batches in channels-last layout: 1.4-2x
+    #: faster on this CPU; deterministic, but not bit-identical to the contiguous layout
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         _check_common(self)
-        if not isinstance(self.augment, bool):
-            raise InputError(f"augment must be True or False, got {self.augment!r}")
+        for flag in ("augment", "channels_last"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InputError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -60,8 +64,9 @@ class ClassifierRecipe:
         if not self.adversarial:
             for k in ("eps", "alpha", "steps"):
                 d.pop(k)
-        if not self.augment:  # cards written before the field existed stay comparable
-            d.pop("augment")
+        for flag in ("augment", "channels_last"):  # cards written before the field existed stay comparable
+            if not d[flag]:
+                d.pop(flag)
         return d
 
 

@@ -7,6 +7,7 @@ accuracy on the card is within ``TOLERANCE`` of the shipped one.
 """
 from __future__ import annotations
 
+import copy
 import platform
 import time
 from dataclasses import dataclass, field
@@ -20,12 +21,18 @@ from tqdm.auto import tqdm
 
 from advrepair.data import ImageDataset, balanced_subset, load_dataset
 from advrepair.models import Classifier, ModelCard, build_model, save_checkpoint
+from advrepair.models.checkpoint import read_card
+from advrepair.runtime import prepare_module
 from advrepair.ssl import ContrastiveHead, ContrastiveTask, build_task
 from advrepair.training import ClassifierRecipe, SSLRecipe, train_classifier, train_ssl_task
 from advrepair.training.adversarial_transformation import train_on_transformation
 from advrepair.training.checkpointing import EpochCheckpoint
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation
-from advrepair.zoo.metrics import classifier_metrics, defended_metrics, ssl_loss_metrics
+from advrepair.defenses.purifier import save_purifier
+from advrepair.models.purifier import Critic, Purifier
+from advrepair.training.purifier import PurifierRecipe, train_purifier
+from advrepair.zoo.metrics import (ROBUST_IMAGES, accuracy_metric, classifier_metrics, defended_metrics,
+                                   purifier_metrics, ssl_loss_metrics)
 from advrepair.zoo.registry import NEGATIVES, ZooEntry, ZooKind, build_order, entry
 from advrepair.zoo.store import card as shipped_card
 from advrepair.zoo.store import (is_shipped, load, load_negatives, save_tensor_file, transformation_from,
@@ -104,7 +111,10 @@ def _build_classifier(e: ZooEntry, out: Path, data_root: str | None, device: tor
     model_card = ModelCard(kind="classifier", arch=e.arch, config=model.config, dataset=train.name,
                            recipe=recipe, seed=e.seed, metrics=[], parent=parent)
     save_checkpoint(model, out / e.name, model_card)  # the weights are safe before the long measurements
-    model_card.metrics = classifier_metrics(model, test, e.eval_eps, device=device,
+    # measured in the layout it was trained in; the checkpoint keeps contiguous tensors
+    measured = prepare_module(copy.deepcopy(model), device, channels_last=True) \
+        if isinstance(e.recipe, ClassifierRecipe) and e.recipe.channels_last else model
+    model_card.metrics = classifier_metrics(measured, test, e.eval_eps, device=device,
                                             autoattack=autoattack and e.autoattack, progress=progress)
     if transform is not None:
         model_card.metrics += defended_metrics(model, transform, test, e.eval_eps, device=device, progress=progress)
@@ -160,6 +170,34 @@ def _build_head(e: ZooEntry, out: Path, data_root: str | None, device: torch.dev
     return model_card
 
 
+def _build_purifier(e: ZooEntry, out: Path, data_root: str | None, device: torch.device,
+                    progress: bool) -> ModelCard:
+    assert isinstance(e.recipe, PurifierRecipe) and e.parent is not None
+    feature_model, parent = load(e.parent, device, folder=out if is_shipped(e.parent, out) else None,
+                                 channels_last=False)
+    assert isinstance(feature_model, Classifier)
+    train, _, test = _splits(e, data_root)
+    c, h, _ = train.image_shape
+    torch.manual_seed(e.seed)
+    purifier = Purifier(in_channels=c, **e.config)
+    critic = Critic(in_channels=c, input_size=e.recipe.crop_size or h)
+    start = time.perf_counter()
+    history = train_purifier(purifier, critic, feature_model, None, train, e.recipe, device=device,
+                             progress=progress)
+    seconds = time.perf_counter() - start
+    purifier.eval()
+    probe = balanced_subset(test, min(ROBUST_IMAGES, len(test)), seed=0)
+    metrics = purifier_metrics(purifier, feature_model, e.recipe.layer or "", probe, e.recipe, device)
+    # the clean cost of purifying, on the feature network itself (its own card has it unpurified)
+    metrics.append(accuracy_metric(nn.Sequential(purifier, feature_model), test, None,
+                                   metric="clean_accuracy_purified", device=device, progress=progress))
+    save_purifier(purifier, out / e.name, feature_model=parent.weights_sha256, layer=e.recipe.layer,
+                  recipe={**e.recipe.to_dict(), "critic": critic.config}, dataset=train.name, seed=e.seed,
+                  metrics=metrics, provenance={"zoo_name": e.name, "classifier": e.parent, "history": history,
+                                               "provenance": _provenance(seconds)})
+    return read_card(out / e.name)
+
+
 def same_tensors(a: Path, b: Path) -> bool:
     """Every tensor of two safetensors files equal, bit for bit. (The files' own bytes are
     no test: safetensors writes its metadata in hash-map order.)"""
@@ -195,6 +233,8 @@ def build_entry(name: str, out: Path, *, data_root: str | None = None, device: t
             new = _build_negatives(e, out, data_root)
         elif e.kind is ZooKind.CLASSIFIER:
             new = _build_classifier(e, out, data_root, device, progress, autoattack)
+        elif e.kind is ZooKind.PURIFIER:
+            new = _build_purifier(e, out, data_root, device, progress)
         else:
             new = _build_head(e, out, data_root, device, progress)
     finally:

@@ -10,12 +10,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advrepair.adaptive.bpda import BPDA
+from advrepair.attacks.ssp import DISTANCES, SSP, LayerFeatures
 from advrepair.attacks import PGD, AutoAttack
 from advrepair.data import ImageDataset, balanced_subset
 from advrepair.defenses.reverse_attack import ReverseAttack
 from advrepair.evaluation.metrics import accuracy_of
 from advrepair.models.base import Classifier
 from advrepair.ssl.task import SelfSupervisedTask
+from advrepair.models.purifier import Purifier
+from advrepair.training.purifier import PurifierRecipe, pixel_loss
 
 #: robust accuracies on this many class-balanced test images (s.e. <= 1.6 points)
 ROBUST_IMAGES = 1000
@@ -93,3 +96,30 @@ def defended_metrics(f_a: nn.Module, transform: nn.Module, test: ImageDataset, e
                                progress=progress)
     attacked["attack"] = {**pgd.params(), "gradient_of_g": "identity (BPDA-I)"}
     return [clean, attacked]
+
+
+def purifier_metrics(purifier: Purifier, feature_model: nn.Module, layer: str, data: ImageDataset,
+                     recipe: PurifierRecipe, device: torch.device, batch_size: int = 100) -> list[dict[str, Any]]:
+    """Held-out Algorithm 2 objectives: with x' = SSP(x) on F at ``layer``, the means of
+    d(F(x), F(x')) (no purifier), d(F(x), F(P(x'))), d(F(x), F(P(x))), ||x' - x||_2,
+    ||P(x') - x||_2 and ||P(x) - x||_2 over ``data`` (card metrics; labels unused)."""
+    features = LayerFeatures(feature_model.eval(), layer)
+    distance = DISTANCES[recipe.distance]
+    attack = SSP(feature_model, eps=recipe.ssp_eps, alpha=recipe.ssp_alpha, steps=recipe.ssp_steps, layer=layer,
+                 distance=recipe.distance, seed=recipe.seed)
+    sums = dict.fromkeys(("feature_ssp", "feature_purified_ssp", "feature_purified_clean", "pixel_ssp",
+                          "pixel_purified_ssp", "pixel_purified_clean"), 0.0)
+    for x, _ in data.batches(batch_size):
+        x = x.to(device)
+        adv = attack(x, None)
+        with torch.no_grad():
+            clean_f = features(x)
+            p_adv, p_clean = purifier(adv), purifier(x)
+            sums["feature_ssp"] += float(distance(features(adv), clean_f).sum())
+            sums["feature_purified_ssp"] += float(distance(features(p_adv), clean_f).sum())
+            sums["feature_purified_clean"] += float(distance(features(p_clean), clean_f).sum())
+            sums["pixel_ssp"] += float(pixel_loss(adv, x).sum())
+            sums["pixel_purified_ssp"] += float(pixel_loss(p_adv, x).sum())
+            sums["pixel_purified_clean"] += float(pixel_loss(p_clean, x).sum())
+    return [{"metric": f"mean_{k}", "value": v / len(data), "n_images": len(data), "split": data.split,
+             "attack": attack.params()} for k, v in sums.items()]

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation
+from advrepair.defenses.purifier import load_purifier
 from advrepair.durable import write_durably, write_text_durably
 from advrepair.errors import CheckpointError, InputError
 from advrepair.models import Classifier, ModelCard, load_checkpoint, read_card
@@ -84,6 +85,9 @@ def load(name: str, device: str | torch.device = "cpu", *, folder: Path | None =
         >>> task, _ = zoo.load("fmnist-cnn-pgd-contrastive")
         >>> defense = ReverseAttack(clf, task, eps_v=0.2)      # mao2021 in one line
 
+    A purifier comes back as the ``Purifier`` (a defense: images to images, refused when its
+    card names other feature-network weights than its parent's), so
+    ``nn.Sequential(zoo.load("fmnist-nrp-purifier")[0], classifier)`` is NRP's defended model.
     The negative bank entry comes back as a (256, 1, 28, 28) float tensor.
 
     Raises:
@@ -95,6 +99,14 @@ def load(name: str, device: str | torch.device = "cpu", *, folder: Path | None =
     model_card = card(name, folder)
     if e.kind is ZooKind.NEGATIVE_BANK:
         return load_negatives(folder, device), model_card
+    if e.kind is ZooKind.PURIFIER:
+        parent_card = card(e.parent or "", folder)
+        try:
+            purifier, model_card = load_purifier(folder / e.name, map_location=device,
+                                                 feature_model=parent_card.weights_sha256)
+        except CheckpointError as err:
+            raise CheckpointError(f"zoo purifier {name!r}: {err}; rebuild it") from err
+        return prepare_module(purifier, device, channels_last), model_card
     module, model_card = load_checkpoint(folder / e.name, map_location=device)
     if e.kind is ZooKind.CLASSIFIER:
         if not isinstance(module, Classifier):

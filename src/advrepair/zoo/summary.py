@@ -34,6 +34,11 @@ def metric_text(metric: dict[str, Any]) -> str:
     if metric["metric"].startswith("mean_ssl_loss"):
         label = metric["metric"].replace("mean_ssl_loss_", "L_s ")
         return f"{label} {value:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+    if metric["metric"].startswith("mean_"):  # a purifier's held-out distances (not accuracies)
+        what = metric["metric"].removeprefix("mean_").replace("_", " ")
+        return f"{what} {value:.4f} (n={metric['n_images']})"
+    if metric["metric"] == "clean_accuracy_purified":
+        return f"clean through P: {100 * value:.1f} ± {100 * (se or 0):.1f}% (n={metric['n_images']})"
     if atk is None:
         label = "clean"
     elif metric["metric"].endswith("_defended") and atk.get("gradient_of_g"):
@@ -65,6 +70,10 @@ def markdown_table() -> str:
             last = d["stopping_epoch"] == recipe.get("epochs")
             how = (f"all {recipe.get('epochs')} epochs (held-out loss still falling; best = last)" if last
                    else f"stopped at epoch {d['stopping_epoch']} of {recipe.get('epochs')} (held-out loss)")
+        elif e.kind.value == "purifier":
+            images = recipe.get("train_subset") or "all"
+            how = (f"{recipe.get('epochs')} ep on {images} training images, against SSP at "
+                   f"{e.parent} {recipe.get('layer')}")
         else:
             how = "selected, not trained"
         if prov.get("training_seconds") is not None:

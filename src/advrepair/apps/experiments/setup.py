@@ -48,8 +48,8 @@ def experiment_classifier(name: str, models_dir: Path, train: ImageDataset, test
 
 
 def frozen_zoo_model(name: str, device: torch.device) -> tuple[torch.nn.Module, ModelCard]:
-    """A shipped zoo classifier in eval mode with frozen weights: experiments score and attack
-    the zoo's models, they never train them."""
+    """A shipped zoo model (a classifier, a purifier) in eval mode with frozen weights:
+    experiments score and attack the zoo's models, they never train them."""
     model, card = zoo.load(name, device)
     assert isinstance(model, torch.nn.Module)
     for p in model.parameters():

@@ -5,7 +5,9 @@
 - Fig. 4: SSP on the VGG source at each layer of ``fig4_layers``: the target's accuracy.
 - Fig. 5: purifiers trained without the feature loss (lambda = 0), without the pixel loss
   (gamma = 0) and without the critic (alpha = 0), in front of the target, clean and under DIM-TI
-  from the ensemble (or the VGG source without the ensemble).
+  from the ensemble (or the VGG source without the ensemble). They are trained with the config's
+  ``purifier_recipe``; with the zoo's purifier (trained longer) a full-loss purifier of that recipe
+  joins them, so each loss is judged against its own recipe.
 - Table 3: an attacker who knows the defense trains its own purifier the same way with another
   seed and crafts DIM-TI through it (its exact gradient: the local purifier is differentiable)
   on each source; scored on the target with and without NRP.
@@ -33,6 +35,8 @@ from advrepair.apps.experiments.nrp.config import (ENSEMBLE, NRPConfig, SOURCE_V
 
 #: Fig. 5's purifiers: (label, the Eq. 8 weight set to zero)
 ABLATIONS = (("no-feature-loss", "lam"), ("no-pixel-loss", "gamma"), ("no-critic", "alpha"))
+#: Fig. 5's full-loss purifier at the ablations' recipe, when the main one is the zoo's
+ALL_LOSSES = "all-losses"
 LOCAL_PURIFIER = "local-purifier"
 
 
@@ -110,7 +114,10 @@ def loss_ablations(ctx: AblationContext) -> list[dict[str, Any]]:
     cfg = ctx.cfg
     source = ctx.sources[ENSEMBLE] if ENSEMBLE in ctx.sources else ctx.sources[SOURCE_VGG]
     defenses: dict[str, nn.Module] = {"nrp": ctx.defense}
-    for label, weight in ABLATIONS:
+    variants: list[tuple[str, str | None]] = list(ABLATIONS)
+    if cfg.zoo:  # the zoo's NRP trained on all the data: the ablations' own recipe needs its full-loss peer
+        variants.insert(0, (ALL_LOSSES, None))
+    for label, weight in variants:
         recipe = cfg.purifier_recipe
         zeroed = dataclasses.replace(recipe, alpha=0.0 if weight == "alpha" else recipe.alpha,
                                      gamma=0.0 if weight == "gamma" else recipe.gamma,

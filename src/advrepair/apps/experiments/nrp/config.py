@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from advrepair.attacks.ssp import DISTANCES
 from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import AdaptiveConfig
+from advrepair import zoo
 from advrepair.apps.experiments.setup import RunConfig  # noqa: E402
 from advrepair.apps.pipeline import QUICK_STANDARD
 from advrepair.training import ClassifierRecipe
@@ -47,6 +48,8 @@ ATTACK_KINDS: dict[str, tuple[str, str]] = {
 #: the zoo's models of the experiment (``NRPConfig.zoo``): target, then the sources by label
 ZOO_MODELS: dict[str, str] = {TARGET: "fmnist-cnn-standard", SOURCE_VGG: "fmnist-vgg16-standard",
                               SOURCE_CNN: "fmnist-cnn-standard-seed1"}
+#: the zoo's purifier (``NRPConfig.zoo``), trained with the settings below on the whole training split
+ZOO_PURIFIER = "fmnist-nrp-purifier"
 SOURCE_TITLES = {SOURCE_VGG: "SmallVGG", SOURCE_CNN: "SmallCNN (seed 1)", ENSEMBLE: "Ensemble (VGG + CNN-seed1)"}
 
 
@@ -70,9 +73,12 @@ class NRPConfig(RunConfig):
         ti_kernel: side of DIM-TI's Gaussian smoothing kernel (odd).
         table1_attacks / table5_attacks: attack keys of :data:`ATTACK_KINDS`.
         ensemble: add the logit-averaging ensemble of both sources as a third Table 1 source.
-        zoo: the target and both sources from the zoo (the default; :data:`ZOO_MODELS`), so
-            ``target_recipe``, ``source_recipe``, ``source_seed``, ``vgg_config`` and
-            ``cnn_config`` apply only with ``zoo=False`` (the tests' tiny runs).
+        zoo: the target, both sources and the purifier from the zoo (the default;
+            :data:`ZOO_MODELS`, :data:`ZOO_PURIFIER`), so ``target_recipe``, ``source_recipe``,
+            ``source_seed``, ``vgg_config`` and ``cnn_config`` apply only with ``zoo=False`` (the
+            tests' tiny runs), and ``purifier_recipe`` only to the purifiers the ablations train
+            (Fig. 5's, the attacker's own in Table 3). Settings the zoo's purifier was not trained
+            with (layer, SSP budget, distance, configs) are refused.
         target_recipe: the target's recipe (default: the demo's standard CNN).
         source_recipe: both sources' recipe; source_seed: the second SmallCNN's seed.
         vgg_config / cnn_config: architecture options of the sources (``small-vgg`` / ``small-cnn``).
@@ -80,8 +86,8 @@ class NRPConfig(RunConfig):
         ssp_layers: layer SSP attacks per source in Table 5.
         ssp_distance: d of SSP (training and Table 5).
         purifier_config / critic_config: ``Purifier`` / ``Critic`` options (channels and sizes are set here).
-        purifier_recipe: Algorithm 2's loop; its ``layer``, ``seed``, ``ssp_eps``,
-            ``ssp_steps`` and ``distance`` are overwritten from the fields above.
+        purifier_recipe: Algorithm 2's loop of the purifiers trained here; its ``layer``, ``seed``,
+            ``ssp_eps``, ``ssp_steps`` and ``distance`` are overwritten from the fields above.
         defenses: defense labels of :data:`DEFENSE_TITLES` to evaluate ("none" is always there).
         jpeg_quality, tv_weight, median_size, bits: baseline defenses' settings.
         adaptive: the adaptive protocol's budgets, or ``None`` to skip it; run on
@@ -167,6 +173,8 @@ class NRPConfig(RunConfig):
         self.purifier_recipe = dataclasses.replace(
             self.purifier_recipe, layer=self.feature_layer, seed=self.seed, ssp_eps=self.eps,
             ssp_alpha=self.eps / 4, ssp_steps=self.attack_steps, distance=self.ssp_distance)
+        if self.zoo:
+            self._check_zoo_purifier()
         defenses = tuple(self.defenses)
         unknown = [d for d in defenses if d not in DEFENSE_TITLES]
         if unknown:
@@ -181,6 +189,20 @@ class NRPConfig(RunConfig):
         bad = [d for d in self.adaptive_defenses if d not in self.defenses or d == "none"]
         if self.adaptive is not None and bad:
             raise InputError(f"adaptive_defenses {bad} are not among the evaluated defenses {self.defenses[1:]}")
+
+    def _check_zoo_purifier(self) -> None:
+        e = zoo.entry(ZOO_PURIFIER)
+        assert isinstance(e.recipe, PurifierRecipe)
+        ours = self.purifier_recipe
+        pairs = {"feature network": (ZOO_MODELS.get(self.feature_source), e.parent),
+                 "feature_layer": (self.feature_layer, e.recipe.layer), "eps": (ours.ssp_eps, e.recipe.ssp_eps),
+                 "SSP step": (ours.ssp_alpha, e.recipe.ssp_alpha), "attack_steps": (ours.ssp_steps, e.recipe.ssp_steps),
+                 "ssp_distance": (ours.distance, e.recipe.distance),
+                 "purifier_config": (dict(self.purifier_config), e.config), "critic_config": (dict(self.critic_config), {})}
+        differ = [f"{k} {mine!r} (the zoo's: {theirs!r})" for k, (mine, theirs) in pairs.items() if mine != theirs]
+        if differ and any(d.startswith("nrp") for d in self.defenses):
+            raise InputError(f"the zoo's purifier {ZOO_PURIFIER} was trained with other settings: {'; '.join(differ)}. "
+                             "Keep them, or set zoo=False (--no-zoo) to train every model with yours")
 
     def sources(self) -> tuple[str, ...]:
         """Table 1's transfer sources, in order."""

@@ -9,7 +9,6 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from advrepair.attacks.ssp import DISTANCES, SSP, LayerFeatures
 from advrepair.data import ImageDataset, balanced_subset
 from advrepair.defenses.bit_depth import BitDepthReduction
 from advrepair.defenses.jpeg import JPEGCompression
@@ -22,7 +21,8 @@ from advrepair.models.checkpoint import ModelCard, checkpoint_paths, read_card
 from advrepair.models.purifier import Critic, Purifier
 from advrepair.apps.pipeline import ensure_classifier
 from advrepair.training import ClassifierRecipe
-from advrepair.training.purifier import PurifierRecipe, pixel_loss, train_purifier
+from advrepair.training.purifier import train_purifier
+from advrepair.zoo.metrics import purifier_metrics
 
 import matplotlib
 
@@ -106,33 +106,6 @@ def _purifier_wanted(cfg: NRPConfig, feature_card: ModelCard, in_channels: int, 
     return json.loads(json.dumps({"config": purifier_config, "recipe": recipe, "seed": cfg.seed,
                                   "feature_model_sha256": feature_card.weights_sha256,
                                   "layer": cfg.feature_layer}))
-
-
-def purifier_metrics(purifier: Purifier, feature_model: nn.Module, layer: str, data: ImageDataset,
-                     recipe: PurifierRecipe, device: torch.device, batch_size: int = 100) -> list[dict[str, Any]]:
-    """Held-out Algorithm 2 objectives: with x' = SSP(x) on F at ``layer``, the means of
-    d(F(x), F(x')) (no purifier), d(F(x), F(P(x'))), d(F(x), F(P(x))), ||x' - x||_2,
-    ||P(x') - x||_2 and ||P(x) - x||_2 over ``data`` (card metrics; labels unused)."""
-    features = LayerFeatures(feature_model.eval(), layer)
-    distance = DISTANCES[recipe.distance]
-    attack = SSP(feature_model, eps=recipe.ssp_eps, alpha=recipe.ssp_alpha, steps=recipe.ssp_steps, layer=layer,
-                 distance=recipe.distance, seed=recipe.seed)
-    sums = dict.fromkeys(("feature_ssp", "feature_purified_ssp", "feature_purified_clean", "pixel_ssp",
-                          "pixel_purified_ssp", "pixel_purified_clean"), 0.0)
-    for x, _ in data.batches(batch_size):
-        x = x.to(device)
-        adv = attack(x, None)
-        with torch.no_grad():
-            clean_f = features(x)
-            p_adv, p_clean = purifier(adv), purifier(x)
-            sums["feature_ssp"] += float(distance(features(adv), clean_f).sum())
-            sums["feature_purified_ssp"] += float(distance(features(p_adv), clean_f).sum())
-            sums["feature_purified_clean"] += float(distance(features(p_clean), clean_f).sum())
-            sums["pixel_ssp"] += float(pixel_loss(adv, x).sum())
-            sums["pixel_purified_ssp"] += float(pixel_loss(p_adv, x).sum())
-            sums["pixel_purified_clean"] += float(pixel_loss(p_clean, x).sum())
-    return [{"metric": f"mean_{k}", "value": v / len(data), "n_images": len(data), "split": data.split,
-             "attack": attack.params()} for k, v in sums.items()]
 
 
 def ensure_purifier(cfg: NRPConfig, feature_model: nn.Module, feature_card: ModelCard, train: ImageDataset,

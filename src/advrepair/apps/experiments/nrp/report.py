@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from advrepair.data import subset_label
+from advrepair.apps.experiments.nrp.ablations import ALL_LOSSES
 from advrepair.apps.experiments.nrp.config import (ATTACK_KINDS, DEFENSE_TITLES, ENSEMBLE, NRPConfig, PURIFIER_DIR,
                                                    PURIFIER_STEM, SOURCE_CNN, SOURCE_TITLES, SOURCE_VGG, TARGET, attack_params)
 
@@ -224,11 +225,19 @@ def _card_line(name: str, card: ModelCard) -> str:
     return "- " + "; ".join(parts) + f"; weights SHA-256 {card.weights_sha256[:12]}"
 
 
+def _recipe_words(recipe: Any) -> str:
+    """'1 epoch(s) on 6000 training images' for a purifier recipe (a PurifierRecipe or its dict)."""
+    d = recipe if isinstance(recipe, dict) else recipe.to_dict()
+    return f"{d['epochs']} epoch(s) on {d.get('train_subset') or 'all'} training images"
+
+
 def _purifier_lines(cfg: NRPConfig, card: ModelCard | None) -> list[str]:
     if card is None:
         return ["- no purifier (no NRP defense configured)"]
     m = {d["metric"]: d for d in card.metrics}
-    lines = [f"- `{PURIFIER_DIR}/{PURIFIER_STEM}`: {card.arch} {json.dumps(card.config)}; critic "
+    where = (f"zoo `{card.parent['zoo_name']}`" if card.parent.get("zoo_name")
+             else f"`{PURIFIER_DIR}/{PURIFIER_STEM}`")
+    lines = [f"- {where}: {card.arch} {json.dumps(card.config)}; critic "
              f"{json.dumps(card.recipe.get('critic'))}; feature extractor F = {cfg.feature_source} layer "
              f"`{card.parent.get('layer')}` (SHA-256 {str(card.parent.get('feature_model_sha256'))[:12]}), never "
              f"the target; recipe {json.dumps({k: v for k, v in card.recipe.items() if k != 'critic'})}"]
@@ -241,10 +250,12 @@ def _purifier_lines(cfg: NRPConfig, card: ModelCard | None) -> list[str]:
                      f"||SSP(x) - x|| = {m['mean_pixel_ssp']['value']:.3f}, ||P(SSP(x)) - x|| = "
                      f"{m['mean_pixel_purified_ssp']['value']:.3f}, ||P(x) - x|| = "
                      f"{m['mean_pixel_purified_clean']['value']:.3f}.")
-    hist = m.get("training_history")
+    hist = m.get("training_history") or (  # a zoo card keeps the history beside its provenance
+        {"value": card.parent["history"], "seconds": card.parent.get("provenance", {}).get("training_seconds")}
+        if card.parent.get("history") else None)
     if hist and hist.get("value"):
         last = hist["value"][-1]
-        lines.append(f"- Training ({hist.get('seconds', float('nan')):.0f} s), last epoch means: L_feat "
+        lines.append(f"- Training ({hist.get('seconds') or float('nan'):.0f} s), last epoch means: L_feat "
                      f"{last['feature']:.4f} (identity {last['ssp_feature']:.4f}), L_img {last['pixel']:.3f} "
                      f"(identity {last['ssp_pixel']:.3f}), L_adv {last['adv']:.3f}, critic {last['critic']:.3f}.")
     return lines
@@ -285,7 +296,8 @@ def write_nrp_report(cfg: NRPConfig, store: ResultsStore,
                                  f"{ATTACK_KINDS[example_attack[1]][0]} crafted on "
                                  f"{SOURCE_TITLES[example_attack[0]]}, eps={cfg.eps:g}; purified by NRP")
     n = cfg.n_images
-    recipe = cfg.purifier_recipe
+    # the deployed purifier's recipe: the zoo card's, or the one trained here
+    recipe = purifier_card.recipe if cfg.zoo and purifier_card is not None else cfg.purifier_recipe.to_dict()
     parts = [
         "# NRP (naseer2020) on Fashion-MNIST: purifier vs input transforms under transfer attacks (issue 6)\n",
         f"Made by `advrepair experiment nrp --n-images {n} --eps {cfg.eps:g} --adaptive-images "
@@ -320,12 +332,12 @@ def write_nrp_report(cfg: NRPConfig, store: ResultsStore,
             rows = {name: [rec for k in keys if (rec := store.get(k)) is not None] for name, keys in s["rows"].items()}
             parts.append(adaptive_table(s, {k: v for k, v in rows.items() if v}))
     if ablations:
-        parts += ablation_sections(store, ablations, out, pngs)
+        parts += ablation_sections(cfg, store, ablations, out, pngs)
     parts += [CROSS_TASK]
     parts += ["## Deviations from naseer2020\n", DEVIATIONS.format(
-                  eps=cfg.eps, k=cfg.ti_kernel, epochs=recipe.epochs, subset=recipe.train_subset or "all",
-                  lr=recipe.lr, clr=recipe.critic_lr, bs=recipe.batch_size, alpha=recipe.alpha, gamma=recipe.gamma,
-                  lam=recipe.lam,
+                  eps=cfg.eps, k=cfg.ti_kernel, epochs=recipe["epochs"], subset=recipe.get("train_subset") or "all",
+                  lr=recipe["lr"], clr=recipe["critic_lr"], bs=recipe["batch_size"], alpha=recipe["alpha"],
+                  gamma=recipe["gamma"], lam=recipe["lam"],
                   pcfg=json.dumps(cfg.purifier_config)),
               "\n## Time (this invocation; a resumed run skips stored records)\n",
               *[f"- {k}: {v:.0f} s" for k, v in phases.items()],
@@ -350,7 +362,8 @@ metrics, not the defense.
 """
 
 
-def ablation_sections(store: ResultsStore, ablations: dict[str, Any], out: Path, pngs: list[Path]) -> list[str]:
+def ablation_sections(cfg: NRPConfig, store: ResultsStore, ablations: dict[str, Any], out: Path,
+                      pngs: list[Path]) -> list[str]:
     """Figs. 3-5 and Table 3 from the records ``nrp.ablations`` wrote."""
     parts: list[str] = []
     fig3 = [r for k in ablations.get("fig3", []) if (r := store.get(k)) is not None]
@@ -402,7 +415,10 @@ def ablation_sections(store: ResultsStore, ablations: dict[str, Any], out: Path,
         parts += ["## Fig. 5 shape: the purifier without each loss\n",
                   "Purifiers trained like NRP with one Eq. 8 weight set to zero (lambda: feature loss, gamma: pixel "
                   f"loss, alpha: the critic), in front of the target; DIM-TI from {fig5[0]['source']}. Paper: "
-                  "without the feature loss NRP performs poorly; without the pixel loss slightly worse.\n",
+                  "without the feature loss NRP performs poorly; without the pixel loss slightly worse."
+                  + (f" `nrp` is the zoo's purifier (its recipe above); the others, `nrp-{ALL_LOSSES}` included, "
+                     f"are trained here with {_recipe_words(cfg.purifier_recipe)}, so compare them with "
+                     f"`nrp-{ALL_LOSSES}`." if cfg.zoo else "") + "\n",
                   "| Purifier | " + " | ".join(f"{row['attack']} (%)" for row in fig5) + " |",
                   "|---|" + "---|" * len(fig5)]
         for label in labels:
@@ -413,8 +429,11 @@ def ablation_sections(store: ResultsStore, ablations: dict[str, Any], out: Path,
     table3 = ablations.get("table3", [])
     if table3:
         parts += ["## Table 3 shape: an attacker with its own purifier\n",
-                  "The attacker trains a purifier the same way (same data, recipe and feature network, another "
-                  "seed) and crafts DIM-TI through it on each source (exact gradients: the local purifier is "
+                  "The attacker trains a purifier the same way (same data, loss and feature network, another "
+                  "seed"
+                  + (f"; {_recipe_words(cfg.purifier_recipe)}, less than the zoo's NRP had" if cfg.zoo else
+                     ", same recipe")
+                  + ") and crafts DIM-TI through it on each source (exact gradients: the local purifier is "
                   "differentiable), then transfers to the target behind NRP. Target accuracy (%).\n",
                   "| Source | DIM-TI crafted | target alone | target + NRP | images |", "|---|---|---|---|---|"]
         for row in table3:

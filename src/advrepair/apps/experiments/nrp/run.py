@@ -13,11 +13,13 @@ from advrepair.errors import InputError
 from advrepair.evaluation.adaptive import DefenseUnderTest, run_adaptive
 from advrepair.evaluation.harness import AttackSpec, ModelEntry, evaluate_matrix
 from advrepair.evaluation.store import ResultsStore
+from advrepair.models.checkpoint import ModelCard
 
 import matplotlib
 
 matplotlib.use("Agg")
-from advrepair.apps.experiments.nrp.config import (ENSEMBLE, NRPConfig, SOURCE_CNN, SOURCE_VGG, TARGET, ZOO_MODELS, _log,
+from advrepair.apps.experiments.nrp.config import (ENSEMBLE, NRPConfig, SOURCE_CNN, SOURCE_VGG, TARGET, ZOO_MODELS,
+                                                   ZOO_PURIFIER, _log,
                                                    attack_params)
 from advrepair.apps.experiments.nrp.ablations import AblationContext, run_ablations
 from advrepair.apps.experiments.nrp.models import LogitEnsemble, _Source, _ensure_source, build_defenses, ensure_purifier
@@ -69,8 +71,12 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
                                          cfg.source_seed, train, test, device)
     feature_model, feature_card = (vgg, vgg_card) if cfg.feature_source == SOURCE_VGG else (cnn1, cnn1_card)
     needs_purifier = any(d.startswith("nrp") for d in cfg.defenses)
-    purifier, purifier_card = (ensure_purifier(cfg, feature_model, feature_card, train, test, device)
-                               if needs_purifier else (None, None))
+    purifier: Any = None
+    purifier_card: ModelCard | None = None
+    if needs_purifier and cfg.zoo:
+        purifier, purifier_card = zoo_model(ZOO_PURIFIER, device)
+    elif needs_purifier:
+        purifier, purifier_card = ensure_purifier(cfg, feature_model, feature_card, train, test, device)
     phases["models (train or reuse)"] = time.perf_counter() - t0
     cards = {TARGET: target_card, SOURCE_VGG: vgg_card, SOURCE_CNN: cnn1_card}
 
