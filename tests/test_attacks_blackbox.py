@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchattacks
 
-from advrepair.attacks.fab import FAB, FABT, project_hyperplane_box
+from advrepair.attacks.fab import FAB, FABT, project_hyperplane_box, sort_rows
 from advrepair.attacks.hopskipjump import HopSkipJump
 from advrepair.attacks.square import Square
 from advrepair.enums import Norm
@@ -191,6 +191,22 @@ def test_hyperplane_projection_is_exact_on_a_small_case():
     d_box = project_hyperplane_box(p, w, torch.tensor([-1.5]), Norm.L2)
     assert torch.allclose(d_box, torch.tensor([[0.5, 0.5]]))
     assert math.isclose(float((w * d_box).sum()), 1.5, rel_tol=1e-6)
+
+
+def test_fab_row_sort_equals_torch_stable_sort_with_ties_signs_and_infinities():
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(64, 784, generator=gen)
+    values[:, ::7] = 0.0  # many ties, as the box's zero rooms give
+    values[:5, 1::9] = -0.0
+    values[3, 10:20] = float("inf")
+    values[4, 20:30] = -float("inf")
+    values[6] = 1e-30 * torch.randn(784, generator=gen)  # subnormal-adjacent magnitudes of both signs
+    got_values, got_order = sort_rows(values)
+    want_values, want_order = values.sort(dim=1, stable=True)
+    assert torch.equal(got_values, want_values) and torch.equal(got_order, want_order)
+    assert got_values.dtype == torch.float32 and got_order.dtype == torch.int64
+    doubles = values.double()  # not the packed path: torch's own sort
+    assert torch.equal(sort_rows(doubles)[1], doubles.sort(dim=1, stable=True)[1])
 
 
 # -- error paths ------------------------------------------------------------------------------

