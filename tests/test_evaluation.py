@@ -174,3 +174,18 @@ def test_full_gradient_is_at_least_as_strong_as_bpda_on_a_differentiable_defense
     full = next(r for r in records if r["attack"]["through"] == "full")
     bpda = next(r for r in records if r["attack"]["through"] == "bpda")
     assert full["accuracy"] <= bpda["accuracy"], (full["accuracy"], bpda["accuracy"])
+
+
+def test_records_come_back_in_cell_order_and_equal_defenses_share_one_record(tmp_path, trained_cnn, shapes_test):
+    # records are keyed by content: a defense equal to another under a new label is the same record
+    # (stored with the first label), so callers map records to their defenses by position
+    from advrepair.defenses.median import MedianFilter
+
+    data = shapes_test.subset(range(8))
+    store = ResultsStore(tmp_path, resume=True)
+    entry = ModelEntry("cnn", trained_cnn, defenses={"median": MedianFilter(3), "median-again": MedianFilter(3),
+                                                     "wide": MedianFilter(5)})
+    records = evaluate_matrix(data, [entry], [AttackSpec("clean")], store, batch_size=8, progress=False)
+    assert len(records) == 4 and records[0]["defense"] is None
+    assert records[1]["key"] == records[2]["key"] != records[3]["key"]
+    assert records[2]["defense"]["label"] == "median" and records[3]["defense"]["label"] == "wide"

@@ -84,6 +84,10 @@ def test_an_image_gets_the_same_estimate_alone_and_in_any_batch():
     # grouped-convolution kernels (and their summation order) never depend on the batch size
     assert torch.equal(in_batch, alone)
     assert torch.equal(with_strangers, alone)
+    # and the chunk size (speed only; 16 is the default because it is the fastest here) changes nothing
+    sixteen = _images(16, seed=3)
+    chunked = [RIDE(iterations=4, checkpoints=1, lr=1e-2, seed=0, chunk_size=c)(sixteen) for c in (8, 16)]
+    assert torch.equal(chunked[0], chunked[1])
     three_channel = _images(3, c=3, size=8)
     assert torch.equal(defense(three_channel)[1:2], defense(three_channel[1:2]))
     # a different image in the same slot gives a clearly different estimate

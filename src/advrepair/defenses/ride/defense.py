@@ -33,7 +33,8 @@ class RIDE(nn.Module):
         dropout: dropout probability at the Table 3 layers (paper: 0.5; 0 disables).
         estimate_samples: noisy inputs averaged for x_est (default: ``batch``).
         seed: seeds the per-image randomness (with the image content); None = truly random.
-        chunk_size: images fitted together by the batched engine; speed/memory only.
+        chunk_size: images fitted together by the batched engine; speed/memory only (16: the
+            fastest per image on the project's CPU, bench/reference/ride_throughput-cpu-2026-12-06).
         progress: show a tqdm bar over the steps.
 
     Shapes: (B, C, H, W) in [0, 1] -> (B, C, H, W) in [0, 1], detached (use BPDA to attack it).
@@ -46,7 +47,7 @@ class RIDE(nn.Module):
     def __init__(self, mode: str = "ride", network: str | RideNetSpec = "auto", sigma: float = 0.5,
                  alpha: float = 0.9, iterations: int = 2000, checkpoints: int = 5, batch: int = 1,
                  lr: float = 1e-4, weight_decay: float = 1e-4, dropout: float = 0.5,
-                 estimate_samples: int | None = None, seed: int | None = 0, chunk_size: int = 64,
+                 estimate_samples: int | None = None, seed: int | None = 0, chunk_size: int = 16,
                  progress: bool = False) -> None:
         super().__init__()
         if mode not in MODES:

@@ -302,7 +302,7 @@ def write_nrp_report(cfg: NRPConfig, store: ResultsStore,
         "# NRP (naseer2020) on Fashion-MNIST: purifier vs input transforms under transfer attacks (issue 6)\n",
         f"Made by `advrepair experiment nrp --n-images {n} --eps {cfg.eps:g} --adaptive-images "
         f"{cfg.adaptive_images if cfg.adaptive is not None else 0}` (the configuration's defaults otherwise; "
-        + ("target and sources from the zoo" if cfg.zoo else "every model trained here") + ").\n",
+        + ("target, sources and purifier from the zoo" if cfg.zoo else "every model trained here") + ").\n",
         f"n = {n} class-balanced Fashion-MNIST test images ({subset_label(n, cfg.seed)}); binomial standard error "
         f"<= {100 * math.sqrt(0.25 / n):.2f} points. Attacks are crafted on a *source* model and scored on the "
         "unseen *target* (black-box transfer, the paper's Table 1 threat model); defenses sit in front of the "

@@ -98,7 +98,10 @@ def run_nrp_experiment(cfg: NRPConfig) -> Path:
     def evaluate(entry: ModelEntry, attack: AttackSpec) -> dict[str | None, dict[str, Any]]:
         records = evaluate_matrix(subset, [entry], [attack], store, batch_size=cfg.batch_size, device=device,
                                   subset=subset_name, progress=cfg.progress)
-        return {(r.get("defense") or {}).get("label"): r for r in records}
+        # by position (the undefended cell, then each defense in order), not by the records' labels:
+        # records are keyed by content, so a defense equal to one stored under another label (Fig. 5's
+        # full-loss purifier is the old main purifier, bit for bit) comes back with that label
+        return dict(zip([None, *entry.defenses], records, strict=True))
 
     # Table 1: clean and transfer attacks from each source, every defense in front of the target
     t0 = time.perf_counter()
