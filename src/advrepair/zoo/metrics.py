@@ -102,24 +102,31 @@ def purifier_metrics(purifier: Purifier, feature_model: nn.Module, layer: str, d
                      recipe: PurifierRecipe, device: torch.device, batch_size: int = 100) -> list[dict[str, Any]]:
     """Held-out Algorithm 2 objectives: with x' = SSP(x) on F at ``layer``, the means of
     d(F(x), F(x')) (no purifier), d(F(x), F(P(x'))), d(F(x), F(P(x))), ||x' - x||_2,
-    ||P(x') - x||_2 and ||P(x) - x||_2 over ``data`` (card metrics; labels unused)."""
+    ||P(x') - x||_2 and ||P(x) - x||_2 over ``data``, each with the standard error of its mean
+    (card metrics; labels unused)."""
     features = LayerFeatures(feature_model.eval(), layer)
     distance = DISTANCES[recipe.distance]
     attack = SSP(feature_model, eps=recipe.ssp_eps, alpha=recipe.ssp_alpha, steps=recipe.ssp_steps, layer=layer,
                  distance=recipe.distance, seed=recipe.seed)
-    sums = dict.fromkeys(("feature_ssp", "feature_purified_ssp", "feature_purified_clean", "pixel_ssp",
-                          "pixel_purified_ssp", "pixel_purified_clean"), 0.0)
+    per_image: dict[str, list[torch.Tensor]] = {k: [] for k in (
+        "feature_ssp", "feature_purified_ssp", "feature_purified_clean", "pixel_ssp", "pixel_purified_ssp",
+        "pixel_purified_clean")}
     for x, _ in data.batches(batch_size):
         x = x.to(device)
         adv = attack(x, None)
         with torch.no_grad():
             clean_f = features(x)
             p_adv, p_clean = purifier(adv), purifier(x)
-            sums["feature_ssp"] += float(distance(features(adv), clean_f).sum())
-            sums["feature_purified_ssp"] += float(distance(features(p_adv), clean_f).sum())
-            sums["feature_purified_clean"] += float(distance(features(p_clean), clean_f).sum())
-            sums["pixel_ssp"] += float(pixel_loss(adv, x).sum())
-            sums["pixel_purified_ssp"] += float(pixel_loss(p_adv, x).sum())
-            sums["pixel_purified_clean"] += float(pixel_loss(p_clean, x).sum())
-    return [{"metric": f"mean_{k}", "value": v / len(data), "n_images": len(data), "split": data.split,
-             "attack": attack.params()} for k, v in sums.items()]
+            per_image["feature_ssp"].append(distance(features(adv), clean_f))
+            per_image["feature_purified_ssp"].append(distance(features(p_adv), clean_f))
+            per_image["feature_purified_clean"].append(distance(features(p_clean), clean_f))
+            per_image["pixel_ssp"].append(pixel_loss(adv, x))
+            per_image["pixel_purified_ssp"].append(pixel_loss(p_adv, x))
+            per_image["pixel_purified_clean"].append(pixel_loss(p_clean, x))
+    out = []
+    for k, parts in per_image.items():
+        values = torch.cat(parts).double().cpu()
+        stderr = float(values.std() / len(values) ** 0.5) if len(values) > 1 else None
+        out.append({"metric": f"mean_{k}", "value": float(values.mean()), "stderr": stderr, "n_images": len(values),
+                    "split": data.split, "attack": attack.params()})
+    return out

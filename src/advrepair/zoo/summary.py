@@ -36,7 +36,7 @@ def metric_text(metric: dict[str, Any]) -> str:
         return f"{label} {value:.3f}" + (f" ± {se:.3f}" if se is not None else "")
     if metric["metric"].startswith("mean_"):  # a purifier's held-out distances (not accuracies)
         what = metric["metric"].removeprefix("mean_").replace("_", " ")
-        return f"{what} {value:.4f} (n={metric['n_images']})"
+        return f"{what} {value:.4f}" + (f" ± {se:.4f}" if se is not None else "") + f" (n={metric['n_images']})"
     if metric["metric"] == "clean_accuracy_purified":
         return f"clean through P: {100 * value:.1f} ± {100 * (se or 0):.1f}% (n={metric['n_images']})"
     if atk is None:
