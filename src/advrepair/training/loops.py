@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from advrepair.runtime import prepare_module, resolve_device
+from advrepair.runtime import prepare_images, prepare_module, resolve_device
 from advrepair.attacks import PGD
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -134,12 +134,11 @@ def train_classifier(model: Classifier, data: ImageDataset, recipe: ClassifierRe
     """
     _check_data_fits(model, data, recipe, ClassifierRecipe, labels=True)
     device = resolve_device(device)
-    layout = torch.channels_last if recipe.channels_last else torch.contiguous_format
     prepare_module(model, device, channels_last=recipe.channels_last)
     augment = recipe_augmentation(recipe, seed)
 
     def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
-        x = augment(x, epoch).contiguous(memory_format=layout)
+        x = prepare_images(augment(x, epoch), device, channels_last=recipe.channels_last)
         if recipe.adversarial:
             model.eval()  # craft in eval mode so BatchNorm statistics see only training inputs
             x = PGD(model, eps=recipe.eps, alpha=recipe.alpha, steps=recipe.steps,

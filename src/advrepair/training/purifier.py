@@ -111,6 +111,15 @@ class PurifierRecipe:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def critic(self, in_channels: int, image_size: int, **options: Any) -> Critic:
+        """Algorithm 2's critic C for this recipe: it judges crops, so it is sized for
+        ``crop_size`` (the image size without one)."""
+        return Critic(in_channels=in_channels, input_size=self.crop_size or image_size, **options)
+
+    def card_dict(self, critic: Critic) -> dict[str, Any]:
+        """What a purifier's card records as its recipe: these fields and the critic's config."""
+        return {**self.to_dict(), "critic": critic.config}
+
 
 def random_crops(images: torch.Tensor, size: int, padding: int, gen: torch.Generator) -> torch.Tensor:
     """One random ``size`` x ``size`` crop per image of the zero-padded images.

@@ -29,7 +29,7 @@ from advrepair.training.adversarial_transformation import train_on_transformatio
 from advrepair.training.checkpointing import EpochCheckpoint
 from advrepair.defenses.adversarial_transformation import AdversarialTransformation
 from advrepair.defenses.purifier import save_purifier
-from advrepair.models.purifier import Critic, Purifier
+from advrepair.models.purifier import Purifier
 from advrepair.training.purifier import PurifierRecipe, train_purifier
 from advrepair.zoo.metrics import (ROBUST_IMAGES, accuracy_metric, classifier_metrics, defended_metrics,
                                    purifier_metrics, ssl_loss_metrics)
@@ -180,7 +180,7 @@ def _build_purifier(e: ZooEntry, out: Path, data_root: str | None, device: torch
     c, h, _ = train.image_shape
     torch.manual_seed(e.seed)
     purifier = Purifier(in_channels=c, **e.config)
-    critic = Critic(in_channels=c, input_size=e.recipe.crop_size or h)
+    critic = e.recipe.critic(c, h)
     start = time.perf_counter()
     history = train_purifier(purifier, critic, feature_model, None, train, e.recipe, device=device,
                              progress=progress)
@@ -192,7 +192,7 @@ def _build_purifier(e: ZooEntry, out: Path, data_root: str | None, device: torch
     metrics.append(accuracy_metric(nn.Sequential(purifier, feature_model), test, None,
                                    metric="clean_accuracy_purified", device=device, progress=progress))
     save_purifier(purifier, out / e.name, feature_model=parent.weights_sha256, layer=e.recipe.layer,
-                  recipe={**e.recipe.to_dict(), "critic": critic.config}, dataset=train.name, seed=e.seed,
+                  recipe=e.recipe.card_dict(critic), dataset=train.name, seed=e.seed,
                   metrics=metrics, provenance={"zoo_name": e.name, "classifier": e.parent, "history": history,
                                                "provenance": _provenance(seconds)})
     return read_card(out / e.name)

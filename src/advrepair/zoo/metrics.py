@@ -108,21 +108,20 @@ def purifier_metrics(purifier: Purifier, feature_model: nn.Module, layer: str, d
     distance = DISTANCES[recipe.distance]
     attack = SSP(feature_model, eps=recipe.ssp_eps, alpha=recipe.ssp_alpha, steps=recipe.ssp_steps, layer=layer,
                  distance=recipe.distance, seed=recipe.seed)
-    per_image: dict[str, list[torch.Tensor]] = {k: [] for k in (
-        "feature_ssp", "feature_purified_ssp", "feature_purified_clean", "pixel_ssp", "pixel_purified_ssp",
-        "pixel_purified_clean")}
+    per_image: dict[str, list[torch.Tensor]] = {}
     for x, _ in data.batches(batch_size):
         x = x.to(device)
         adv = attack(x, None)
         with torch.no_grad():
             clean_f = features(x)
             p_adv, p_clean = purifier(adv), purifier(x)
-            per_image["feature_ssp"].append(distance(features(adv), clean_f))
-            per_image["feature_purified_ssp"].append(distance(features(p_adv), clean_f))
-            per_image["feature_purified_clean"].append(distance(features(p_clean), clean_f))
-            per_image["pixel_ssp"].append(pixel_loss(adv, x))
-            per_image["pixel_purified_ssp"].append(pixel_loss(p_adv, x))
-            per_image["pixel_purified_clean"].append(pixel_loss(p_clean, x))
+            batch = {"feature_ssp": distance(features(adv), clean_f),
+                     "feature_purified_ssp": distance(features(p_adv), clean_f),
+                     "feature_purified_clean": distance(features(p_clean), clean_f),
+                     "pixel_ssp": pixel_loss(adv, x), "pixel_purified_ssp": pixel_loss(p_adv, x),
+                     "pixel_purified_clean": pixel_loss(p_clean, x)}
+        for k, v in batch.items():
+            per_image.setdefault(k, []).append(v)
     out = []
     for k, parts in per_image.items():
         values = torch.cat(parts).double().cpu()

@@ -100,9 +100,7 @@ def _ensure_source(cfg: NRPConfig, folder: str, arch: str, arch_config: dict[str
 
 def _purifier_wanted(cfg: NRPConfig, feature_card: ModelCard, in_channels: int, size: int) -> dict[str, Any]:
     purifier_config = Purifier(in_channels=in_channels, **cfg.purifier_config).config
-    crop = cfg.purifier_recipe.crop_size or size
-    critic_config = Critic(in_channels=in_channels, input_size=crop, **cfg.critic_config).config
-    recipe = {**cfg.purifier_recipe.to_dict(), "critic": critic_config}
+    recipe = cfg.purifier_recipe.card_dict(cfg.purifier_recipe.critic(in_channels, size, **cfg.critic_config))
     return json.loads(json.dumps({"config": purifier_config, "recipe": recipe, "seed": cfg.seed,
                                   "feature_model_sha256": feature_card.weights_sha256,
                                   "layer": cfg.feature_layer}))
