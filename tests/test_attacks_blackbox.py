@@ -207,6 +207,48 @@ def test_fab_row_sort_equals_torch_stable_sort_with_ties_signs_and_infinities():
     assert got_values.dtype == torch.float32 and got_order.dtype == torch.int64
     doubles = values.double()  # not the packed path: torch's own sort
     assert torch.equal(sort_rows(doubles)[1], doubles.sort(dim=1, stable=True)[1])
+    torch.set_num_threads(2)  # rows split among two sorting threads: the same result
+    try:
+        odd = values[:63]  # parts of unequal size
+        assert all(torch.equal(a, b) for a, b in zip(sort_rows(odd), odd.sort(dim=1, stable=True)))
+    finally:
+        torch.set_num_threads(1)
+
+
+def _plain_projection(points, w, value, norm):
+    """project_hyperplane_box as first written: zero rooms for zero weights, torch's sort."""
+    direction = torch.sign(-value)[:, None] * torch.sign(w)
+    room = torch.where(direction > 0, 1 - points, points).clamp_min(0)
+    room = torch.where(direction == 0, torch.zeros_like(room), room)
+    absw = w.abs()
+    weight, cap = (absw, room) if norm is Norm.LINF else (absw * absw, torch.where(
+        absw > 0, room / absw.clamp_min(1e-30), torch.zeros_like(room)))
+    target = value.abs()[:, None]
+    cap_sorted, order = cap.sort(dim=1, stable=True)
+    weight_sorted = weight.gather(1, order)
+    before = torch.cumsum(weight_sorted * cap_sorted, 1) - weight_sorted * cap_sorted
+    after = weight_sorted.flip(1).cumsum(1).flip(1)
+    at_break = before + cap_sorted * after
+    k = torch.searchsorted(at_break, target).clamp(max=cap.shape[1] - 1)
+    t = (target - before.gather(1, k)) / after.gather(1, k).clamp_min(1e-30)
+    t = torch.where(at_break[:, -1:] >= target, t, cap_sorted[:, -1:])
+    step = torch.minimum(t, cap)
+    return direction * (step * absw if norm is Norm.L2 else step)
+
+
+@pytest.mark.parametrize("norm", [Norm.LINF, Norm.L2])
+def test_hyperplane_projection_equals_the_plain_one(norm):
+    # FAB-like rows: black and white backgrounds (rooms 0 and 1), zero weights, values from
+    # reachable to far beyond the box. The fast path reorders zero-weight coordinates, which
+    # moves the blocks of torch's cumsum: equal up to float32 rounding, not bit for bit.
+    gen = torch.Generator().manual_seed(1)
+    points = torch.rand(96, 784, generator=gen) * (torch.rand(96, 784, generator=gen) > 0.5)
+    points[:, :100], points[:, 100:150] = 0.0, 1.0
+    w = torch.randn(96, 784, generator=gen) * (torch.rand(96, 784, generator=gen) > 0.3)
+    value = torch.randn(96, generator=gen) * torch.logspace(-2, 3, 96)
+    fast, plain = project_hyperplane_box(points, w, value, norm), _plain_projection(points, w, value, norm)
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fast.sign(), plain.sign())
 
 
 # -- error paths ------------------------------------------------------------------------------
