@@ -1,7 +1,7 @@
 """The faster paths give the results of the plain ones (issue 18): the SmallCNN's pool-before-
 ReLU order exactly, the channels-last layout within a stated tolerance, the repair's chunk size
-exactly, APGD without the images it has already fooled exactly, and so the audit. Speed itself
-is measured in bench/, never here."""
+exactly, APGD without the images it has already fooled exactly, and so the audit; Square's
+window writes exactly. Speed itself is measured in bench/, never here."""
 from __future__ import annotations
 
 import pytest
@@ -11,9 +11,11 @@ from torch import nn
 from advrepair import audit, zoo
 from advrepair.attacks.apgd import APGD, APGDCE, APGDDLR
 from advrepair.attacks.apgd_t import APGDT
+from advrepair.attacks.square import _CHUNK, _SIGN_TRIES, Square
 from advrepair.defenses import MedianFilter, ReverseAttack
 from advrepair.models import SmallCNN
 from advrepair.runtime import layout_of, prepare_module
+from advrepair.seeding import image_generators
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -229,3 +231,36 @@ def test_only_defenses_with_rowwise_draws_get_stacked_eot():
     classifier, _ = zoo.load("fmnist-cnn-pgd")
     task, _ = zoo.load("fmnist-cnn-pgd-contrastive")
     assert capabilities_of(ReverseAttack(classifier, task, eps_v=0.2).variant(seed=None)).rowwise_randomness
+
+
+def _plain_square_linf(attack: Square, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Square's L-inf loop as first written: every image every query (fooled ones frozen), and
+    a fresh full copy of the batch per candidate."""
+    b, c, h, w = x.shape
+    gens = image_generators(x, attack.seed, "square-Linf-0")
+    best = attack._init(x, gens)
+    fooled, loss = attack._score(best, y)
+    numbers = x.new_empty(0)
+    for it in range(attack.n_queries - 1):
+        if bool(fooled.all()):
+            break
+        if it % _CHUNK == 0:
+            numbers = torch.stack([torch.rand(_CHUNK, 2 + _SIGN_TRIES * c, generator=g) for g in gens])
+        index, _, window = attack._linf_window(x, best, numbers[:, it % _CHUNK], attack._side(it, h, w))
+        cand = best.clone()
+        cand.flatten(2).scatter_(2, index, window)
+        new_fooled, new_loss = attack._score(cand, y)
+        take = ~fooled & (new_fooled | (new_loss < loss))
+        best = torch.where(take.view(-1, 1, 1, 1), cand, best)
+        loss = torch.where(take, new_loss, loss)
+        fooled = fooled | new_fooled
+    return best
+
+
+@pytest.mark.parametrize("name", ["fmnist-cnn-pgd", "fmnist-cnn-standard"])
+def test_square_window_writes_equal_a_fresh_candidate_per_query(name, real_images):
+    model, _ = zoo.load(name)
+    x = real_images[:24]
+    y = _labels_with_some_wrong(model, x)
+    attack = Square(model, eps=0.15, n_queries=150)  # the standard CNN loses images on the way
+    assert torch.equal(attack(x, y), _plain_square_linf(attack, x, y))

@@ -128,28 +128,42 @@ class Square(Attack):
         best = self._init(x, gens)
         fooled, loss = self._score(best, y)
         per_iter = 4 + c + 1 if self.norm is Norm.L2 else 2 + _SIGN_TRIES * c
-        candidate = self._linf_candidate if self.norm is Norm.LINF else self._l2_candidate
         # The images still attacked, kept compact and written back only when one is fooled:
         # per-query bookkeeping is what costs at small batches, where the model is cheap.
         act = (~fooled).nonzero().flatten()
-        x_a, y_a, best_a, loss_a = x[act], y[act], best[act], loss[act]
+        x_a, y_a, best_a, loss_a = x[act], y[act], best[act].contiguous(), loss[act]
         gens_a = [gens[i] for i in act.tolist()]
         numbers = x.new_empty(0)
+        # L-inf queries change one window: the query batch is a copy of best_a whose window
+        # is written before the forward and rewritten after it (to the kept values), instead
+        # of a fresh copy of every image per query
+        scratch = best_a.clone()
         for it in range(self.n_queries - 1):
             if act.numel() == 0:
                 break
             row = it % _CHUNK
             if row == 0:  # the next chunk for every image still attacked, each from its own stream
                 numbers = torch.stack([torch.rand(_CHUNK, per_iter, generator=g) for g in gens_a]).to(x.device)
-            cand = candidate(x_a, best_a, numbers[:, row], self._side(it, h, w))
-            new_fooled, new_loss = self._score(cand, y_a)
-            take = new_fooled | (new_loss < loss_a)
-            best_a = torch.where(take.view(-1, 1, 1, 1), cand, best_a)
+            side = self._side(it, h, w)
+            if self.norm is Norm.LINF:
+                index, old, window = self._linf_window(x_a, best_a, numbers[:, row], side)
+                scratch.flatten(2).scatter_(2, index, window)
+                new_fooled, new_loss = self._score(scratch, y_a)
+                take = new_fooled | (new_loss < loss_a)
+                kept = torch.where(take.view(-1, 1, 1), window, old)
+                best_a.flatten(2).scatter_(2, index, kept)
+                scratch.flatten(2).scatter_(2, index, kept)
+            else:
+                cand = self._l2_candidate(x_a, best_a, numbers[:, row], side)
+                new_fooled, new_loss = self._score(cand, y_a)
+                take = new_fooled | (new_loss < loss_a)
+                best_a = torch.where(take.view(-1, 1, 1, 1), cand, best_a)
             loss_a = torch.where(take, new_loss, loss_a)
             if bool(new_fooled.any()):
                 best[act], loss[act], fooled[act] = best_a, loss_a, new_fooled
                 keep = ~new_fooled
-                act, x_a, y_a, best_a, loss_a, numbers = (t[keep] for t in (act, x_a, y_a, best_a, loss_a, numbers))
+                act, x_a, y_a, best_a, loss_a, numbers, scratch = (
+                    t[keep] for t in (act, x_a, y_a, best_a, loss_a, numbers, scratch))
                 gens_a = [g for g, k in zip(gens_a, keep.tolist()) if k]
         best[act], loss[act] = best_a, loss_a
         return best, fooled
@@ -183,18 +197,22 @@ class Square(Attack):
         ar = torch.arange(n, device=pos.device)
         return (ar >= pos[:, None]) & (ar < pos[:, None] + s)
 
-    def _linf_candidate(self, x: torch.Tensor, best: torch.Tensor, u: torch.Tensor, s: int) -> torch.Tensor:
+    def _linf_window(self, x: torch.Tensor, best: torch.Tensor, u: torch.Tensor,
+                     s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A query's square: (flat pixel index (b, c, s*s), best's values there, the new values).
+
+        Only the window is computed: a query changes nothing outside its square.
+        """
         b, c, h, w = x.shape
         vh = (u[:, 0] * (h - s + 1)).long().clamp(max=h - s)
         vw = (u[:, 1] * (w - s + 1)).long().clamp(max=w - s)
-        # work on the (b, c, s, s) windows only: a query changes nothing outside its square
-        rows = (vh[:, None] + torch.arange(s, device=x.device))[:, :, None]  # (b, s, 1)
-        cols = (vw[:, None] + torch.arange(s, device=x.device))[:, None, :]  # (b, 1, s)
-        bi = torch.arange(b, device=x.device)[:, None, None]
-        x_win = x[bi, :, rows, cols].permute(0, 3, 1, 2)  # (b, c, s, s)
-        best_win = best[bi, :, rows, cols].permute(0, 3, 1, 2)
+        offsets = torch.arange(s, device=x.device)
+        pixels = (vh[:, None] + offsets)[:, :, None] * w + (vw[:, None] + offsets)[:, None, :]  # (b, s, s)
+        index = pixels.view(b, 1, s * s).expand(b, c, s * s)
+        x_win = x.flatten(2).gather(2, index)  # (b, c, s*s)
+        best_win = best.flatten(2).gather(2, index)
         signs = torch.where(u[:, 2:].view(b, _SIGN_TRIES, c) < 0.5, -1.0, 1.0)
-        tries = (x_win[:, None] + self.eps * signs[..., None, None]).clamp(0, 1)  # (b, T, c, s, s)
+        tries = (x_win[:, None] + self.eps * signs[..., None]).clamp(0, 1)  # (b, T, c, s*s)
         # a draw equal to what the window already holds would waste a query (likely with one
         # channel): take the first draw that changes something, else the opposite of the first,
         # which always differs because eps > 0
@@ -202,10 +220,7 @@ class Square(Attack):
         first = torch.where(changed.any(1), changed.float().argmax(1), -1)
         pick = torch.where((first >= 0)[:, None], signs[torch.arange(b, device=x.device), first.clamp_min(0)],
                            -signs[:, 0])
-        window = (x_win + self.eps * pick[..., None, None]).clamp(0, 1)
-        cand = best.clone()
-        cand[bi, :, rows, cols] = window.permute(0, 2, 3, 1)
-        return cand
+        return index, best_win, (x_win + self.eps * pick[..., None]).clamp(0, 1)
 
     def _l2_candidate(self, x: torch.Tensor, best: torch.Tensor, u: torch.Tensor, s: int) -> torch.Tensor:
         b, c, h, w = x.shape
