@@ -136,25 +136,26 @@ class APGD(Attack):
         return project(images + self.eps * random_direction(images, self.norm, self.seed, stream), images, self.eps,
                        self.norm)
 
+    def _one_pass(self, x: torch.Tensor, loss_fn: LogitLoss) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_req = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.logits(x_req)
+            loss = loss_fn(logits)
+            (grad,) = torch.autograd.grad(loss.sum(), x_req)
+        return loss.detach(), grad, logits.detach()
+
     def _loss_grad(self, x: torch.Tensor, loss_fn: LogitLoss) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-image loss, its gradient and the logits, each averaged over ``eot_iter`` passes."""
-        if self.eot_iter > 1 and self.eot_batched:
+        if self.eot_iter == 1:  # nothing to average: no sums, no passes over x
+            return self._one_pass(x, loss_fn)
+        if self.eot_batched:
             return self._loss_grad_stacked(x, loss_fn)
-        loss_sum = torch.zeros(x.shape[0], device=x.device)
-        grad_sum = torch.zeros_like(x)
-        logits_sum: torch.Tensor | None = None
-        for _ in range(self.eot_iter):
-            x_req = x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = self.logits(x_req)
-                loss = loss_fn(logits)
-                (grad,) = torch.autograd.grad(loss.sum(), x_req)
-            loss_sum += loss.detach()
-            grad_sum += grad
-            logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
+        loss, grad, logits = self._one_pass(x, loss_fn)
+        for _ in range(self.eot_iter - 1):
+            more = self._one_pass(x, loss_fn)
+            loss, grad, logits = loss + more[0], grad + more[1], logits + more[2]
         n = float(self.eot_iter)
-        assert logits_sum is not None
-        return loss_sum / n, grad_sum / n, logits_sum / n
+        return loss / n, grad / n, logits / n
 
     def _loss_grad_stacked(self, x: torch.Tensor, loss_fn: LogitLoss
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
