@@ -17,7 +17,8 @@ def margin(logits: torch.Tensor, labels: torch.Tensor, kappa: float = float("inf
     true = logits.gather(1, labels[:, None]).squeeze(1)
     other = logits.clone()
     other.scatter_(1, labels[:, None], float("-inf"))
-    return (other.max(1).values - true).clamp(max=kappa)
+    gap = other.max(1).values - true
+    return gap if kappa == float("inf") else gap.clamp(max=kappa)
 
 
 _DLR_EPS = 1e-12

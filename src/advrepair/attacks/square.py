@@ -207,19 +207,20 @@ class Square(Attack):
         vh = (u[:, 0] * (h - s + 1)).long().clamp(max=h - s)
         vw = (u[:, 1] * (w - s + 1)).long().clamp(max=w - s)
         offsets = torch.arange(s, device=x.device)
-        pixels = (vh[:, None] + offsets)[:, :, None] * w + (vw[:, None] + offsets)[:, None, :]  # (b, s, s)
-        index = pixels.view(b, 1, s * s).expand(b, c, s * s)
+        square = offsets[:, None] * w + offsets  # (s, s) flat offsets of the square from its corner
+        index = (vh * w + vw).view(b, 1, 1) + square.view(1, 1, s * s)
+        index = index.expand(b, c, s * s)
         x_win = x.flatten(2).gather(2, index)  # (b, c, s*s)
         best_win = best.flatten(2).gather(2, index)
         signs = torch.where(u[:, 2:].view(b, _SIGN_TRIES, c) < 0.5, -1.0, 1.0)
         tries = (x_win[:, None] + self.eps * signs[..., None]).clamp(0, 1)  # (b, T, c, s*s)
         # a draw equal to what the window already holds would waste a query (likely with one
         # channel): take the first draw that changes something, else the opposite of the first,
-        # which always differs because eps > 0
+        # which always differs because eps > 0 (appended as an always-changing last draw)
         changed = (tries - best_win[:, None]).abs().flatten(2).amax(2) > 1e-7
-        first = torch.where(changed.any(1), changed.float().argmax(1), -1)
-        pick = torch.where((first >= 0)[:, None], signs[torch.arange(b, device=x.device), first.clamp_min(0)],
-                           -signs[:, 0])
+        changed = torch.cat([changed, changed.new_ones(b, 1)], 1)
+        first = changed.byte().argmax(1)  # the first True
+        pick = torch.cat([signs, -signs[:, :1]], 1).gather(1, first.view(b, 1, 1).expand(b, 1, c)).squeeze(1)
         return index, best_win, (x_win + self.eps * pick[..., None]).clamp(0, 1)
 
     def _l2_candidate(self, x: torch.Tensor, best: torch.Tensor, u: torch.Tensor, s: int) -> torch.Tensor:
