@@ -48,24 +48,24 @@ def sort_rows(values: torch.Tensor, nonnegative: bool = False) -> tuple[torch.Te
     return high.view(torch.float32), words[..., 0].long()
 
 
-_SORT_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+#: sorting threads, by count
+_SORT_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 
 
 def _sort_last_axis(rows: np.ndarray) -> np.ndarray:
     """``np.sort(rows, axis=1)``, the rows split among torch's threads (same result)."""
-    global _SORT_POOL
     parts = min(torch.get_num_threads(), rows.shape[0] // 32)
     if parts < 2:
         return np.sort(rows, axis=1)
-    if _SORT_POOL is None or _SORT_POOL._max_workers < parts:
-        _SORT_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=parts, thread_name_prefix="fab-sort")
+    if parts not in _SORT_POOLS:
+        _SORT_POOLS[parts] = concurrent.futures.ThreadPoolExecutor(max_workers=parts, thread_name_prefix="fab-sort")
     out = np.empty_like(rows)
 
     def sort_part(bounds: tuple[int, int]) -> None:
         out[bounds[0]:bounds[1]] = np.sort(rows[bounds[0]:bounds[1]], axis=1)
 
     edges = np.linspace(0, rows.shape[0], parts + 1).astype(int)
-    list(_SORT_POOL.map(sort_part, zip(edges[:-1], edges[1:])))
+    list(_SORT_POOLS[parts].map(sort_part, zip(edges[:-1], edges[1:])))
     return out
 
 
