@@ -77,18 +77,19 @@ def pairs(eps: float, n_classes: int, fast: bool) -> list[tuple[str, Callable[[A
     return out
 
 
-def pass_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 20) -> dict[str, float]:
+def pass_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seconds: float = 0.2) -> dict[str, float]:
     """Seconds per image of one forward and of one backward pass at this batch size (best of 3
-    timings of ``repeats`` passes each)."""
+    timings of repeated passes, each timing at least ``seconds`` long)."""
     xg = x.clone().requires_grad_(True)
 
     def timed(fn: Callable[[], Any]) -> float:
         fn()
         best = float("inf")
         for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(repeats):
+            start, repeats = time.perf_counter(), 0
+            while repeats == 0 or time.perf_counter() - start < seconds:
                 fn()
+                repeats += 1
             best = min(best, (time.perf_counter() - start) / repeats)
         return best / len(x)
 
@@ -113,22 +114,41 @@ def model_time_floor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, o
     return {"members": members, "model_seconds": sum(m["model_seconds"] for m in members)}
 
 
-def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, make: Callable[[Any], Any]) -> dict[str, float]:
+def per_call_floor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   calls: list[tuple[int, bool]]) -> dict[str, Any]:
+    """The model time of exactly these calls: each (batch size, gradient or not) costed at its
+    own batch size (a forward, or a forward and a backward, timed alone at that size). An
+    attack that drops the images it has fooled runs smaller and smaller batches, which cost
+    more per image than its first batch; `model_time_floor` prices them all at the first."""
+    sizes = sorted({b for b, _ in calls})
+    cost: dict[tuple[int, bool], float] = {}
+    for b in sizes:
+        per_image = pass_costs(model, x[:b], y[:b], seconds=0.05)
+        cost[(b, False)] = b * per_image["forward"]
+        cost[(b, True)] = b * (per_image["forward"] + per_image["backward"])
+    seconds = sum(cost[c] for c in calls)
+    return {"model_seconds": seconds, "calls": len(calls), "distinct_batch_sizes": len(sizes),
+            "gradient_images": sum(b for b, g in calls if g), "forward_images": sum(b for b, _ in calls)}
+
+
+def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, make: Callable[[Any], Any]) -> dict[str, Any]:
     """Seconds of one call; short calls are repeated (for about 3 s, at most 30 times) and the
     best kept, so scheduler noise does not decide a ratio."""
-    times, passes = [], []
-    counted = [0]
+    times, passes, call_logs = [], [], []
+    calls: list[tuple[int, bool]] = []
     # images through the model, counted the same way for both libraries: random-search attacks
     # stop when every image is fooled, so their time also depends on how many queries that took
-    hook = model.register_forward_hook(lambda _m, inputs, _o: counted.__setitem__(0, counted[0] + inputs[0].shape[0]))
+    hook = model.register_forward_hook(lambda _m, inputs, _o: calls.append((inputs[0].shape[0],
+                                                                            torch.is_grad_enabled())))
     try:
         while True:
             attack = make(model)
-            counted[0] = 0
+            calls = []
             start = time.perf_counter()
             adv = attack(x, y)
             times.append(time.perf_counter() - start)
-            passes.append(counted[0])
+            passes.append(sum(b for b, _ in calls))
+            call_logs.append(calls)
             if sum(times) > 3.0 or len(times) == 30:
                 break
     finally:
@@ -147,6 +167,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, make: Call
     if isinstance(getattr(attack, "report", None), list):  # AutoAttack: where the time went
         out["members"] = [{k: m[k] for k in ("attack", "n_images", "seconds", "forward", "backward",
                                               "robust_accuracy")} for m in attack.report]
+        out["calls"] = call_logs[best]
     return out
 
 
@@ -193,6 +214,10 @@ def main() -> None:
                 floor = model_time_floor(model, x, y, a)
                 row["model_time_floor"] = floor
                 row["max_ratio_at_model_floor"] = b["seconds"] / floor["model_seconds"]
+                exact = per_call_floor(model, x, y, [tuple(c) for c in a.pop("calls")])
+                row["model_time_floor_per_call"] = exact
+                row["ours_over_floor"] = a["seconds"] / floor["model_seconds"]
+                row["ours_over_floor_per_call"] = a["seconds"] / exact["model_seconds"]
             rows.append(row)
             print(f"{name:24s} {attack_name:20s} ours {a['images_per_second']:8.1f} img/s "
                   f"(robust {a['robust_accuracy']:.3f})  torchattacks {b['images_per_second']:8.1f} img/s "
