@@ -94,7 +94,7 @@ _ENTRIES: tuple[ZooEntry, ...] = (
              "SmallCNN (width 64, 256 features), PGD-5 adversarial training at eps 0.1 (Madry et al.), "
              "no augmentation, channels-last",
              arch="small-cnn", config={"width": 64, "feature_dim": 256},
-             recipe=ClassifierRecipe(epochs=15, lr=1e-3, schedule="cosine", adversarial=True, eps=0.1,
+             recipe=ClassifierRecipe(epochs=20, lr=1e-3, schedule="cosine", adversarial=True, eps=0.1,
                                      alpha=0.03, steps=5, channels_last=True)),
     ZooEntry("fmnist-cnn-standard-contrastive", ZooKind.SSL_HEAD, FMNIST,
              "mao2021 contrastive head on fmnist-cnn-standard's features, early-stopped",
