@@ -104,6 +104,10 @@ _ENTRIES: tuple[ZooEntry, ...] = (
              "mao2021 contrastive head on fmnist-cnn-pgd's features, early-stopped",
              parent="fmnist-cnn-pgd", task={"name": "contrastive", "tau": 0.2, "n_views": 4},
              recipe=SSLRecipe(epochs=30, lr=1e-3, patience=2), heldout=5000),
+    ZooEntry("fmnist-cnn64-pgd-contrastive", ZooKind.SSL_HEAD, FMNIST,
+             "mao2021 contrastive head on fmnist-cnn64-pgd's features, early-stopped",
+             parent="fmnist-cnn64-pgd", task={"name": "contrastive", "tau": 0.2, "n_views": 4},
+             recipe=SSLRecipe(epochs=30, lr=1e-3, patience=2), heldout=5000),
 )
 
 
