@@ -241,6 +241,25 @@ def test_cli_builds_the_config_it_is_given(monkeypatch, tmp_path):
         "fmnist-cnn-standard", "fmnist-cnn-pgd")
 
 
+@pytest.mark.parametrize("flags", [
+    [],
+    ["--quick", "--classifiers", "a,b", "--heads", "x,y", "--n-images", "7", "--audit-images", "0", "--no-lawhon"],
+    ["--publish", "docs/r.md", "--classifiers", "fmnist-cnn64-pgd", "--n-images", "500", "--audit-images", "100",
+     "--standard-audit-images", "12", "--eps", "0.05", "--seed", "3", "--no-sweeps", "--no-explain"],
+])
+def test_the_reports_command_line_runs_the_same_config(monkeypatch, tmp_path, flags):
+    """The report names the invocation that made it: that command builds the same configuration."""
+    seen = []
+    import advrepair.apps.experiments.mao2021 as mao
+
+    monkeypatch.setattr(mao, "run_mao2021_experiment", lambda cfg: seen.append(cfg) or tmp_path / "report.md")
+    assert cli.main(["experiment", "mao2021", "--out", str(tmp_path), *flags, "--no-progress"]) == 0
+    printed = seen[0].command_line()
+    assert printed.startswith("advrepair experiment mao2021 ")
+    assert cli.main([*printed.split()[1:], "--no-progress"]) == 0
+    assert seen[1].to_dict() == seen[0].to_dict()
+
+
 def test_stage_clock_ignores_stages_read_back_from_stored_records(capsys):
     from advrepair.apps.experiments.setup import StageClock
 

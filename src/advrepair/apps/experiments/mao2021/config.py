@@ -179,6 +179,23 @@ class Mao2021Config(RunConfig):
         d["publish"] = None if self.publish is None else str(self.publish)
         return d
 
+    def command_line(self) -> str:
+        """The ``advrepair experiment mao2021`` invocation that runs this configuration: every flag
+        whose value differs from its default (the machine's data root and device left out)."""
+        quick = self.budget_scale != 1.0
+        default = Mao2021Config.quick() if quick else Mao2021Config()
+        flags = (["--quick"] if quick else []) + [f"--out {self.out}"]
+        if self.publish is not None:
+            flags.append(f"--publish {self.publish}")
+        for name in ("dataset", "classifiers", "heads", "n_images", "sweep_images", "audit_images",
+                     "standard_audit_images", "eps", "seed"):
+            value = getattr(self, name)
+            if value is not None and value != getattr(default, name):
+                shown = ",".join(value) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else value
+                flags.append(f"--{name.replace('_', '-')} {shown}")
+        flags += [f"--no-{name}" for name in ("sweeps", "lawhon", "explain") if not getattr(self, name)]
+        return "advrepair experiment mao2021 " + " ".join(flags)
+
     @property
     def eps_v(self) -> float:
         return self.eps_v_factor * self.eps

@@ -306,10 +306,7 @@ def write_mao2021_report(cfg: Mao2021Config, store: ResultsStore, results: dict[
     out.mkdir(parents=True, exist_ok=True)
     runs = [r for r in store.records if r.get("stage") == "mao2021-invocation"]
     lines = ["# mao2021 reproduced: the self-supervised reverse attack on " + cfg.dataset, "",
-             f"Command: `advrepair experiment mao2021{' --quick' if cfg.budget_scale != 1.0 else ''}"
-             f" --out {cfg.out}{'' if cfg.publish is None else f' --publish {cfg.publish}'}"
-             f"{f' --standard-audit-images {cfg.standard_audit_images}' if cfg.standard_audit_images else ''}"
-             "` (it resumes: every row "
+             f"Command: `{cfg.command_line()}` (it resumes: every row "
              "is a stored record in the --out folder).", "",
              f"Status: {'finished' if finished else 'partial: stages still to run are marked n/a or missing'}. "
              f"Wall time of this invocation {wall_seconds / 60:.1f} min; over the {len(runs)} recorded invocations "
