@@ -260,6 +260,20 @@ def test_the_reports_command_line_runs_the_same_config(monkeypatch, tmp_path, fl
     assert seen[1].to_dict() == seen[0].to_dict()
 
 
+def test_no_sweeps_keeps_the_tables_and_the_audits_that_have_images():
+    from types import SimpleNamespace
+
+    from advrepair.apps.experiments.mao2021 import run as mao_run
+
+    robust = SimpleNamespace(name="fmnist-cnn-pgd", zoo_name="fmnist-cnn-pgd")
+    cfg = Mao2021Config(sweeps=False, audit_images=100, standard_audit_images=12)
+    wanted = {fn for _, fn, _ in mao_run.STAGES if mao_run._wanted(cfg, fn, robust)}
+    assert wanted == {mao_run.stage_table1, mao_run.stage_table5, mao_run.stage_audit, mao_run.stage_audit_standard}
+    cfg = Mao2021Config(sweeps=False, audit_images=0)
+    assert {fn for _, fn, _ in mao_run.STAGES if mao_run._wanted(cfg, fn, robust)} == {
+        mao_run.stage_table1, mao_run.stage_table5}
+
+
 def test_stage_clock_ignores_stages_read_back_from_stored_records(capsys):
     from advrepair.apps.experiments.setup import StageClock
 

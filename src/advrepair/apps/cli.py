@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     mao.add_argument("--standard-audit-images", type=int, default=None,
                      help="question (b) at the audit's standard preset, cascaded, on this many images (default 0)")
     mao.add_argument("--eps", type=float, default=0.1)
-    mao.add_argument("--no-sweeps", action="store_true", help="Tables 1 and 5 only")
+    mao.add_argument("--no-sweeps", action="store_true",
+                     help="Tables 1 and 5 and the audits only (no figure sweeps, lawhon or explanation grid)")
     mao.add_argument("--no-lawhon", action="store_true", help="skip lawhon's multi-task repair")
     mao.add_argument("--no-explain", action="store_true", help="skip the base x head x eps_v grid")
     _add_common(mao)

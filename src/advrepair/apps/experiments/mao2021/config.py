@@ -130,6 +130,7 @@ class Mao2021Config(RunConfig):
     explain_ssl: SSLRecipe | None = None
     #: shortens every attack schedule (``--quick``); 1.0 is the paper's budgets
     budget_scale: float = 1.0
+    #: the figure sweeps, lawhon and the explanation grid (False: Tables 1 and 5 and the audits only)
     sweeps: bool = True
     batch_size: int = 250
     #: also write the report as this Markdown file, its figures in a folder of the same stem

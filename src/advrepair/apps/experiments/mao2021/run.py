@@ -383,16 +383,17 @@ STAGES: tuple[tuple[str, Callable[[Run, Subject], None], float], ...] = (
 def _wanted(cfg: Mao2021Config, fn: Callable[[Run, Subject], None], s: Subject) -> bool:
     if fn in (stage_table1, stage_table5):
         return True
+    # the audits have their own switches (0 images skips one), whatever the sweeps
+    if fn is stage_audit:  # question (b) is about the robust classifier: the last one
+        return cfg.audit_images > 0 and s.name == _last_name(cfg)
+    if fn is stage_audit_standard:
+        return cfg.standard_audit_images > 0 and s.name == _last_name(cfg)
     if not cfg.sweeps:
         return False
     if fn is stage_lawhon:
         return cfg.lawhon
     if fn is stage_explain:
         return cfg.explain and s.zoo_name is not None and zoo.entry(s.zoo_name).eps is not None
-    if fn is stage_audit:  # question (b) is about the robust classifier: the last one
-        return cfg.audit_images > 0 and s.name == _last_name(cfg)
-    if fn is stage_audit_standard:
-        return cfg.standard_audit_images > 0 and s.name == _last_name(cfg)
     return True
 
 
