@@ -162,10 +162,10 @@ class AuditReport:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
-        drawn = [r for r in self.rows if r.defended and r.iterate_accuracy]
-        for i, r in enumerate(drawn):
+        curves = [(r.name, r.iterate_accuracy) for r in self.rows if r.defended and r.iterate_accuracy]
+        for i, (name, curve) in enumerate(curves):
             # ten colours, then a new dash pattern: no two rows share a line's look
-            ax.plot(range(len(r.iterate_accuracy)), [100 * a for a in r.iterate_accuracy], label=r.name,
+            ax.plot(range(len(curve)), [100 * a for a in curve], label=name,
                     linewidth=1.2, color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4])
         ax.set_xlabel("iterate of the defense (0 = its start; last = its output)")
         ax.set_ylabel("accuracy (%)")
