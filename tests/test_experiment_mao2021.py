@@ -274,6 +274,28 @@ def test_no_sweeps_keeps_the_tables_and_the_audits_that_have_images():
         mao_run.stage_table1, mao_run.stage_table5}
 
 
+def test_a_figure_is_redrawn_only_when_its_inputs_or_its_file_change(tmp_path):
+    from advrepair.apps.experiments.mao2021 import report as mao_report
+
+    calls = []
+
+    def draw(name: str) -> Path:
+        calls.append(name)
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(b"png")
+        return path
+
+    inputs = {"table1": {"m": {"clean": {"key": "a"}}}, "arrays": np.arange(5000)}
+    first = mao_report._draw_once(tmp_path, "f", inputs, lambda: draw("f"))
+    assert mao_report._draw_once(tmp_path, "f", dict(inputs), lambda: draw("f")) == first and calls == ["f"]
+    changed = {**inputs, "arrays": np.arange(5000) * (np.arange(5000) != 2500)}  # same repr(), other bytes
+    mao_report._draw_once(tmp_path, "f", changed, lambda: draw("f"))
+    first.unlink()
+    mao_report._draw_once(tmp_path, "f", changed, lambda: draw("f"))
+    mao_report._draw_once(tmp_path, "g", changed, lambda: draw("g"))
+    assert calls == ["f", "f", "f", "g"]
+
+
 def test_stage_clock_ignores_stages_read_back_from_stored_records(capsys):
     from advrepair.apps.experiments.setup import StageClock
 

@@ -1,10 +1,11 @@
 """The mao2021 report: every table and figure from the stored records of the run's stages."""
 from __future__ import annotations
 
+import hashlib
 import json
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -78,6 +79,39 @@ def _n(table: dict[str, dict[str | None, dict[str, Any]]]) -> int:
         for r in cells.values():
             return int(r["n_images"])
     return 0
+
+
+#: (report folder, figure) -> (fingerprint of the inputs, what drawing them returned), in this process
+_DRAWN: dict[tuple[Path, str], tuple[str, Any]] = {}
+
+
+def _fingerprint(inputs: Any) -> str:
+    def exact(value: Any) -> Any:
+        if isinstance(value, dict):  # keys of mixed types (None beside names): sorted by their repr
+            return sorted([repr(k), exact(v)] for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return [exact(v) for v in value]
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):  # by its bytes: repr() elides the middle of a large array
+            return [value.dtype.str, value.shape, hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()]
+        return value if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
+
+    return hashlib.sha256(json.dumps(exact(inputs)).encode()).hexdigest()
+
+
+def _draw_once(out: Path, name: str, inputs: Any, draw: Callable[[], Any]) -> Any:
+    """``draw()``, unless this process already drew figure ``name`` into ``out`` from the same
+    inputs and its files are still there: the report is rewritten after every stage, and
+    redrawing every figure each time cost more than the quick run's stages."""
+    key, fingerprint = (out.resolve(), name), _fingerprint(inputs)
+    if key in _DRAWN and _DRAWN[key][0] == fingerprint:
+        drawn = _DRAWN[key][1]
+        if all(p.exists() for p in (drawn if isinstance(drawn, list) else [drawn]) if p is not None):
+            return drawn
+    result = draw()
+    _DRAWN[key] = (fingerprint, result)
+    return result
 
 
 def _figure(path: Path) -> Path:
@@ -331,14 +365,19 @@ def write_mao2021_report(cfg: Mao2021Config, store: ResultsStore, results: dict[
                   "the paper's eps_v = 2 eps rule in L2. C&W (L2, 200 steps, c 1) is clipped to the ball: its "
                   "unbounded minimal perturbations beyond eps count as failures.", ""]
     figures: list[Path] = []
-    for path, caption in ((fig5(results, out), "Fig. 5: accuracy against repair steps k, and time per image. The "
+    for path, caption in ((_draw_once(out, "fig5", [results.get("table1"), results.get("timing")],
+                                      lambda: fig5(results, out)),
+                           "Fig. 5: accuracy against repair steps k, and time per image. The "
                            "accuracy at step k is the k-th iterate of the K-step repair (the same step size: early "
                            "stopping); the time is measured by running k steps."),
-                          (fig6(results, out), "Fig. 6: PGD-20 accuracy against the attack's eps, with the repair "
+                          (_draw_once(out, "fig6", results.get("fig6"), lambda: fig6(results, out)),
+                           "Fig. 6: PGD-20 accuracy against the attack's eps, with the repair "
                            "(eps_v fixed at 2 x 0.1), with noise of that budget and without a defense."),
-                          (fig7(results, cfg, out), "Fig. 7: the eps_v trade-off. Each point is one eps_v (label); the "
+                          (_draw_once(out, "fig7", [results.get("fig7"), cfg.to_dict()], lambda: fig7(results, cfg, out)),
+                           "Fig. 7: the eps_v trade-off. Each point is one eps_v (label); the "
                            "star is the classifier alone."),
-                          (fig8(results, out), "Fig. 8: PCA of the penultimate features.")):
+                          (_draw_once(out, "fig8", results.get("fig8"), lambda: fig8(results, out)),
+                           "Fig. 8: PCA of the penultimate features.")):
         if path is not None:
             figures.append(path)
             lines += [f"![{path.stem}]({path.name})", "", caption, ""]
@@ -365,7 +404,7 @@ def write_mao2021_report(cfg: Mao2021Config, store: ResultsStore, results: dict[
                              f"{s['diff']:+.3f} ± {s['se']:.3f} | {PCT * s['share_closer']:.0f}% | "
                              f"{PCT * s['reduction']:.1f}% |")
         lines.append("")
-    paths3 = fig3(store, results, out)
+    paths3 = _draw_once(out, "fig3", results.get("table1"), lambda: fig3(store, results, out))
     if paths3:
         lines += ["## Fig. 3: the self-supervised loss, and repaired examples", ""]
         lines += [f"![{p.stem}]({p.name})" for p in paths3] + [""]
