@@ -191,9 +191,13 @@ class Mao2021Config(RunConfig):
         for name in ("dataset", "classifiers", "heads", "n_images", "sweep_images", "audit_images",
                      "standard_audit_images", "eps", "seed"):
             value = getattr(self, name)
-            if value is not None and value != getattr(default, name):
-                shown = ",".join(value) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else value
-                flags.append(f"--{name.replace('_', '-')} {shown}")
+            if value is None or value == getattr(default, name):
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, float):
+                value = f"{value:g}"
+            flags.append(f"--{name.replace('_', '-')} {value}")
         flags += [f"--no-{name}" for name in ("sweeps", "lawhon", "explain") if not getattr(self, name)]
         return "advrepair experiment mao2021 " + " ".join(flags)
 
