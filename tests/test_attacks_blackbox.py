@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchattacks
 
-from advrepair.attacks.fab import FAB, FABT, project_hyperplane_box, sort_rows
+from advrepair.attacks.fab import FAB, FABT, project_hyperplane_box
 from advrepair.attacks.hopskipjump import HopSkipJump
 from advrepair.attacks.square import Square
 from advrepair.enums import Norm
@@ -193,28 +193,6 @@ def test_hyperplane_projection_is_exact_on_a_small_case():
     assert math.isclose(float((w * d_box).sum()), 1.5, rel_tol=1e-6)
 
 
-def test_fab_row_sort_equals_torch_stable_sort_with_ties_signs_and_infinities():
-    gen = torch.Generator().manual_seed(0)
-    values = torch.randn(64, 784, generator=gen)
-    values[:, ::7] = 0.0  # many ties, as the box's zero rooms give
-    values[:5, 1::9] = -0.0
-    values[3, 10:20] = float("inf")
-    values[4, 20:30] = -float("inf")
-    values[6] = 1e-30 * torch.randn(784, generator=gen)  # subnormal-adjacent magnitudes of both signs
-    got_values, got_order = sort_rows(values)
-    want_values, want_order = values.sort(dim=1, stable=True)
-    assert torch.equal(got_values, want_values) and torch.equal(got_order, want_order)
-    assert got_values.dtype == torch.float32 and got_order.dtype == torch.int64
-    doubles = values.double()  # not the packed path: torch's own sort
-    assert torch.equal(sort_rows(doubles)[1], doubles.sort(dim=1, stable=True)[1])
-    torch.set_num_threads(2)  # rows split among two sorting threads: the same result
-    try:
-        odd = values[:63]  # parts of unequal size
-        assert all(torch.equal(a, b) for a, b in zip(sort_rows(odd), odd.sort(dim=1, stable=True)))
-    finally:
-        torch.set_num_threads(1)
-
-
 def _plain_projection(points, w, value, norm):
     """project_hyperplane_box as first written: zero rooms for zero weights, torch's sort."""
     direction = torch.sign(-value)[:, None] * torch.sign(w)
@@ -249,6 +227,26 @@ def test_hyperplane_projection_equals_the_plain_one(norm):
     fast, plain = project_hyperplane_box(points, w, value, norm), _plain_projection(points, w, value, norm)
     assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-6)
     assert torch.equal(fast.sign(), plain.sign())
+
+
+@pytest.mark.parametrize("norm", [Norm.LINF, Norm.L2])
+def test_hyperplane_projection_at_its_edge_cases_equals_the_plain_one(norm):
+    # Newton's method stops on the piece holding the solution; these rows put the solution on
+    # a breakpoint, exactly at the box's reach, at zero, or give it no weight at all
+    d = 64
+    points = torch.full((6, d), 0.5)
+    points[:, : d // 2] = 0.75  # rooms 0.25 and 0.5 toward +: breakpoints at 0.25 and 0.5
+    w = torch.ones(6, d)
+    w[4] = 0.0  # no weight: nothing can move
+    w[5, ::2] = 0.0
+    reach = float((w[0] * (1 - points[0])).sum())
+    value = torch.tensor([-0.25 * d, -reach, -2 * reach, 0.0, -1.0, -3.0])  # on a breakpoint, just, beyond, zero
+    if norm is Norm.L2:
+        value[0] = -float((torch.minimum(1 - points[0], torch.tensor(0.25)) * w[0]).sum())
+    fast, plain = project_hyperplane_box(points, w, value, norm), _plain_projection(points, w, value, norm)
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fast[3], torch.zeros(d)) and torch.equal(fast[4], torch.zeros(d))
+    assert torch.allclose(fast[2], 1 - points[2])  # unreachable: every coordinate to its bound
 
 
 # -- error paths ------------------------------------------------------------------------------

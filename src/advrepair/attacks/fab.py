@@ -1,11 +1,8 @@
 """FAB (Croce & Hein 2020): fast adaptive boundary attack, untargeted and targeted (FAB-T)."""
 from __future__ import annotations
 
-import concurrent.futures
-import sys
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from advrepair.attacks.base import Attack
@@ -17,58 +14,6 @@ from advrepair.validation import check_positive
 from advrepair.attacks.registry import register_attack
 
 
-def sort_rows(values: torch.Tensor, nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``values.sort(dim=1, stable=True)``: (sorted values, their indices) of a 2-D tensor.
-
-    On the CPU, float32 rows are sorted as 64-bit keys (the float's bits made
-    order-preserving as a signed integer, above the column index) by numpy's vectorized
-    sort, in as many threads as torch uses (numpy releases the GIL while it sorts): about
-    3x faster than torch's row sort here on one thread, and the same values and indices
-    (ties stay in index order, as a stable sort leaves them). ``nonnegative=True`` promises
-    no value below zero (-0.0 allowed), whose bits already order as integers. FAB sorts
-    every step. The results may be strided views.
-    """
-    if (values.device.type != "cpu" or values.dtype != torch.float32 or values.dim() != 2
-            or sys.byteorder != "little"):
-        return values.sort(dim=1, stable=True)
-    if nonnegative:
-        high = values.view(torch.int32) & 0x7FFFFFFF  # -0.0 becomes 0.0: the two tie, as they compare equal
-    else:
-        bits = (values + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
-        high = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats reversed: integer order = float order
-    # the key's two 32-bit words written in place: the column below, the value above (little-endian)
-    words = torch.empty(*values.shape, 2, dtype=torch.int32)
-    words[..., 0] = torch.arange(values.shape[1], dtype=torch.int32)
-    words[..., 1] = high
-    keys = _sort_last_axis(words.view(torch.int64).squeeze(-1).numpy())
-    words = torch.from_numpy(keys).unsqueeze(-1).view(torch.int32)
-    high = words[..., 1]
-    if not nonnegative:
-        high = high ^ ((high >> 31) & 0x7FFFFFFF)
-    return high.view(torch.float32), words[..., 0].long()
-
-
-#: sorting threads, by count
-_SORT_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
-
-
-def _sort_last_axis(rows: np.ndarray) -> np.ndarray:
-    """``np.sort(rows, axis=1)``, the rows split among torch's threads (same result)."""
-    parts = min(torch.get_num_threads(), rows.shape[0] // 32)
-    if parts < 2:
-        return np.sort(rows, axis=1)
-    if parts not in _SORT_POOLS:
-        _SORT_POOLS[parts] = concurrent.futures.ThreadPoolExecutor(max_workers=parts, thread_name_prefix="fab-sort")
-    out = np.empty_like(rows)
-
-    def sort_part(bounds: tuple[int, int]) -> None:
-        out[bounds[0]:bounds[1]] = np.sort(rows[bounds[0]:bounds[1]], axis=1)
-
-    edges = np.linspace(0, rows.shape[0], parts + 1).astype(int)
-    list(_SORT_POOLS[parts].map(sort_part, zip(edges[:-1], edges[1:])))
-    return out
-
-
 def project_hyperplane_box(points: torch.Tensor, w: torch.Tensor, value: torch.Tensor,
                            norm: Norm) -> torch.Tensor:
     """The smallest step ``d`` with ``value + <w, d> = 0`` and ``points + d`` in [0, 1].
@@ -76,14 +21,20 @@ def project_hyperplane_box(points: torch.Tensor, w: torch.Tensor, value: torch.T
     ``points`` and ``w`` are (N, D), ``value`` (N,) is the linear function at ``points``;
     returns ``d`` (N, D), minimal in ``norm``. Both norms reduce to the same problem: each
     coordinate moves toward the hyperplane by ``min(t, cap_j)`` (scaled by ``|w_j|`` for L2),
-    where ``cap_j`` is its room to the box, and ``t`` solves ``sum_j a_j min(t, c_j) = |value|``,
-    a concave piecewise-linear equation solved exactly at its sorted breakpoints. When the
-    box makes the hyperplane unreachable, every coordinate moves to its bound (the closest
-    the box allows).
+    where ``cap_j`` is its room to the box, and ``t`` solves ``g(t) = sum_j a_j min(t, cap_j)
+    = |value|``. When the box makes the hyperplane unreachable, every coordinate moves to its
+    bound (the closest the box allows).
+
+    ``g`` is concave, nondecreasing and piecewise linear, so Newton's method from ``t = 0``
+    climbs monotonically onto the linear piece that holds the solution and stops there
+    exactly: it is done when a step crosses no breakpoint, i.e. the slope ``sum_{cap_j > t}
+    a_j`` did not change. On FAB's rows that takes 3-6 passes for L-inf (6-12 for L2) instead
+    of sorting every row each step (about 3x faster on 282 x 784 rows here); the result is
+    the sorted-breakpoint solution up to float32 rounding.
     """
     direction = torch.sign(-value)[:, None] * torch.sign(w)
     # a coordinate with w_j = 0 keeps its room: its weight is 0, so it adds nothing to the
-    # sums below and the direction zeroes its step (the same bits as a zero room, fewer passes)
+    # sums below and the direction zeroes its step
     room = torch.where(direction > 0, 1 - points, points).clamp_min(0)
     absw = w.abs()
     if norm is Norm.LINF:
@@ -92,16 +43,21 @@ def project_hyperplane_box(points: torch.Tensor, w: torch.Tensor, value: torch.T
         weight = absw * absw
         cap = torch.where(absw > 0, room / absw.clamp_min(1e-30), torch.zeros_like(room))
     target = value.abs()[:, None]
-    cap_sorted, order = sort_rows(cap, nonnegative=True)
-    weight_sorted = weight.gather(1, order)
-    area = weight_sorted * cap_sorted
-    before = torch.cumsum(area, 1) - area  # sum_{j<k} a_j c_j
-    after = weight_sorted.flip(1).cumsum(1).flip(1)  # sum_{j>=k} a_j
-    at_break = before + cap_sorted * after  # the left side at t = c_k, nondecreasing in k
-    k = torch.searchsorted(at_break.contiguous(), target.contiguous()).clamp(max=cap.shape[1] - 1)
-    t = (target - before.gather(1, k)) / after.gather(1, k).clamp_min(1e-30)
-    reachable = at_break[:, -1:] >= target
-    t = torch.where(reachable, t, cap_sorted[:, -1:])
+    # past the last breakpoint the slope is 0 and t runs off to ~1e30: every coordinate then
+    # takes its whole room, which is the unreachable case's answer
+    slope = (weight * (cap > 0)).sum(1, keepdim=True)
+    t = target / slope.clamp_min(1e-30)
+    done = torch.zeros_like(target, dtype=torch.bool)
+    for _ in range(cap.shape[1] + 1):  # each unfinished step passes a breakpoint: at most D + 1
+        new_slope = (weight * (cap > t)).sum(1, keepdim=True)
+        done |= new_slope == slope
+        if bool(done.all()):
+            break
+        value_at_t = (weight * torch.minimum(cap, t)).sum(1, keepdim=True)
+        # never back down: a rounding step below t could cross a breakpoint back and forth
+        climbed = torch.maximum(t, t + (target - value_at_t) / new_slope.clamp_min(1e-30))
+        t = torch.where(done, t, climbed)
+        slope = new_slope
     step = torch.minimum(t, cap)
     if norm is Norm.L2:
         step = step * absw
