@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -131,6 +132,20 @@ def per_call_floor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             "gradient_images": sum(b for b, g in calls if g), "forward_images": sum(b for b, _ in calls)}
 
 
+def floor_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             ours: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Both model-time floors of one AutoAttack run of ours ({} for single attacks), keyed by
+    the ratio they give."""
+    if "members" not in ours:
+        return {}
+    return {"ours_over_floor": model_time_floor(model, x, y, ours),
+            "ours_over_floor_per_call": per_call_floor(model, x, y, [tuple(c) for c in ours.pop("calls")])}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, make: Callable[[Any], Any]) -> dict[str, Any]:
     """Seconds of one call; short calls are repeated (for about 3 s, at most 30 times) and the
     best kept, so scheduler noise does not decide a ratio."""
@@ -178,8 +193,8 @@ def main() -> None:
     parser.add_argument("--eps-cnn", type=float, default=0.1)
     parser.add_argument("--eps-resnet", type=float, default=8 / 255)
     parser.add_argument("--rounds", type=int, default=2,
-                        help="alternate ours/theirs this many times and keep each side's best "
-                             "(this VM's speed drifts; one round can mislead)")
+                        help="paired rounds (order alternating); the JSON gives every round and the "
+                             "median ratios (this VM's speed drifts; one round can mislead)")
     parser.add_argument("--models", nargs="*",
                         default=["fashion-cnn", "fashion-cnn-standard", "preact-resnet18-32x32"])
     parser.add_argument("--attacks", nargs="*", default=None, help="subset of attack names to run")
@@ -198,26 +213,41 @@ def main() -> None:
         for attack_name, ours, theirs in pairs(eps, 10, False):
             if args.attacks and attack_name not in args.attacks:
                 continue
-            a, b = measure(model, x, y, ours), measure(model, x, y, theirs)
-            for _ in range(args.rounds - 1):
-                b = min(b, measure(model, x, y, theirs), key=lambda r: r["seconds"])
-                a = min(a, measure(model, x, y, ours), key=lambda r: r["seconds"])
+            # paired rounds: this VM's speed drifts by up to 30% over minutes, so each round's
+            # ratio compares measurements taken back to back (the order alternates, which cancels
+            # a steady drift), the floor is timed right after ours, and the medians are reported
+            rounds, records = [], []
+            for index in range(args.rounds):
+                first, second = (ours, theirs) if index % 2 == 0 else (theirs, ours)
+                floors: dict[str, dict[str, Any]] = {}
+                measured = {id(first): measure(model, x, y, first)}
+                if first is ours:
+                    floors = floor_of(model, x, y, measured[id(ours)])
+                measured[id(second)] = measure(model, x, y, second)
+                if second is ours:
+                    floors = floor_of(model, x, y, measured[id(ours)])
+                a, b = measured[id(ours)], measured[id(theirs)]
+                records.append((a, b, floors))
+                rounds.append({"ours_seconds": a["seconds"], "torchattacks_seconds": b["seconds"],
+                               "ratio": b["seconds"] / a["seconds"],
+                               **{k: a["seconds"] / f["model_seconds"] for k, f in floors.items()}})
+            middle = sorted(range(len(rounds)), key=lambda i: rounds[i]["ratio"])[len(rounds) // 2]
+            a, b, floors = records[middle]
             row = {"model": name, "model_source": desc, "attack": attack_name, "eps": eps, "n_images": len(x),
                    "clean_accuracy": clean, "ours": a, "torchattacks": b,
-                   "speed_ratio_ours_over_torchattacks": a["images_per_second"] / b["images_per_second"],
+                   "speed_ratio_ours_over_torchattacks": median([r["ratio"] for r in rounds]),
                    # time per image through the model: the implementation's speed, apart from how
                    # many queries the search needed
                    "per_model_call_ratio_ours_over_torchattacks":
                        b["seconds_per_model_call_image"] / a["seconds_per_model_call_image"],
-                   "robust_accuracy_difference": a["robust_accuracy"] - b["robust_accuracy"]}
-            if "members" in a:
-                floor = model_time_floor(model, x, y, a)
-                row["model_time_floor"] = floor
-                row["max_ratio_at_model_floor"] = b["seconds"] / floor["model_seconds"]
-                exact = per_call_floor(model, x, y, [tuple(c) for c in a.pop("calls")])
-                row["model_time_floor_per_call"] = exact
-                row["ours_over_floor"] = a["seconds"] / floor["model_seconds"]
-                row["ours_over_floor_per_call"] = a["seconds"] / exact["model_seconds"]
+                   "robust_accuracy_difference": a["robust_accuracy"] - b["robust_accuracy"],
+                   "rounds": rounds, "ours/torchattacks records": f"round {middle} (the median ratio)"}
+            if floors:
+                row["model_time_floor"] = floors["ours_over_floor"]
+                row["model_time_floor_per_call"] = floors["ours_over_floor_per_call"]
+                row["max_ratio_at_model_floor"] = b["seconds"] / floors["ours_over_floor"]["model_seconds"]
+                for key in floors:
+                    row[key] = median([r[key] for r in rounds])
             rows.append(row)
             print(f"{name:24s} {attack_name:20s} ours {a['images_per_second']:8.1f} img/s "
                   f"(robust {a['robust_accuracy']:.3f})  torchattacks {b['images_per_second']:8.1f} img/s "

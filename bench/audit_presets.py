@@ -7,7 +7,10 @@ machine, and is the number issue 18's savings must lower. The same audit without
 (APGD stepping every image to the end) runs in the same run as the reference: the JSON gives
 the speed-up and checks that both reports agree.
 
-    python bench/audit_presets.py [--images 20] [--preset quick] [--defenses none,jpeg,reverse-attack] [--out FILE]
+    python bench/audit_presets.py [--images 20] [--preset quick] [--defenses none,jpeg,reverse-attack]
+                                  [--classifier fmnist-cnn-pgd] [--cascade] [--out FILE]
+
+The reverse attack runs with the classifier's zoo contrastive head (``CLASSIFIER-contrastive``).
 """
 from __future__ import annotations
 
@@ -27,20 +30,20 @@ from advrepair.defenses import ReverseAttack, make_defense
 from _timing import timed  # bench/ is sys.path[0] when a script runs
 
 
-def build(name: str, classifier: torch.nn.Module) -> torch.nn.Module:
+def build(name: str, classifier: torch.nn.Module, classifier_name: str) -> torch.nn.Module:
     if name == "none":
         return torch.nn.Identity()
     if name == "reverse-attack":
-        task, _ = zoo.load("fmnist-cnn-pgd-contrastive")
+        task, _ = zoo.load(f"{classifier_name}-contrastive")
         return ReverseAttack(classifier, task, eps_v=0.2, steps=40, seed=0)  # type: ignore[arg-type]
     return make_defense(name, seed=0)
 
 
 def run_audit(classifier: torch.nn.Module, defense: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              preset: str) -> tuple[advrepair.AuditReport, float]:
+              preset: str, cascade: bool) -> tuple[advrepair.AuditReport, float]:
     with tempfile.TemporaryDirectory() as folder:
         return timed(lambda: advrepair.audit(classifier, defense, images, labels, eps=0.1, preset=preset, out=folder,
-                                             progress=False))
+                                             progress=False, cascade=cascade))
 
 
 def main() -> None:
@@ -48,28 +51,34 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--defenses", default="none,jpeg,reverse-attack")
+    parser.add_argument("--classifier", default="fmnist-cnn-pgd", help="a zoo classifier")
+    parser.add_argument("--cascade", action="store_true", help="the audit's cascade (rows attack the survivors)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/audit_presets.json"))
     parser.add_argument("--no-reference", action="store_true", help="skip the audit without the savings")
     args = parser.parse_args()
-    classifier, _ = zoo.load("fmnist-cnn-pgd")
+    classifier, _ = zoo.load(args.classifier)
     images, labels = balanced_subset(load_dataset("fashion-mnist", split="test"), args.images, seed=0).tensors()
     rows = []
     for name in args.defenses.split(","):
-        defense = build(name, classifier)
+        defense = build(name, classifier, args.classifier)
         with torch.no_grad():
             classifier(defense(images))  # warm-up
             _, forward_seconds = timed(lambda d=defense: classifier(d(images)))
-        report, seconds = run_audit(classifier, defense, images, labels, args.preset)
+        report, seconds = run_audit(classifier, defense, images, labels, args.preset, args.cascade)
         per_image = seconds / len(images)
-        row = {"defense": name, "preset": args.preset, "images": len(images), "wall_seconds": seconds,
+        row = {"defense": name, "preset": args.preset, "classifier": args.classifier, "cascade": args.cascade,
+               "images": len(images), "wall_seconds": seconds,
                "seconds_per_image": per_image, "row_seconds_per_image": report.seconds_per_image,
                "defended_forward_seconds_per_image": forward_seconds / len(images),
                "defended_forwards_per_image": per_image / (forward_seconds / len(images)),
-               "worst_case_accuracy": report.worst_case_accuracy}
+               "worst_case_accuracy": report.worst_case_accuracy,
+               "row_costs": [{"row": r.name, "defended": r.defended, "images": r.n_images,
+                              "seconds_per_image": r.seconds_per_image, "accuracy": r.accuracy}
+                             for r in report.rows]}
         if not args.no_reference:
             APGD.drop_fooled = False
             try:
-                plain, plain_seconds = run_audit(classifier, defense, images, labels, args.preset)
+                plain, plain_seconds = run_audit(classifier, defense, images, labels, args.preset, args.cascade)
             finally:
                 APGD.drop_fooled = True
             row["without_savings"] = {
