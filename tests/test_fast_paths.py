@@ -1,7 +1,8 @@
 """The faster paths give the results of the plain ones (issue 18): the SmallCNN's pool-before-
 ReLU order exactly, the channels-last layout within a stated tolerance, the repair's chunk size
-exactly, APGD without the images it has already fooled exactly, and so the audit; Square's
-window writes exactly. Speed itself is measured in bench/, never here."""
+exactly, APGD without the images it has already fooled exactly, and so the audit; the audit
+scored from the defense outputs its attacks computed exactly; Square's window writes exactly.
+Speed itself is measured in bench/, never here."""
 from __future__ import annotations
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 from torch import nn
 
 from advrepair import audit, zoo
+from advrepair.adaptive import memo as memo_module
+from advrepair.evaluation import adaptive as adaptive_module
 from advrepair.attacks.apgd import APGD, APGDCE, APGDDLR
 from advrepair.attacks.apgd_t import APGDT
 from advrepair.attacks.square import _CHUNK, _SIGN_TRIES, Square
@@ -118,7 +121,8 @@ def test_apgd_dropping_fooled_images_changes_no_result_only_the_passes(name, mak
 
 def test_the_audit_with_the_savings_equals_the_audit_without(real_images, monkeypatch, tmp_path):
     """The quick audit of a deterministic defense row by row: the same accuracies, worst
-    cases and flags whether or not APGD drops the images it has fooled."""
+    cases and flags whether or not APGD drops the images it has fooled and scoring reads back
+    the defense outputs the attack computed."""
     model, _ = zoo.load("fmnist-cnn-pgd")
     x = real_images[:24]
     y = _labels_with_some_wrong(model, x)
@@ -127,18 +131,91 @@ def test_the_audit_with_the_savings_equals_the_audit_without(real_images, monkey
         report = audit(model, MedianFilter(3), x, y, eps=0.1, preset="quick", out=tmp_path / out, progress=False)
         return report.to_dict()
 
+    monkeypatch.setattr(memo_module, "MIN_COST_RATIO", 0.0)  # remember even a cheap filter's outputs
     fast = run("fast")
     monkeypatch.setattr(APGD, "drop_fooled", False)
+    monkeypatch.setattr(adaptive_module, "SHARE_DEFENSE_OUTPUTS", False)
     reference = run("reference")
-    varying = {"seconds", "seconds_per_image", "forward_per_image", "backward_per_image"}
-
-    def results(report: dict) -> dict:
-        rows = [{k: v for k, v in row.items() if k not in varying} for row in report["rows"]]
-        return {**{k: v for k, v in report.items() if k not in varying | {"rows", "out"}}, "rows": rows}
-
-    assert results(fast) == results(reference)
+    assert _results(fast) == _results({**reference, "notes": fast["notes"]})
+    assert any("scored from the defense outputs" in note for note in fast["notes"])
     passes = {r["name"]: r["forward_per_image"] for r in fast["rows"]}
     assert sum(passes.values()) < sum(r["forward_per_image"] for r in reference["rows"])
+
+
+_VARYING = {"seconds", "seconds_per_image", "forward_per_image", "backward_per_image"}
+
+
+def _results(report: dict) -> dict:
+    rows = [{k: v for k, v in row.items() if k not in _VARYING} for row in report["rows"]]
+    return {**{k: v for k, v in report.items() if k not in _VARYING | {"rows", "out"}}, "rows": rows}
+
+
+def test_the_audit_scoring_from_the_attacks_own_repairs_equals_plain_scoring(real_images, monkeypatch, tmp_path):
+    """The reverse attack is deterministic per image and batch-independent, so BPDA and Square
+    rows are scored from the repairs (and iterates) their attack computed: every row, iterate
+    accuracy and worst case equals the audit that repairs each returned image again."""
+    model, _ = zoo.load("fmnist-cnn-pgd")
+    task, _ = zoo.load("fmnist-cnn-pgd-contrastive")
+    defense = ReverseAttack(model, task, eps_v=0.2, steps=3, seed=0)  # type: ignore[arg-type]
+    x = real_images[:8]
+    y = _labels_with_some_wrong(model, x)
+    reused = []
+    original_clear = memo_module.DefenseMemo.clear
+
+    def counting_clear(self):
+        reused.append(self.reused)
+        original_clear(self)
+
+    monkeypatch.setattr(memo_module.DefenseMemo, "clear", counting_clear)
+
+    def run(out: str) -> dict:
+        return audit(model, defense, x, y, eps=0.1, preset="quick", out=tmp_path / out, progress=False).to_dict()
+
+    fast = run("fast")
+    monkeypatch.setattr(adaptive_module, "SHARE_DEFENSE_OUTPUTS", False)
+    reference = run("reference")
+    eot_rows = {r["name"] for r in fast["rows"] if "eot" in r["name"] or r["name"].startswith("full-gradient")}
+
+    def deterministic(report: dict) -> dict:  # EOT draws with seed=None differ between any two runs
+        rows = [r for r in _results(report)["rows"] if r["name"] not in eot_rows]
+        return {"rows": rows, "undefended": report["undefended_robust_accuracy"]}
+
+    assert deterministic(fast) == deterministic(reference)
+    assert any(r.get("iterate_accuracy") for r in deterministic(fast)["rows"])
+    assert sum(reused) >= 3 * len(x)  # most BPDA and Square rows read every image back
+
+
+def test_the_memo_reads_back_what_the_defense_gives_and_forgets_the_oldest():
+    calls = []
+
+    def defense(images: torch.Tensor) -> torch.Tensor:
+        calls.append(images.shape[0])
+        return images.flip(-1) * 0.5
+
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    memo = memo_module.DefenseMemo(defense, max_bytes=4 * 16 * 4)  # room for four images
+    assert torch.equal(memo(x[:4]), defense(x[:4])) and memo.reused == 0
+    calls.clear()
+    assert torch.equal(memo(x[2:6]), defense(x[2:6]))  # x[2:4] read back, x[4:6] run (and x[0:2] dropped)
+    assert calls[0] == 2 and memo.reused == 2
+    calls.clear()
+    memo(x[:1])
+    assert calls == [1]  # forgotten: run again
+    memo.clear()
+    assert memo.reused == 0 and memo._bytes == 0
+
+
+def test_the_memo_is_refused_for_defenses_whose_output_is_not_the_image_alone():
+    x = torch.rand(9, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    slow_enough = memo_module.MIN_COST_RATIO
+    memo_module.MIN_COST_RATIO = 0.0
+    try:
+        assert memo_module.shares_outputs(lambda z: z.flip(-1), x)
+        assert not memo_module.shares_outputs(lambda z: z - z.mean(0, keepdim=True) + 0.5, x)  # batch statistics
+        assert not memo_module.shares_outputs(lambda z: (z + 0.01 * torch.rand_like(z)).clamp(0, 1), x)  # per call
+        assert not memo_module.shares_outputs(lambda z: z, x[:2])  # too few images to split
+    finally:
+        memo_module.MIN_COST_RATIO = slow_enough
 
 
 class _FooledByAnyChange(nn.Module):

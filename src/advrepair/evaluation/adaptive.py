@@ -40,6 +40,7 @@ from advrepair.adaptive import (BPDA, EOT, DefenseAwarePGD, black_box_flag, grad
                                 randomized_accuracy, randomness_flag)
 from advrepair.adaptive.defense_aware import sweep_entry
 from advrepair.adaptive.contract import as_module, capabilities_of, describe_model
+from advrepair.adaptive.memo import DefenseMemo, shares_outputs
 from advrepair.adaptive.randomness import RandomnessProbe, detect_randomness, fresh_draws
 from advrepair.attacks import PGD, Attack, Square
 from advrepair.attacks.apgd import APGDCE, APGDDLR
@@ -57,6 +58,9 @@ from advrepair.validation import check_int_at_least, check_positive
 
 #: images the defense runs on to decide whether it is randomized
 PROBE_IMAGES = 16
+#: score BPDA and Square rows from the defense outputs their attack already computed, when the
+#: defense's output is a function of the image alone (``adaptive.memo``; same results, less work)
+SHARE_DEFENSE_OUTPUTS = True
 
 SURROGATES: dict[str, Callable[[float], Callable[[torch.Tensor], torch.Tensor]]] = {
     "relative-tanh": relative_tanh_surrogate, "tanh": tanh_surrogate, "soft-sign": soft_sign_surrogate}
@@ -269,8 +273,12 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
     records: dict[str, list[dict[str, Any]]] = {}
     standing = Standing(len(data))
 
+    memo = _memo_for(target, probe)
+    shared = target.defense if memo is None else memo
+    memos = None if memo is None else {target.label: memo}
+
     def row(name: str, attack: Attack | None, crafted_on: str, with_base: bool = False,
-            extra: dict[str, Any] | None = None) -> None:
+            extra: dict[str, Any] | None = None, through_memo: bool = False) -> None:
         on, on_subset, on_images, idx = data, subset, key_images, None
         if config.cascade and name != "clean" and not name.startswith("static"):
             idx = standing.indices()
@@ -281,7 +289,7 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
         cells = evaluate_attack(on, single, attack, store, row=name, row_field="adaptive_row", crafted_on=crafted_on,
                                 with_base=with_base, subset=on_subset, batch_size=batch_size, device=device,
                                 progress=progress, extra={"protocol": "adaptive", **(extra or {})},
-                                key_images=on_images,
+                                key_images=on_images, memos=memos if through_memo else None,
                                 announce=f"adaptive | {model.name} | {target.label} | {name}: crafted on {crafted_on}"
                                          + (f" ({on_images} images standing)" if idx is not None else ""))
         records[name] = list(cells.values())
@@ -289,19 +297,19 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
 
     def gradient_rows(name: str, on: nn.Module, crafted_on: str, with_base: bool = False, steps: int | None = None,
                       eot: int = 1, ce_only: bool = False, extra: dict[str, Any] | None = None,
-                      draws: Any = None) -> None:
+                      draws: Any = None, through_memo: bool = False) -> None:
         stacked = draws is not None and capabilities_of(draws).rowwise_randomness
         for suffix, attack in config.gradient_attacks(on, steps=steps, eot=eot, ce_only=ce_only,
                                                       stacked_draws=stacked):
-            row(name + suffix, attack, crafted_on, with_base=with_base, extra=extra)
+            row(name + suffix, attack, crafted_on, with_base=with_base, extra=extra, through_memo=through_memo)
 
-    defended_bpda = nn.Sequential(BPDA(target.defense), clf)
+    defended_bpda = nn.Sequential(BPDA(shared), clf)
     row("clean", None, "-", with_base=True)
     gradient_rows("static", clf, "classifier (defense ignored)", with_base=True)
-    gradient_rows("bpda", defended_bpda, "BPDA(defense) + classifier, identity backward")
+    gradient_rows("bpda", defended_bpda, "BPDA(defense) + classifier, identity backward", through_memo=True)
     short = max(1, config.steps // 4)
     gradient_rows("bpda-short", defended_bpda, f"BPDA(defense) + classifier, {short} steps", steps=short,
-                  ce_only=True)
+                  ce_only=True, through_memo=True)
     eot = config.eot_draws
     if target.randomized is not None:
         gradient_rows("bpda-eot", nn.Sequential(BPDA(target.randomized), clf), f"EOT over {eot} fresh draws of "
@@ -329,9 +337,25 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
             sweep_rows.append(sweep_entry(lam, Accuracy(std["n_correct"], std["n_images"]),
                                           Accuracy(rep["n_correct"], rep["n_images"]), rep["attack"]))
     standing.before_square = standing.accuracy()
-    row("square", Square(nn.Sequential(target.defense, clf), eps=config.eps, norm=config.norm,
-                         n_queries=config.square_queries, seed=config.seed), "defense + classifier, scores only")
+    row("square", Square(nn.Sequential(shared, clf), eps=config.eps, norm=config.norm,
+                         n_queries=config.square_queries, seed=config.seed), "defense + classifier, scores only",
+        through_memo=True)
     return records, sweep_rows, base_common, defense_params, clf, standing
+
+
+def _memo_for(target: DefenseUnderTest, probe: torch.Tensor) -> DefenseMemo | None:
+    """A memo of the deployed defense when its output is the image's alone (checked by running
+    it: repeated calls and uneven batches give the same bits) and costs more than keying it."""
+    assert target.randomness is not None  # probed before the rows
+    if not SHARE_DEFENSE_OUTPUTS or target.randomness.repeat_difference != 0.0:
+        return None
+    if not shares_outputs(target.defense, probe):
+        return None
+    note = ("BPDA and Square rows are scored from the defense outputs their attack computed (the defense "
+            "gives the same bits on repeated calls and in any batch split, checked by running it)")
+    if note not in target.notes:
+        target.notes.append(note)
+    return DefenseMemo(target.defense)
 
 
 class Standing:

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advrepair.adaptive.contract import capabilities_of, describe_defense, describe_model
+from advrepair.adaptive.memo import DefenseMemo
 from advrepair.attacks import ATTACKS, Attack, make_attack
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -158,7 +159,8 @@ def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None
                     subset: str = "", batch_size: int = 250, device: str | torch.device = "cpu",
                     progress: bool = True, extra: dict[str, Any] | None = None,
                     attack_extra: dict[str, Any] | None = None, announce: str | None = None,
-                    key_images: int | None = None) -> dict[str | None, dict[str, Any]]:
+                    key_images: int | None = None,
+                    memos: dict[str, DefenseMemo] | None = None) -> dict[str | None, dict[str, Any]]:
     """One row of a prebuilt ``attack`` (``None``: clean images): craft it once per batch, score
     the classifier alone (``with_base``) and after each of ``entry``'s defenses, one record per
     cell, skipped when already in ``store``. For attacks the registry cannot build (a
@@ -167,7 +169,8 @@ def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None
     rows with equal attack parameters keep separate records; ``extra`` goes into each record.
     ``announce`` is printed when the row is computed rather than read from the store;
     ``key_images`` is as in :func:`evaluate_matrix` (one shard of a larger set). A classifier
-    without a card is keyed by a fingerprint of its weights.
+    without a card is keyed by a fingerprint of its weights. ``memos``: per defense label, the
+    ``DefenseMemo`` the attack ran that defense through; scoring reads its outputs back.
     Returns ``{defense label or None: record}``."""
     if not isinstance(data, ImageDataset) or len(data) == 0:
         raise InputError(f"data must be a non-empty ImageDataset, got {type(data).__name__}"
@@ -198,7 +201,8 @@ def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None
     if announce:
         tqdm.write(announce)
     records = _evaluate_cells(data, entry, clf, AttackSpec(CLEAN), attack_desc, base, cells, store, batch_size,
-                              device, progress, attack=attack, extra={row_field: row, **(extra or {})})
+                              device, progress, attack=attack, extra={row_field: row, **(extra or {})},
+                              memos=memos)
     return dict(zip(cells, records))
 
 
@@ -228,7 +232,8 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
                     attack_desc: dict[str, Any], base: dict[str, Any], cells: dict[str | None, str],
                     store: ResultsStore, batch_size: int, device: torch.device,
                     progress: bool, attack_model: nn.Module | None = None, attack: Attack | None = None,
-                    extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    extra: dict[str, Any] | None = None,
+                    memos: dict[str, DefenseMemo] | None = None) -> list[dict[str, Any]]:
     """Craft ``spec`` (or the prebuilt ``attack``) batch by batch, score the classifier on the
     result and after each defense, and store one record per cell. A defense with a
     ``trajectory`` method is scored on every iterate of its own optimization too (the
@@ -267,20 +272,25 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
             samples["labels"].append(y[:SAMPLES_KEPT].cpu())
         for dname, defense in entry.defenses.items():
             t0 = time.perf_counter()
-            caps, offered = capabilities[dname], cast(Any, defense)  # read through the defense contract
+            caps = capabilities[dname]
+            memo = (memos or {}).get(dname)
+            source = defense if memo is None else memo
+            offered = cast(Any, source)  # read through the defense contract
             if caps.trajectory:
                 iterates = offered.trajectory(adv)
                 repaired = iterates[-1]
             else:
-                repaired = defense(adv).detach()
+                repaired = source(adv).detach()
+            if memo is not None:
+                memo.clear()  # this batch's tries are scored: their memory goes
             seconds[dname] += time.perf_counter() - t0
             with torch.no_grad():
                 correct[dname].append((clf(repaired).argmax(1) == y).cpu())
                 if caps.trajectory:
                     by_iterate[dname].append(torch.stack([clf(z).argmax(1) == y for z in iterates]).cpu())
             if caps.ssl_loss:
-                ssl_in[dname].append(offered.ssl_loss(adv).cpu())
-                ssl_out[dname].append(offered.ssl_loss(repaired).cpu())
+                ssl_in[dname].append(cast(Any, defense).ssl_loss(adv).cpu())
+                ssl_out[dname].append(cast(Any, defense).ssl_loss(repaired).cpu())
             if keep:
                 samples[f"repaired_{dname}"].append(repaired[:SAMPLES_KEPT].cpu())
         if index + 1 < n_batches:
