@@ -139,7 +139,7 @@ def per_call_floor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def floor_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              ours: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Both model-time floors of one AutoAttack run of ours ({} for single attacks), keyed by
+    """The model-time floors of one AutoAttack run of ours ({} for single attacks), keyed by
     the ratio they give."""
     if "members" not in ours:
         return {}
@@ -166,10 +166,6 @@ def replayed_calls(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             with torch.no_grad():
                 model(pool_x[:b])
     return {"model_seconds": time.perf_counter() - start, "calls": len(calls)}
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, make: Callable[[Any], Any]) -> dict[str, Any]:
@@ -244,15 +240,12 @@ def main() -> None:
             # a steady drift), the floor is timed right after ours, and the medians are reported
             rounds, records = [], []
             for index in range(args.rounds):
-                first, second = (ours, theirs) if index % 2 == 0 else (theirs, ours)
-                floors: dict[str, dict[str, Any]] = {}
-                measured = {id(first): measure(model, x, y, first)}
-                if first is ours:
-                    floors = floor_of(model, x, y, measured[id(ours)])
-                measured[id(second)] = measure(model, x, y, second)
-                if second is ours:
-                    floors = floor_of(model, x, y, measured[id(ours)])
-                a, b = measured[id(ours)], measured[id(theirs)]
+                measured: dict[str, dict[str, Any]] = {}
+                for side in ("ours", "theirs") if index % 2 == 0 else ("theirs", "ours"):
+                    measured[side] = measure(model, x, y, ours if side == "ours" else theirs)
+                    if side == "ours":
+                        floors = floor_of(model, x, y, measured["ours"])
+                a, b = measured["ours"], measured["theirs"]
                 records.append((a, b, floors))
                 rounds.append({"ours_seconds": a["seconds"], "torchattacks_seconds": b["seconds"],
                                "ratio": b["seconds"] / a["seconds"],
@@ -261,7 +254,7 @@ def main() -> None:
             a, b, floors = records[middle]
             row = {"model": name, "model_source": desc, "attack": attack_name, "eps": eps, "n_images": len(x),
                    "clean_accuracy": clean, "ours": a, "torchattacks": b,
-                   "speed_ratio_ours_over_torchattacks": median([r["ratio"] for r in rounds]),
+                   "speed_ratio_ours_over_torchattacks": statistics.median([r["ratio"] for r in rounds]),
                    # time per image through the model: the implementation's speed, apart from how
                    # many queries the search needed
                    "per_model_call_ratio_ours_over_torchattacks":
@@ -274,7 +267,7 @@ def main() -> None:
                 row["model_time_replayed_calls"] = floors["ours_over_replayed_calls"]
                 row["max_ratio_at_model_floor"] = b["seconds"] / floors["ours_over_floor"]["model_seconds"]
                 for key in floors:
-                    row[key] = median([r[key] for r in rounds])
+                    row[key] = statistics.median([r[key] for r in rounds])
             rows.append(row)
             print(f"{name:24s} {attack_name:20s} ours {a['images_per_second']:8.1f} img/s "
                   f"(robust {a['robust_accuracy']:.3f})  torchattacks {b['images_per_second']:8.1f} img/s "

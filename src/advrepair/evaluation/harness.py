@@ -272,12 +272,11 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
             samples["labels"].append(y[:SAMPLES_KEPT].cpu())
         for dname, defense in entry.defenses.items():
             t0 = time.perf_counter()
-            caps = capabilities[dname]
+            caps, offered = capabilities[dname], cast(Any, defense)  # read through the defense contract
             memo = (memos or {}).get(dname)
             source = defense if memo is None else memo
-            offered = cast(Any, source)  # read through the defense contract
             if caps.trajectory:
-                iterates = offered.trajectory(adv)
+                iterates = cast(Any, source).trajectory(adv)
                 repaired = iterates[-1]
             else:
                 repaired = source(adv).detach()
@@ -289,8 +288,8 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
                 if caps.trajectory:
                     by_iterate[dname].append(torch.stack([clf(z).argmax(1) == y for z in iterates]).cpu())
             if caps.ssl_loss:
-                ssl_in[dname].append(cast(Any, defense).ssl_loss(adv).cpu())
-                ssl_out[dname].append(cast(Any, defense).ssl_loss(repaired).cpu())
+                ssl_in[dname].append(offered.ssl_loss(adv).cpu())
+                ssl_out[dname].append(offered.ssl_loss(repaired).cpu())
             if keep:
                 samples[f"repaired_{dname}"].append(repaired[:SAMPLES_KEPT].cpu())
         if index + 1 < n_batches:
