@@ -9,6 +9,7 @@ from torch import nn
 
 from advrepair.adaptive.bpda import BPDA
 from advrepair.defenses.ride import RIDE, RIDE_NETWORKS, RideNetSpec, RideNetwork, resolve_network
+from advrepair.defenses.ride.networks import _draw_step, _dropout_masks, dropout_draw_buffer, dropout_units
 from advrepair.errors import InputError
 
 
@@ -40,17 +41,18 @@ def _toy(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ------------------------------------------------------------------ batched == sequential
-@pytest.mark.parametrize("mode, c, batch", [("ride", 1, 2), ("idip", 1, 1), ("dae", 3, 1)])
-def test_batched_engine_equals_one_by_one_reference(mode, c, batch):
+@pytest.mark.parametrize("mode, c, batch, dropout", [("ride", 1, 2, 0.5), ("idip", 1, 1, 0.5), ("dae", 3, 1, 0.5),
+                                                    ("ride", 1, 2, 0.3)])
+def test_batched_engine_equals_one_by_one_reference(mode, c, batch, dropout):
     x = _images(4 if c == 1 else 3, c=c, size=10)
     clean = _images(x.shape[0], c=c, size=10, seed=5)
     defense = RIDE(mode=mode, iterations=4, checkpoints=2, batch=batch, lr=1e-2, seed=3,
-                   estimate_samples=2)
+                   estimate_samples=2, dropout=dropout)
     fast = defense.fit(x, clean=clean, trajectory=True)
     ref = defense.fit_sequential(x, clean=clean, trajectory=True)
     # the fit really moved: the estimates differ from a 1-step fit by far more than the tolerance
     one_step = RIDE(mode=mode, iterations=1, checkpoints=1, batch=batch, lr=1e-2, seed=3,
-                    estimate_samples=2).fit(x).estimate
+                    estimate_samples=2, dropout=dropout).fit(x).estimate
     assert (fast.estimate - one_step).abs().max() > 1e-3
     # float32 group convolutions sum in another order than one-by-one convs; after a few Adam steps
     # on this CPU the gap reaches ~5e-6 (values ~0.6), so 1e-5 still catches any real difference
@@ -106,23 +108,32 @@ def test_seeding():
 # ------------------------------------------------------------------ the paper's premise
 def test_estimate_gets_closer_to_clean_than_to_adversarial_before_overfitting():
     """Fig. 2e / Fig. 6: while fitting the adversarial image, the estimate passes closer to the
-    clean image than to the adversarial one, and closer to it than the adversarial input is."""
+    clean image than to the adversarial one, and closer to it than the adversarial input is.
+
+    A tendency, not a law for every draw: over 16 seeds the best estimate's distance to clean is
+    0.74 +- 0.02 of the input's (one image of one seed reached 1.14), so the test averages 4 seeds."""
     clean, adv = _toy()
     gap = (adv - clean).flatten(1).norm(dim=1)
-    result = RIDE(iterations=100, checkpoints=3, lr=1e-2, seed=0, estimate_samples=4).fit(
-        adv, clean=clean, trajectory=True)
-    tr = result.trajectory
-    assert tr.to_clean.shape == tr.to_adv.shape == tr.loss.shape == (301, 4)
-    assert torch.isnan(tr.loss[0]).all() and torch.isfinite(tr.loss[1:]).all()
-    to_clean, to_adv = tr.to_clean[1:], tr.to_adv[1:]
-    best = to_clean.argmin(0)
-    cols = torch.arange(4)
-    assert (to_clean[best, cols] < 0.85 * gap).all(), "the estimate never got closer to clean than the input"
-    assert (to_clean[best, cols] < to_adv[best, cols] - 0.15 * gap).all()
-    # at the start (a random network, output ~ 0.5) the estimate is far from both
-    assert (tr.to_clean[0] > gap).all() and (tr.to_adv[0] > gap).all()
-    # and the fit is not a no-op: the training loss went down
-    assert (tr.loss[-50:].mean(0) < tr.loss[1:51].mean(0)).all()
+    ratios, margins = [], []
+    for seed in range(4):
+        result = RIDE(iterations=100, checkpoints=3, lr=1e-2, seed=seed, estimate_samples=4).fit(
+            adv, clean=clean, trajectory=True)
+        tr = result.trajectory
+        assert tr.to_clean.shape == tr.to_adv.shape == tr.loss.shape == (301, 4)
+        assert torch.isnan(tr.loss[0]).all() and torch.isfinite(tr.loss[1:]).all()
+        to_clean, to_adv = tr.to_clean[1:], tr.to_adv[1:]
+        best = to_clean.argmin(0)
+        cols = torch.arange(4)
+        ratios.append(to_clean[best, cols] / gap)
+        margins.append((to_adv[best, cols] - to_clean[best, cols]) / gap)
+        # at the start (a random network, output ~ 0.5) the estimate is far from both
+        assert (tr.to_clean[0] > gap).all() and (tr.to_adv[0] > gap).all()
+        # and the fit is not a no-op: the training loss went down
+        assert (tr.loss[-50:].mean(0) < tr.loss[1:51].mean(0)).all()
+    ratio, margin = torch.stack(ratios), torch.stack(margins)
+    assert ratio.mean() < 0.85, "the estimate did not get closer to clean than the input"
+    assert margin.mean() > 0.15
+    assert (margin.mean(0) > 0).all(), "some perturbation's estimate stayed closer to the adversarial image"
 
 
 def test_dip_fits_the_low_frequencies_first():
@@ -179,6 +190,35 @@ def test_paper_defaults_and_table3_networks():
     assert RIDE_NETWORKS["imagenet"].depth == 8 and RIDE_NETWORKS["imagenet"].dropout_layers == (4, 5, 6)
     out = cifar(torch.rand(2, 3, 32, 32))
     assert out.shape == (2, 3, 32, 32) and out.min() > 0 and out.max() < 1
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_dropout_masks_keep_each_unit_independently_with_probability_one_minus_p(p):
+    """p = 1/2 takes one random bit per unit, other p a uniform each: either way every unit of
+    every layer, network and sample is kept independently with probability 1 - p, scaled 1/(1-p)."""
+    spec, n, size, groups = RIDE_NETWORKS["mnist"], 2, 12, 8
+    buffer = dropout_draw_buffer(groups, dropout_units(spec, n, size, size), p, torch.float32)
+    gens = [torch.Generator().manual_seed(k) for k in range(groups)]
+    for g, row in zip(gens, buffer):
+        _draw_step(g, False, n, (1, size, size), spec, p, torch.float32, dropout_out=row)
+    masks = _dropout_masks(buffer, p, spec, n, size, size, torch.device("cpu"), torch.float32)
+    assert len(masks) == len(spec.dropout_layers)
+    keep = torch.stack([m.contiguous() for m in masks])  # (L, n, G * width, H, W)
+    assert keep.shape == (2, n, groups * spec.width, size, size)
+    assert set(keep.unique().tolist()) == {0.0, torch.tensor(1 / (1 - p)).item()}
+    kept = keep > 0
+    units = kept.numel()
+    assert abs(kept.float().mean() - (1 - p)) < 4 * ((p * (1 - p) / units) ** 0.5)
+    # independent: the two layers, the two samples and neighbouring networks agree only by chance
+    for a, b in ((kept[0], kept[1]), (kept[:, 0], kept[:, 1]), (kept[..., :16, :, :], kept[..., 16:32, :, :])):
+        agree = (a == b).float().mean()
+        chance = (1 - p) ** 2 + p ** 2
+        assert abs(agree - chance) < 4 * ((chance * (1 - chance) / a.numel()) ** 0.5)
+    # a network's masks come from its own generator alone
+    alone = dropout_draw_buffer(1, dropout_units(spec, n, size, size), p, torch.float32)
+    _draw_step(torch.Generator().manual_seed(3), False, n, (1, size, size), spec, p, torch.float32, dropout_out=alone[0])
+    one = _dropout_masks(alone, p, spec, n, size, size, torch.device("cpu"), torch.float32)
+    assert torch.equal(one[1], masks[1][:, 3 * spec.width:4 * spec.width])
 
 
 def test_dropout_changes_the_fit_and_zero_disables_it():

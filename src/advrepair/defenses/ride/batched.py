@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from advrepair.defenses.ride.networks import (DIP_NOISE_SCALE, GROUP_MULTIPLE, RideNetSpec, _draw_init, _draw_step,
-                                              _dropout_masks)
+                                              _dropout_masks, dropout_draw_buffer, dropout_units)
 from advrepair.defenses.ride.results import RideResult, _Recorder
 
 if TYPE_CHECKING:
@@ -127,18 +127,19 @@ def fit_chunk(ride: "RIDE", x: torch.Tensor, spec: RideNetSpec, gens: list[torch
     loss = torch.full((b,), float("nan"))
     # per-step draws are written straight into these buffers; padding rows stay zero
     noise = torch.zeros((g_count, 2, n, c, hh, ww), dtype=dt) if ride.is_dae else None
-    uniform = (torch.zeros((g_count, n, len(spec.dropout_layers), spec.width, hh, ww), dtype=dt)
-               if ride.dropout > 0 and spec.dropout_layers else None)
+    draws = (dropout_draw_buffer(g_count, dropout_units(spec, n, hh, ww), ride.dropout, dt)
+             if ride.dropout > 0 and spec.dropout_layers else None)
+    mask_buffer = (torch.empty((n, len(spec.dropout_layers), hh, ww, g_count, spec.width), dtype=dt, device=dev)
+                   if draws is not None else None)
     step = 0
     for _t in range(ride.checkpoints):
         for _k in range(ride.iterations):
             for i, g in enumerate(gens):
                 _draw_step(g, ride.is_dae, n, (c, hh, ww), spec, ride.dropout, dt,
-                           None if noise is None else noise[i], None if uniform is None else uniform[i])
+                           None if noise is None else noise[i], None if draws is None else draws[i])
             masks = None
-            if uniform is not None:
-                all_masks = _dropout_masks(uniform.to(dev), ride.dropout)
-                masks = [_to_grouped(all_masks[:, :, j]) for j in range(all_masks.shape[2])]
+            if draws is not None:
+                masks = _dropout_masks(draws, ride.dropout, spec, n, hh, ww, dev, dt, mask_buffer)
             if ride.is_dae:
                 assert noise is not None  # allocated above for the DAE
                 noise_d = noise.to(dev)

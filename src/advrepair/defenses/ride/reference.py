@@ -47,11 +47,10 @@ def fit_one(ride: "RIDE", x: torch.Tensor, spec: RideNetSpec, gen: torch.Generat
     step = 0
     for _t in range(ride.checkpoints):
         for _k in range(ride.iterations):
-            noise, uniform = _draw_step(gen, ride.is_dae, n, (c, hh, ww), spec, ride.dropout, dt)
+            noise, draws = _draw_step(gen, ride.is_dae, n, (c, hh, ww), spec, ride.dropout, dt)
             masks = None
-            if uniform is not None:
-                all_masks = _dropout_masks(uniform.to(dev), ride.dropout)
-                masks = [all_masks[:, j] for j in range(all_masks.shape[1])]
+            if draws is not None:
+                masks = _dropout_masks(draws[None], ride.dropout, spec, n, hh, ww, dev, dt)
             if ride.is_dae:
                 assert noise is not None
                 inp = target[None] + sigma * noise[0].to(dev)
