@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 import torchattacks
 
+from advrepair.allocator import retaining_freed_memory
 from advrepair.attacks import APGD, FGSM, PGD, AutoAttack, Square
 from advrepair.models import PreActResNet18
 
@@ -274,6 +275,7 @@ def main() -> None:
                   f"(robust {b['robust_accuracy']:.3f})  ratio {row['speed_ratio_ours_over_torchattacks']:.2f}",
                   flush=True)
     result = {"benchmark": "attack_throughput", "device": "cpu", "torch_threads": torch.get_num_threads(),
+              "retains_freed_memory": retaining_freed_memory(),
               "load_average_after": os.getloadavg(),  # 2-core timings beside other work are not comparable
               "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

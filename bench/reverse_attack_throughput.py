@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advrepair import zoo
+from advrepair.allocator import retaining_freed_memory
 from advrepair.data import load_dataset
 from advrepair.defenses import ReverseAttack
 from advrepair.engine import random_start, random_start_numbers
@@ -145,6 +146,7 @@ def main() -> None:
         "benchmark": "reverse_attack_throughput",
         "model": "zoo fmnist-cnn-pgd + fmnist-cnn-pgd-contrastive (small-cnn width 32, 28x28x1)",
         "images_from": image_source, "device": "cpu", "torch_threads": torch.get_num_threads(),
+        "retains_freed_memory": retaining_freed_memory(),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "steps": args.steps, "views": task.n_views, "negatives": int(task.negatives.shape[0]), "images": n,
         "useful_gflop_per_image": flops / 1e9,

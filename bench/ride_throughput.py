@@ -11,9 +11,13 @@ Both paths draw the same per-image random numbers, so they compute the same esti
 JSON reports the largest difference between them as a correctness check. ``chunked`` fits the
 same ``--chunk-images`` images at each chunk size: the evidence for ``RIDE``'s default chunk_size.
 
+Each ratio is the median over paired rounds (both paths timed in the same round). The process
+retains freed memory (``advrepair.allocator``) unless ADVREPAIR_RETAIN_FREED_MEMORY=0; the JSON
+records which.
+
     python bench/ride_throughput.py [--batch-sizes 1,16,64,256] [--chunk-images 64] [--chunk-sizes 8,16,32,64] [--iterations 50]
         [--checkpoints 1] [--sequential-images 8] [--mode ride] [--size 28] [--channels 1]
-        [--threads N] [--out bench/results/ride_throughput.json]
+        [--threads N] [--rounds 5] [--out bench/results/ride_throughput.json]
 """
 from __future__ import annotations
 
@@ -21,11 +25,13 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from advrepair.allocator import retaining_freed_memory
 from advrepair.defenses.ride import RIDE, resolve_network
 from _timing import timed  # bench/ is sys.path[0] when a script runs
 
@@ -68,6 +74,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--rounds", type=int, default=5, help="paired rounds (medians reported)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ride_throughput.json"))
     args = parser.parse_args()
     if args.threads:
@@ -87,19 +94,40 @@ def main() -> None:
     defense(1).fit_sequential(images[:1])
 
     seq_images = images[: args.sequential_images]
-    seq, t_seq = timed(defense(1).fit_sequential, seq_images)
-    seq_per_image = t_seq / args.sequential_images
+    # Paired rounds: this VM's speed drifts by tens of percent within minutes, so every ratio is
+    # taken within one round (the one-by-one path timed in the same round), the order of the
+    # measurements alternates between rounds, and the JSON reports the median over rounds.
+    jobs: list[tuple[str, int, int]] = [("one_by_one", 1, args.sequential_images)]
+    jobs += [("batched", b, b) for b in sizes] + [("chunked", c, args.chunk_images) for c in chunks]
+    per_image: dict[tuple[str, int], list[float]] = {(kind, size): [] for kind, size, _ in jobs}
+    seq = None
+    for r in range(args.rounds):
+        for kind, size, count in (jobs if r % 2 == 0 else jobs[::-1]):
+            if kind == "one_by_one":
+                seq, t = timed(defense(1).fit_sequential, seq_images)
+            else:
+                _, t = timed(defense(size).fit, images[:count])
+            per_image[(kind, size)].append(t / count)
+    assert seq is not None
+    seq_rounds = per_image[("one_by_one", 1)]
+    seq_per_image = statistics.median(seq_rounds)
+
+    def speedups(kind: str, size: int) -> list[float]:
+        return [one / other for one, other in zip(seq_rounds, per_image[(kind, size)])]
+
     rows = []
     for b in sizes:
-        _, t = timed(defense(b).fit, images[:b])
-        rows.append({"batch_size": b, "seconds": t, "seconds_per_image": t / b,
-                     "seconds_per_image_per_step": t / b / (args.iterations * args.checkpoints),
-                     "speedup_vs_one_by_one": seq_per_image / (t / b)})
+        t_img = statistics.median(per_image[("batched", b)])
+        rows.append({"batch_size": b, "seconds_per_image": t_img,
+                     "seconds_per_image_per_step": t_img / (args.iterations * args.checkpoints),
+                     "speedup_vs_one_by_one": statistics.median(speedups("batched", b)),
+                     "speedup_rounds": speedups("batched", b)})
     chunk_rows = []
     for chunk in chunks:
-        _, t = timed(defense(chunk).fit, images[: args.chunk_images])
-        chunk_rows.append({"chunk_size": chunk, "images": args.chunk_images, "seconds_per_image": t / args.chunk_images,
-                           "speedup_vs_one_by_one": seq_per_image / (t / args.chunk_images)})
+        chunk_rows.append({"chunk_size": chunk, "images": args.chunk_images,
+                           "seconds_per_image": statistics.median(per_image[("chunked", chunk)]),
+                           "speedup_vs_one_by_one": statistics.median(speedups("chunked", chunk)),
+                           "speedup_rounds": speedups("chunked", chunk)})
     check = defense(max(sizes)).fit(seq_images).estimate
     peak = matmul_peak_gflops()
     best = max(rows, key=lambda r: r["speedup_vs_one_by_one"])
@@ -115,7 +143,7 @@ def main() -> None:
     result = {
         "benchmark": "ride_throughput",
         "device": "cpu",
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "retains_freed_memory": retaining_freed_memory(),
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "load_average_before": load_before,
@@ -125,7 +153,9 @@ def main() -> None:
         "network": {"width": spec.width, "depth": spec.depth, "dropout_layers": list(spec.dropout_layers)},
         "iterations": args.iterations, "checkpoints": args.checkpoints,
         "steps_per_image": args.iterations * args.checkpoints,
-        "one_by_one": {"images": args.sequential_images, "seconds": t_seq, "seconds_per_image": seq_per_image,
+        "rounds": args.rounds,
+        "one_by_one": {"images": args.sequential_images, "seconds_per_image": seq_per_image,
+                       "seconds_per_image_rounds": seq_rounds,
                        "path": "RIDE.fit_sequential (nn.Conv2d + torch.optim.Adam per image)"},
         "batched": rows,
         "best": {"batch_size": best["batch_size"], "speedup_vs_one_by_one": best["speedup_vs_one_by_one"]},

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from advrepair.allocator import retaining_freed_memory
 from advrepair.defenses import ReverseAttack
 from advrepair.evaluation import AttackSpec, ModelEntry, ResultsStore, evaluate_matrix, images_for_stderr
 from advrepair.report import write_report
@@ -41,6 +42,7 @@ def test_records_carry_what_a_reader_needs(tmp_path, trained_cnn, shapes_test):
     for r in on_disk:
         for field in ("dataset", "model", "defense", "attack", "n_images", "accuracy", "stderr", "seconds"):
             assert field in r
+        assert r["retains_freed_memory"] == retaining_freed_memory()
         assert r["n_images"] == 40
         p = r["accuracy"]
         assert r["stderr"] == pytest.approx((p * (1 - p) / 40) ** 0.5)

@@ -7,6 +7,10 @@ __version__ = "0.1.0"
 
 from typing import Any
 
+from advrepair.allocator import retain_freed_memory
+
+retain_freed_memory()
+
 
 def __getattr__(name: str) -> Any:
     # imported on first use, so that `import advrepair` stays light

@@ -25,6 +25,7 @@ from advrepair.factories import is_factory_spec
 from advrepair.evaluation.metrics import accuracy_of
 from advrepair.evaluation.partial import PartialCells
 from advrepair.evaluation.store import ResultsStore, record_key
+from advrepair.allocator import retaining_freed_memory
 from advrepair.runtime import layout_of, resolve_device
 from advrepair.validation import check_int_at_least
 
@@ -308,7 +309,8 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
                   "seconds": seconds[None] + (0.0 if cell is None else seconds[cell]),
                   "attack_cost": cost, "attack_members": getattr(attack, "report", None),
                   "model_card": {k: entry.card.get(k) for k in ("arch", "recipe", "kind")},
-                  "layout": layout_of(clf) if isinstance(clf, nn.Module) else None}
+                  "layout": layout_of(clf) if isinstance(clf, nn.Module) else None,
+                  "retains_freed_memory": retaining_freed_memory()}
         arrays: dict[str, np.ndarray] = {"correct": torch.cat(correct[cell]).numpy()}
         arrays.update({k: torch.cat(v).numpy() for k, v in samples.items() if v and (
             not k.startswith("repaired_") or k == f"repaired_{cell}")})
