@@ -1,7 +1,8 @@
 """RIDE throughput: seconds per image of the batched engine (B networks fitted together as one
 grouped convolution, per-model Adam on stacked tensors) at several batch sizes, against the
 one-by-one reference path (``RIDE.fit_sequential``: an ``nn.Conv2d`` network and
-``torch.optim.Adam`` per image), measured in the same run with the same settings.
+``torch.optim.Adam`` per image), measured in the same run with the same settings; the one-by-one
+path runs at one thread and at torch's thread count, and the faster is the baseline.
 
 The JSON also bounds what any batching could reach here: the FLOPs of one image's training
 step (analytic), the FLOP rate of the one-by-one path, and this machine's large-matmul peak
@@ -97,19 +98,25 @@ def main() -> None:
     # Paired rounds: this VM's speed drifts by tens of percent within minutes, so every ratio is
     # taken within one round (the one-by-one path timed in the same round), the order of the
     # measurements alternates between rounds, and the JSON reports the median over rounds.
-    jobs: list[tuple[str, int, int]] = [("one_by_one", 1, args.sequential_images)]
+    # The one-by-one path is timed at one thread too (its tiny convolutions can run faster on one)
+    # and each round's faster of the two is the baseline.
+    threads = torch.get_num_threads()
+    seq_threads = sorted({1, threads})
+    jobs: list[tuple[str, int, int]] = [("one_by_one", t, args.sequential_images) for t in seq_threads]
     jobs += [("batched", b, b) for b in sizes] + [("chunked", c, args.chunk_images) for c in chunks]
     per_image: dict[tuple[str, int], list[float]] = {(kind, size): [] for kind, size, _ in jobs}
     seq = None
     for r in range(args.rounds):
         for kind, size, count in (jobs if r % 2 == 0 else jobs[::-1]):
             if kind == "one_by_one":
+                torch.set_num_threads(size)
                 seq, t = timed(defense(1).fit_sequential, seq_images)
+                torch.set_num_threads(threads)
             else:
                 _, t = timed(defense(size).fit, images[:count])
             per_image[(kind, size)].append(t / count)
     assert seq is not None
-    seq_rounds = per_image[("one_by_one", 1)]
+    seq_rounds = [min(times) for times in zip(*(per_image[("one_by_one", t)] for t in seq_threads))]
     seq_per_image = statistics.median(seq_rounds)
 
     def speedups(kind: str, size: int) -> list[float]:
@@ -156,6 +163,7 @@ def main() -> None:
         "rounds": args.rounds,
         "one_by_one": {"images": args.sequential_images, "seconds_per_image": seq_per_image,
                        "seconds_per_image_rounds": seq_rounds,
+                       "seconds_per_image_rounds_by_threads": {t: per_image[("one_by_one", t)] for t in seq_threads},
                        "path": "RIDE.fit_sequential (nn.Conv2d + torch.optim.Adam per image)"},
         "batched": rows,
         "best": {"batch_size": best["batch_size"], "speedup_vs_one_by_one": best["speedup_vs_one_by_one"]},
