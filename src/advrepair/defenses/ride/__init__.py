@@ -56,8 +56,10 @@ Deviations and choices, each on purpose:
   (``advrepair.seeding.image_generators``). An image's estimate never depends on its
   batch-mates or the chunk size (see above); ``seed=None`` gives a truly random defense.
 - Dropout: element-wise, p = 0.5, after the ReLU of the layers Table 3 marks; its masks are drawn
-  from the per-image generator (not torch's global one). The estimates x_est are computed with
-  dropout off (eval mode); the paper does not say.
+  from the per-image generator (not torch's global one): at p = 1/2 one random bit per unit (32
+  per generator call; the same Bernoulli(1/2) as a compared uniform at a twentieth of the cost),
+  at any other p one uniform per unit. The estimates x_est are computed with dropout off (eval
+  mode); the paper does not say.
 - Estimate: ``x_est = E_z[h(z; w)]`` is averaged over ``estimate_samples`` noisy inputs (default
   the mini-batch size n = 1, reading Alg. 1's "// mini-batch" literally).
 - Weights *and* Adam's moments carry over between checkpoints (one optimizer for all T * K
@@ -72,9 +74,9 @@ Deviations and choices, each on purpose:
   (the paper's Table 2 attack). Calling ``backward`` through RIDE itself raises torch's
   "does not require grad" error rather than returning a misleading zero gradient.
 - Cost: the paper's defaults mean 10,000 Adam steps per image. On this project's 2-core CPU,
-  28 x 28 images with the "mnist" network cost 2.2-3 ms per image per step batched (1 thread,
-  busy machine; the grouped convolutions alone take ~0.45 ms with 2 idle threads), so 5-30 s
-  per image; pass ``iterations=`` (K) and ``checkpoints=`` (T) to trade quality for time.
+  28 x 28 images with the "mnist" network cost ~0.3-0.45 ms per image per step batched (2 threads,
+  chunks of 16; the VM's speed drifts) against ~1.5 ms one by one, so 3-5 s per image; pass
+  ``iterations=`` (K) and ``checkpoints=`` (T) to trade quality for time.
   ``bench/ride_throughput.py`` measures it.
 
 Example:
