@@ -5,11 +5,12 @@ No paper is implemented here. Our choice and its evidence:
 glibc returns large freed blocks to the kernel: blocks above its mmap threshold are unmapped
 when freed, and free memory at the heap's top beyond its trim threshold is trimmed. An attack
 step or a RIDE step frees and reallocates the same activations every iteration, so each step
-faulted its tensors' pages in afresh. On this project's 2-core CPU that was ~40% of a batched
-RIDE step (0.59 -> 0.35 ms per image-step) and a third of a plain batched reverse attack
-(bench/reference/*-2026-12-07-retain*.json). Raising both thresholds keeps the blocks for
-reuse. Values never change; the cost is that the process keeps its peak heap (free heap top up
-to 1 GiB) instead of returning it.
+faulted its tensors' pages in afresh. Raising both thresholds keeps the blocks for reuse: a
+reverse-attack bench run took 83k page faults instead of 741k at the same peak memory. What
+that saves depends on the VM's state; on this project's 2-core CPU within one day, 15-40% of a
+batched RIDE step and 0-45% of a plain batched reverse attack (bench/reference/*-2026-12-07*.json,
+NOTES.md, session 13). Values never change; the cost is that the process keeps its peak heap
+(free heap top up to 1 GiB) instead of returning it.
 
 ``import advrepair`` turns it on. ``ADVREPAIR_RETAIN_FREED_MEMORY=0`` keeps glibc's defaults
 (the benchmarks use it to measure both). Other C libraries (musl, macOS, Windows) are left alone.

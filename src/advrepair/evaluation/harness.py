@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from advrepair.adaptive.contract import capabilities_of, describe_defense, describe_model
 from advrepair.adaptive.memo import DefenseMemo
+from advrepair.allocator import retaining_freed_memory
 from advrepair.attacks import ATTACKS, Attack, make_attack
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -25,7 +26,6 @@ from advrepair.factories import is_factory_spec
 from advrepair.evaluation.metrics import accuracy_of
 from advrepair.evaluation.partial import PartialCells
 from advrepair.evaluation.store import ResultsStore, record_key
-from advrepair.allocator import retaining_freed_memory
 from advrepair.runtime import layout_of, resolve_device
 from advrepair.validation import check_int_at_least
 
