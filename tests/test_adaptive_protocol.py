@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from advrepair.allocator import retaining_freed_memory
 from advrepair.defenses import ReverseAttack
 from advrepair.engine import projected_gradient, relative_tanh_surrogate, tanh_surrogate
 from advrepair.errors import InputError
@@ -109,6 +110,7 @@ def test_protocol_runs_every_row_records_flags_and_resumes(trained_cnn, shapes_t
     assert next(f for f in summary["flags"] if f["flag"].startswith("randomness (repeated"))["fired"] is False  # seeded
     assert summary["randomized_clean"]["draws"] == 2
     assert len(summary["lambda_sweep"]) == 2
+    assert summary["retains_freed_memory"] == retaining_freed_memory()
     # results.json holds the flags; a rerun finds everything and adds nothing
     saved = json.loads((tmp_path / "results.json").read_text())
     assert any(r.get("kind") == "adaptive-summary" and r["flags"] for r in saved)

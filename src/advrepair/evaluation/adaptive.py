@@ -42,6 +42,7 @@ from advrepair.adaptive.defense_aware import sweep_entry
 from advrepair.adaptive.contract import as_module, capabilities_of, describe_model
 from advrepair.adaptive.memo import DefenseMemo, shares_outputs
 from advrepair.adaptive.randomness import RandomnessProbe, detect_randomness, fresh_draws
+from advrepair.allocator import retaining_freed_memory
 from advrepair.attacks import PGD, Attack, Square
 from advrepair.attacks.apgd import APGDCE, APGDDLR
 from advrepair.attacks.apgd_t import APGDT
@@ -464,7 +465,8 @@ def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, 
                "randomness": target.randomness.to_dict(),
                "randomized_clean": randomized, "lambda_sweep": sweep_rows, "flags": flags,
                "not_run": [name for name, rs in records.items() if not rs],
-               "seconds": sum(r["seconds"] for rs in records.values() for r in rs)}
+               "seconds": sum(r["seconds"] for rs in records.values() for r in rs),
+               "retains_freed_memory": retaining_freed_memory()}
     store.add(summary, {"worst_case_correct": standing.outputs, "worst_over_iterates_correct": standing.iterates}
               if config.cascade else None)
     return summary
