@@ -1,6 +1,7 @@
 """advrepair.allocator: freed memory kept in the process by default, with an environment switch."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -12,8 +13,6 @@ PROBE = "import advrepair, advrepair.allocator as a; print(a.retaining_freed_mem
 
 
 def _probe(env_value: str | None) -> str:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != allocator.ENV_SWITCH}
     if env_value is not None:
         env[allocator.ENV_SWITCH] = env_value

@@ -72,10 +72,15 @@ def dropout_units(spec: RideNetSpec, n: int, hh: int, ww: int) -> int:
     return n * len(spec.dropout_layers) * hh * ww * spec.width
 
 
+def _draws_bits(dropout: float) -> bool:
+    """Whether dropout at ``dropout`` is drawn as one random bit per unit (exact only at p = 1/2)."""
+    return dropout == 0.5
+
+
 def dropout_draw_buffer(groups: int, units: int, dropout: float, dtype: torch.dtype) -> torch.Tensor:
     """Zeroed storage for ``groups`` images' dropout draws (what ``_draw_step`` writes): packed
     random words at p = 1/2, else one uniform per unit. Zero rows give all-zero masks."""
-    if dropout == 0.5:
+    if _draws_bits(dropout):
         return torch.zeros((groups, -(-units // 32)), dtype=torch.int32)
     return torch.zeros((groups, units), dtype=dtype)
 
@@ -97,7 +102,7 @@ def _draw_step(gen: torch.Generator, dae: bool, n: int, shape: tuple[int, int, i
     if dropout > 0 and spec.dropout_layers:
         if dropout_out is None:
             dropout_out = dropout_draw_buffer(1, dropout_units(spec, n, shape[1], shape[2]), dropout, dtype)[0]
-        if dropout == 0.5:
+        if _draws_bits(dropout):
             draws = dropout_out.random_(-2 ** 31, 2 ** 31, generator=gen)
         else:
             draws = torch.rand(dropout_out.shape, generator=gen, dtype=dtype, out=dropout_out)
@@ -113,7 +118,7 @@ def _dropout_masks(draws: torch.Tensor, dropout: float, spec: RideNetSpec, n: in
     Unit (n, l, h, w, c) of network g is element ``(((n * L + l) * H + h) * W + w) * width + c``
     of its draws (bit order within the words: little-endian bytes, low bit first)."""
     groups, units = draws.shape[0], dropout_units(spec, n, hh, ww)
-    if dropout == 0.5:
+    if _draws_bits(dropout):
         keep = torch.from_numpy(np.unpackbits(draws.numpy().view(np.uint8), axis=1, count=units,
                                               bitorder="little"))
     else:
