@@ -111,6 +111,7 @@ def test_protocol_runs_every_row_records_flags_and_resumes(trained_cnn, shapes_t
     assert summary["randomized_clean"]["draws"] == 2
     assert len(summary["lambda_sweep"]) == 2
     assert summary["retains_freed_memory"] == retaining_freed_memory()
+    assert summary["tap_input_gradients"] is True  # on unless ADVREPAIR_TAP_INPUT_GRADIENTS=0
     # results.json holds the flags; a rerun finds everything and adds nothing
     saved = json.loads((tmp_path / "results.json").read_text())
     assert any(r.get("kind") == "adaptive-summary" and r["flags"] for r in saved)

@@ -43,6 +43,7 @@ def test_records_carry_what_a_reader_needs(tmp_path, trained_cnn, shapes_test):
         for field in ("dataset", "model", "defense", "attack", "n_images", "accuracy", "stderr", "seconds"):
             assert field in r
         assert r["retains_freed_memory"] == retaining_freed_memory()
+        assert r["tap_input_gradients"] is True  # on unless ADVREPAIR_TAP_INPUT_GRADIENTS=0
         assert r["n_images"] == 40
         p = r["accuracy"]
         assert r["stderr"] == pytest.approx((p * (1 - p) / 40) ** 0.5)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from advrepair.attacks.losses import cross_entropy
-from advrepair.engine import project
+from advrepair.engine import fast_input_gradients, project
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.seeding import per_image_uniform
@@ -152,7 +152,8 @@ class Attack(ABC):
                 self.targets = self._choose_targets(images, labels, targets, num_classes)
             elif self.uses_labels:
                 self._unchecked_labels = labels
-            adv = self.perturb(images.detach(), cast(torch.Tensor, labels))  # None only for label-free attacks
+            with fast_input_gradients(self.model):
+                adv = self.perturb(images.detach(), cast(torch.Tensor, labels))  # None only for label-free attacks
         finally:
             self.targets = None
             self._unchecked_labels = None

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence, cast
 import torch
 from torch import nn
 
-from advrepair.engine import seeded_random_start, LoopTrace, projected_gradient
+from advrepair.engine import fast_input_gradients, seeded_random_start, LoopTrace, projected_gradient
 from advrepair.enums import Norm
 from advrepair.models.base import Classifier
 from advrepair.seeding import per_image_uniform
@@ -133,7 +133,8 @@ class ReverseAttack(nn.Module):
         mao2021 Eq. 8 differentiates it); the views are still drawn per image.
         """
         check_images(images)
-        with eval_mode(self), torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        with eval_mode(self), fast_input_gradients(self), \
+                torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             with torch.no_grad():
                 contexts = [t.context(self.classifier) for t in self.task_list]
             numbers = [u[:, 0] for u in self._draw(images.detach(), 1, stream)]
@@ -143,7 +144,8 @@ class ReverseAttack(nn.Module):
         check_images(images)
         if self.steps == 0 or self.eps_v == 0:
             return images
-        with eval_mode(self):
+        # a checkpointed unroll recomputes this forward in a backward pass that may come after the block
+        with eval_mode(self), fast_input_gradients(self, enabled=not self.checkpoint):
             contexts = [t.context(self.classifier) for t in self.task_list]
             traces = [LoopTrace() for _ in range(0, images.shape[0], self.chunk_size)]
             repaired = torch.cat([self._repair(chunk, contexts, trace) for chunk, trace in
