@@ -198,3 +198,13 @@ def test_the_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
         assert covered == 0
     monkeypatch.delenv("ADVREPAIR_TAP_INPUT_GRADIENTS")
     assert tap_input_gradients_enabled()
+
+
+def test_autocast_passes_keep_pytorchs_own_backward() -> None:
+    conv = nn.Conv2d(1, 4, 3, padding=1)
+    x = torch.rand(2, 1, 6, 6, requires_grad=True)
+    with fast_input_gradients(conv), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ != "_TapInputGradientBackward"
+    (grad,) = torch.autograd.grad(out.float().sum(), x)
+    assert grad.dtype == torch.float32

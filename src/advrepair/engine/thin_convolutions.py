@@ -103,7 +103,8 @@ def is_thin_convolution(module: nn.Module) -> bool:
 def _detach_input(module: nn.Conv2d, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     x = args[0] if args else None
     if not (isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
-            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4):
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
+            and not torch.is_autocast_enabled("cpu")):  # autocast picks the convolution's dtype
         return None
     module.__dict__[_ACTIVE] = x
     return (x.detach(), *args[1:])
@@ -122,7 +123,8 @@ def fast_input_gradients(module: Any, enabled: bool = True) -> Iterator[int]:
     (:func:`is_thin_convolution`) go by taps on the CPU. Yields how many layers it covers.
 
     Reentrant (an attack inside an attack covers each layer once); anything that is not an
-    ``nn.Module`` passes through untouched (yields 0). CUDA tensors keep cuDNN's kernels.
+    ``nn.Module`` passes through untouched (yields 0). CUDA tensors keep cuDNN's kernels, and
+    passes under autocast PyTorch's own.
     ``ADVREPAIR_TAP_INPUT_GRADIENTS=0`` turns it off process-wide. Pass ``enabled=False``
     where activation checkpointing may recompute the block's forward after the block has
     ended: the recomputed graph must match the original.
