@@ -99,6 +99,7 @@ def main() -> None:
         rows.append(row)
     result = {"benchmark": "audit_presets", "torch": torch.__version__, "threads": torch.get_num_threads(),
               "retains_freed_memory": advrepair.allocator.retaining_freed_memory(),
+              "tap_input_gradients": advrepair.engine.tap_input_gradients_enabled(),
               "machine": platform.machine(), "processor": platform.processor(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
