@@ -40,7 +40,7 @@ def _input_and_param_grads(conv: nn.Conv2d, x: torch.Tensor, fast: bool) -> tupl
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_gradients_equal_pytorchs_convolution_backward(geometry: dict, channels_last: bool) -> None:
     torch.manual_seed(0)
-    conv = nn.Conv2d(out_channels=8, **geometry).double()
+    conv = nn.Conv2d(out_channels=32, **geometry).double()
     x = torch.randn(3, geometry["in_channels"], 11, 10, dtype=torch.float64)
     if channels_last:
         conv = conv.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -73,7 +73,7 @@ def test_float32_input_gradient_within_rounding_on_a_zoo_sized_cnn() -> None:
 
 def test_second_derivatives_stay_exact() -> None:
     torch.manual_seed(2)
-    conv = nn.Conv2d(2, 4, 3, padding=1).double()
+    conv = nn.Conv2d(2, 18, 3, padding=1).double()
     x = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
 
     def gradient_norm(inputs: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,7 @@ def test_second_derivatives_stay_exact() -> None:
 
 
 def test_only_asking_for_the_input_gradient_leaves_parameters_alone() -> None:
-    conv = nn.Conv2d(1, 4, 3, padding=1)
+    conv = nn.Conv2d(1, 9, 3, padding=1)
     x = torch.rand(2, 1, 6, 6, requires_grad=True)
     with fast_input_gradients(conv):
         torch.autograd.grad(conv(x).sum(), x)
@@ -96,12 +96,13 @@ def test_only_asking_for_the_input_gradient_leaves_parameters_alone() -> None:
 
 
 @pytest.mark.parametrize("conv", [
-    nn.Conv2d(4, 8, 3),                                # 36 taps: oneDNN's own kernel is as fast
-    nn.Conv2d(2, 4, 3, groups=2),
-    nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"),
-    nn.Conv2d(1, 4, 3, padding="same"),
+    nn.Conv2d(8, 128, 3),                              # 72 taps: oneDNN's own kernel is faster
+    nn.Conv2d(3, 16, 3),                               # fewer outputs than taps: likewise
+    nn.Conv2d(2, 32, 3, groups=2),
+    nn.Conv2d(1, 32, 3, padding=1, padding_mode="reflect"),
+    nn.Conv2d(1, 32, 3, padding="same"),
     nn.Conv1d(1, 4, 3),
-], ids=["wide", "grouped", "reflect-padding", "string-padding", "conv1d"])
+], ids=["many-taps", "few-outputs", "grouped", "reflect-padding", "string-padding", "conv1d"])
 def test_layers_it_does_not_cover(conv: nn.Module) -> None:
     assert not is_thin_convolution(conv)
     with fast_input_gradients(conv) as covered:
@@ -117,8 +118,8 @@ def test_subclasses_with_their_own_forward_are_left_alone() -> None:
     class Plain(nn.Conv2d):
         pass
 
-    assert not is_thin_convolution(Standardized(1, 4, 3))
-    assert is_thin_convolution(Plain(1, 4, 3))
+    assert not is_thin_convolution(Standardized(1, 16, 3))
+    assert is_thin_convolution(Plain(1, 16, 3))
 
 
 def test_non_modules_pass_through() -> None:
@@ -142,7 +143,7 @@ def test_a_failing_forward_keeps_no_input_alive() -> None:
     class Failing(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Conv2d(1, 2, 3)
+            self.conv = nn.Conv2d(1, 16, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x, "unexpected")
@@ -160,7 +161,7 @@ def _double_first_weight(model: nn.Module) -> None:
 
 def test_a_copy_made_inside_the_block_computes_its_own_gradients() -> None:
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh())
+    model = nn.Sequential(nn.Conv2d(1, 9, 3, padding=1), nn.Tanh())
     with fast_input_gradients(model):
         twin = copy.deepcopy(model)
     _double_first_weight(twin)
@@ -178,8 +179,8 @@ def test_attacks_run_with_it() -> None:
     class Probe(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3, padding=1)
-            self.head = nn.Linear(4 * 8 * 8, 3)
+            self.conv = nn.Conv2d(1, 16, 3, padding=1)
+            self.head = nn.Linear(16 * 8 * 8, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             seen.append(len(self.conv._forward_pre_hooks))
@@ -194,14 +195,14 @@ def test_attacks_run_with_it() -> None:
 def test_the_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADVREPAIR_TAP_INPUT_GRADIENTS", "0")
     assert not tap_input_gradients_enabled()
-    with fast_input_gradients(nn.Conv2d(1, 2, 3)) as covered:
+    with fast_input_gradients(nn.Conv2d(1, 16, 3)) as covered:
         assert covered == 0
     monkeypatch.delenv("ADVREPAIR_TAP_INPUT_GRADIENTS")
     assert tap_input_gradients_enabled()
 
 
 def test_autocast_passes_keep_pytorchs_own_backward() -> None:
-    conv = nn.Conv2d(1, 4, 3, padding=1)
+    conv = nn.Conv2d(1, 16, 3, padding=1)
     x = torch.rand(2, 1, 6, 6, requires_grad=True)
     with fast_input_gradients(conv), torch.autocast("cpu", dtype=torch.bfloat16):
         out = conv(x)
