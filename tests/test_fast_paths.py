@@ -83,14 +83,15 @@ def test_the_layout_default_follows_the_convolutions():
 
 
 def test_the_default_chunk_repairs_as_any_other_chunk_in_channels_last(real_images):
-    """Batch independence must survive the layout: a chunk of 32, 64 or 5 images gives each
-    image the same repair (the convolution kernels chosen per batch size must not matter)."""
+    """Batch independence must survive the layout: the automatic chunk (128 here), 32, 64 or 5
+    images give each image the same repair (the kernels chosen per batch size must not matter)."""
     classifier, _ = zoo.load("fmnist-cnn-pgd")
     task, _ = zoo.load("fmnist-cnn-pgd-contrastive")
     x = real_images[:40]
     default = ReverseAttack(classifier, task, eps_v=0.2, steps=4)
-    assert default.chunk_size == 32
-    repaired = default(x)
+    assert default.chunk_size is None and default.chunk_for(x) == 128
+    repaired = default(torch.cat([x, x, x, x]))[:40]  # 160 images: one chunk of 128, one of 32
+    assert torch.equal(repaired, default.variant(chunk_size=32)(x))
     assert torch.equal(repaired, default.variant(chunk_size=64)(x))
     assert torch.equal(repaired[:10], default.variant(chunk_size=5)(x[:10]))
 

@@ -3,6 +3,7 @@ import torch
 import torchattacks
 from torch import nn
 
+import advrepair.defenses.reverse_attack as reverse_attack_module
 from advrepair.attacks import PGD
 from advrepair.defenses import ReverseAttack
 from advrepair.errors import InputError
@@ -107,6 +108,24 @@ def test_chunk_size_changes_speed_not_the_repair(random_cnn):
     chunked.chunk_size = 3
     assert torch.equal(one_pass(x), chunked(x))
     assert len(chunked.last_trace.per_image_loss[0]) == 7
+
+
+def test_the_automatic_chunk_follows_the_activation_budget(random_cnn, monkeypatch):
+    x = torch.rand(9, 1, 28, 28)
+    auto = _defense(random_cnn)
+    auto.chunk_size = None
+    per_image = auto._activation_bytes(x[:1], None)
+    monkeypatch.setattr(reverse_attack_module, "AUTO_CHUNK_BYTES", 4 * per_image)
+    assert auto.chunk_for(x) == 4
+    assert list(auto._auto_chunks.values()) == [4]  # measured once for this image shape
+    fixed = _defense(random_cnn)
+    fixed.chunk_size = 9
+    assert torch.equal(auto(x), fixed(x))
+    monkeypatch.setattr(reverse_attack_module, "AUTO_CHUNK_BYTES", 1)
+    auto._auto_chunks.clear()
+    assert auto.chunk_for(x) == 1
+    with pytest.raises(ValueError, match="chunk_size must be >= 1 or None"):
+        ReverseAttack(random_cnn, auto.task_list[0], eps_v=0.1, chunk_size=0)
 
 
 def test_surrogate_changes_the_gradient_not_the_repair(random_cnn):
