@@ -71,8 +71,8 @@ from advrepair.engine.steps import soft_sign_surrogate, tanh_surrogate
 from advrepair.enums import Norm
 from advrepair.errors import InputError
 from advrepair.validation import check_images, check_int_at_least, check_positive, check_seed
-from advrepair.defenses.eval_mode import eval_mode
-from advrepair.engine import fast_input_gradients, project, seeded_random_start
+from advrepair.defenses.eval_mode import eval_mode, gradient_loop
+from advrepair.engine import project, seeded_random_start
 
 TARGETS = ("least-likely", "untargeted")
 SURROGATES = ("tanh", "softsign")
@@ -175,7 +175,7 @@ class AdversarialTransformation(nn.Module):
         check_images(images)
         if self.delta == 0 or (self.steps == 0 and not self.random_start):
             return images
-        with eval_mode(self.f_b), fast_input_gradients(self.f_b):
+        with gradient_loop(self.f_b):
             targets = self.targets(images)
             return projected_gradient(
                 self.start(images, draw), self.loss(targets), center=images, eps=self.delta,
@@ -207,7 +207,7 @@ class AdversarialTransformation(nn.Module):
                 if self.delta == 0 or (self.steps == 0 and not self.random_start):
                     out.append(stacked)
                     continue
-                with eval_mode(self.f_b), fast_input_gradients(self.f_b):
+                with gradient_loop(self.f_b):
                     targets = self.targets(images).repeat(len(ks))
                     start = torch.cat([self.start(images, k) for k in ks])
                     out.append(projected_gradient(
@@ -302,7 +302,7 @@ class BPDASurrogate(nn.Module):
         check_images(images)
         if g.delta == 0 or (g.steps == 0 and not g.random_start):
             return images
-        with eval_mode(g.f_b), fast_input_gradients(g.f_b):
+        with gradient_loop(g.f_b):
             targets = g.targets(images)
             loss = g.loss(targets)
             # the exact [0, 1] projection first (an unbounded ball), then the ball clip with Eq. 5's derivative

@@ -31,13 +31,13 @@ from typing import Any, Callable, Sequence, cast
 import torch
 from torch import nn
 
-from advrepair.engine import fast_input_gradients, seeded_random_start, LoopTrace, projected_gradient
+from advrepair.engine import seeded_random_start, LoopTrace, projected_gradient
 from advrepair.enums import Norm
 from advrepair.models.base import Classifier
 from advrepair.seeding import per_image_uniform
 from advrepair.ssl.task import SelfSupervisedTask
 from advrepair.validation import check_int_at_least, check_images, check_positive
-from advrepair.defenses.eval_mode import eval_mode
+from advrepair.defenses.eval_mode import eval_mode, gradient_loop
 
 
 #: the most images one pass of an automatically chunked repair takes
@@ -143,8 +143,7 @@ class ReverseAttack(nn.Module):
         mao2021 Eq. 8 differentiates it); the views are still drawn per image.
         """
         check_images(images)
-        with eval_mode(self), fast_input_gradients(self), \
-                torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        with gradient_loop(self), torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             with torch.no_grad():
                 contexts = [t.context(self.classifier) for t in self.task_list]
             numbers = [u[:, 0] for u in self._draw(images.detach(), 1, stream)]
@@ -155,7 +154,7 @@ class ReverseAttack(nn.Module):
         if self.steps == 0 or self.eps_v == 0:
             return images
         # a checkpointed unroll recomputes this forward in a backward pass that may come after the block
-        with eval_mode(self), fast_input_gradients(self, enabled=not self.checkpoint):
+        with gradient_loop(self, tap_gradients=not self.checkpoint):
             contexts = [t.context(self.classifier) for t in self.task_list]
             chunk = self.chunk_for(images, contexts)
             traces = [LoopTrace() for _ in range(0, images.shape[0], chunk)]
