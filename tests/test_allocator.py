@@ -30,3 +30,32 @@ def test_import_turns_it_on_and_the_switch_turns_it_off():
 def test_repeated_calls_agree_with_the_recorded_state():
     assert allocator.retain_freed_memory() == allocator.retaining_freed_memory()
     assert allocator.retain_freed_memory() == allocator.retaining_freed_memory()
+
+
+FAULTS_PROBE = """
+import resource, torch, advrepair
+import torch.nn.functional as F
+x = torch.rand(128, 32, 56, 56, requires_grad=True)  # 51 MB: above glibc's largest mmap threshold
+def step():
+    pooled = F.max_pool2d(x, 2)
+    torch.autograd.grad(pooled, x, torch.ones_like(pooled))  # a fresh 51 MB input gradient
+for _ in range(5):  # aligned blocks leave their slack behind: the heap settles within a few steps
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_step_reuses_blocks_above_the_mmap_ceiling_without_page_faults():
+    env = {k: v for k, v in os.environ.items() if k != allocator.ENV_SWITCH}
+
+    def faults(switch: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", FAULTS_PROBE], env={**env, allocator.ENV_SWITCH: switch},
+                                  capture_output=True, text=True, check=True).stdout)
+
+    pages = 128 * 32 * 56 * 56 * 4 // 4096
+    assert faults("1") < pages // 3  # mostly served from the heap it was freed to (a few steps still fault)
+    assert faults("0") > pages // 2  # glibc's default maps it afresh: every page faults in again
