@@ -26,8 +26,8 @@ import os
 import sys
 
 # mallopt's parameters (malloc.h) and our values: the mmap threshold at glibc's ceiling for it on
-# 64-bit (32 MiB), no mapped blocks at all (larger requests too come from the heap: a thread's
-# arena that cannot hold one hands it to the main arena), a free heap top of up to 1 GiB kept
+# 64-bit (32 MiB), no mapped blocks (larger requests too come from the heap; glibc still maps one
+# where the heap cannot grow, e.g. above 64 MiB in a thread's arena), a free heap top of up to 1 GiB kept
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _MMAP_THRESHOLD = 32 * 2 ** 20
 _MMAP_MAX = 0
