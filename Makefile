@@ -8,7 +8,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 TORCH_PIN := torch==2.13.0
 TORCHATTACKS_PIN := torchattacks==3.5.1
 
-.PHONY: demo test setup setup-test data bench clean
+.PHONY: demo test setup setup-test data bench gpu-carry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,17 @@ test: setup-test data
 
 bench: setup-test
 	$(BIN)/python bench/reverse_attack_throughput.py
+
+# What a lent GPU's one call carries (.gpu/, git-ignored): the wheels its image lacks (python3
+# 3.12 with a CUDA torch) and the Fashion-MNIST test files. Then, with the device tool:
+# run carry [".gpu"], command "bash bench/gpu_session.sh" (its header says more).
+GPU_WHEELS := kornia==0.9.0 kornia_rs==0.2.0 $(TORCHATTACKS_PIN)
+gpu-carry: data
+	mkdir -p .gpu/wheels .gpu/fashion-mnist
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .gpu/wheels $(GPU_WHEELS)
+	cp $(FMNIST_DIR)/t10k-* .gpu/fashion-mnist/
 
 clean:
 	rm -rf $(VENV) reports runs

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ import torch.nn.functional as F
 
 from advrepair.attacks import ATTACKS, make_attack
 from advrepair.models import SmallCNN, load_checkpoint
+from advrepair.runtime import resolve_device
+from _timing import device_name, timed  # bench/ is sys.path[0] when a script runs
 
 EPS = 0.1
 
@@ -51,6 +52,9 @@ def settings(source: torch.nn.Module) -> dict[str, dict[str, Any]]:
         "fab": {"steps": 100},
         "fab-t": {"steps": 100},
         "hopskipjump": {"max_queries": 1000},
+        "rfgsm": {},
+        "spsa": {"steps": 10, "samples": 128},
+        "genattack": {"n_queries": 1000},
         "transfer": {"source": source, "attack": "pgd", "alpha": 0.025, "steps": 20},
     }
 
@@ -69,8 +73,7 @@ def main() -> None:
     parser.add_argument("--trained", default=None, help="checkpoint stem of a classifier (default: random SmallCNN)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/attack_suite_throughput.json"))
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     if args.trained:
         model, _ = load_checkpoint(args.trained, map_location=device)
@@ -88,23 +91,21 @@ def main() -> None:
 
     x = images.clone().requires_grad_(True)
     torch.autograd.grad(F.cross_entropy(model(x), labels), x)  # warm-up
-    start = time.perf_counter()
-    for _ in range(5):
-        torch.autograd.grad(F.cross_entropy(model(x), labels), x)
-    peer = (time.perf_counter() - start) / 5
+    peer = timed(lambda: [torch.autograd.grad(F.cross_entropy(model(x), labels), x) for _ in range(5)])[1] / 5
 
-    rows = []
+    rows: list[dict[str, Any]] = []
+    result = {"benchmark": "attack_suite_throughput", "device": str(device), "images": args.images,
+              "eps": EPS, "model": args.trained or "SmallCNN, random weights; labels = its predictions",
+              "device_name": device_name(device),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
+              "load_average_1min": os.getloadavg()[0], "forward_backward_seconds": peer, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for name, params in table.items():
         if args.only and name not in args.only:
             continue
         kwargs = dict(params, eps=EPS) if accepts_eps(name) else dict(params)
         attack = make_attack(name, model, **kwargs)
-        start = time.perf_counter()
-        adv = attack(images, labels)
-        seconds = time.perf_counter() - start
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
+        adv, seconds = timed(attack, images, labels)
         with torch.no_grad():
             robust = (model(adv).argmax(1) == labels).float().mean().item()
         per = attack.stats.per_image()
@@ -117,12 +118,7 @@ def main() -> None:
         print(f"{name:12s} {args.images / seconds:9.1f} img/s  fwd {per['forward_per_image']:8.1f} "
               f"bwd {per['backward_per_image']:7.1f} per image  {seconds / peer:8.1f}x one fwd+bwd  "
               f"robust {robust:.2f}", flush=True)
-    result = {"benchmark": "attack_suite_throughput", "device": str(device), "images": args.images,
-              "eps": EPS, "model": args.trained or "SmallCNN, random weights; labels = its predictions",
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
-              "load_average_1min": os.getloadavg()[0], "forward_backward_seconds": peer, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+        args.out.write_text(json.dumps(result, indent=1) + "\n")  # after every row: a cut-off run keeps its rows
     print(f"wrote {args.out}")
 
 

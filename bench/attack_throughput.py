@@ -5,7 +5,7 @@ Models: the zoo's Fashion-MNIST CNNs (adversarially trained "fashion-cnn" = fmni
 PreAct-ResNet-18 at 32x32 (random weights, random images, labels = its own predictions so
 every image starts correctly classified: a throughput measurement only).
 
-    python bench/attack_throughput.py [--n-cnn 200] [--n-resnet 16] [--out FILE]
+    python bench/attack_throughput.py [--n-cnn 200] [--n-resnet 16] [--device cpu|cuda|auto] [--out FILE]
 
 Output: JSON with images/second for each (model, attack, library), the ratio ours/theirs
 (> 1: ours is faster) and the robust accuracy each produced, per paired round and as medians.
@@ -34,10 +34,12 @@ from advrepair.allocator import retaining_freed_memory
 from advrepair.attacks import APGD, FGSM, PGD, AutoAttack, Square
 from advrepair.engine import fast_input_gradients, tap_input_gradients_enabled
 from advrepair.models import PreActResNet18
+from advrepair.runtime import resolve_device
+from _timing import device_name, synchronize  # bench/ is sys.path[0] when a script runs
 
 
-
-def fashion_cnn(n: int, name: str = "fmnist-cnn-pgd") -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
+def fashion_cnn(n: int, name: str = "fmnist-cnn-pgd", device: torch.device = torch.device("cpu"),
+                ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
     """A zoo CNN, in the layout the evaluations use (both libraries attack the same module)."""
     from advrepair import zoo
     from advrepair.data import balanced_subset, load_dataset
@@ -45,14 +47,14 @@ def fashion_cnn(n: int, name: str = "fmnist-cnn-pgd") -> tuple[torch.nn.Module, 
 
     test = load_dataset("fashion-mnist", split="test")
     x, y = balanced_subset(test, n, seed=0).tensors()
-    model, card = zoo.load(name)
-    return model, x, y, f"zoo {name} (sha256 {card.weights_sha256[:12]}, {layout_of(model)})"
+    model, card = zoo.load(name, device)
+    return model, x.to(device), y.to(device), f"zoo {name} (sha256 {card.weights_sha256[:12]}, {layout_of(model)})"
 
 
-def resnet(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
+def resnet(n: int, device: torch.device = torch.device("cpu")) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
     torch.manual_seed(0)
-    model = PreActResNet18().eval()
-    x = torch.rand(n, 3, 32, 32)
+    model = PreActResNet18().eval().to(device)
+    x = torch.rand(n, 3, 32, 32).to(device)
     with torch.no_grad():
         y = model(x).argmax(1)
     return model, x, y, "preact-resnet18, random weights, labels = own predictions"
@@ -96,9 +98,11 @@ def pass_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seconds
         fn()
         best = float("inf")
         for _ in range(3):
+            synchronize()
             start, repeats = time.perf_counter(), 0
             while repeats == 0 or time.perf_counter() - start < seconds:
                 fn()
+                synchronize()
                 repeats += 1
             best = min(best, (time.perf_counter() - start) / repeats)
         return best / len(x)
@@ -162,6 +166,7 @@ def replayed_calls(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     a long run on this VM rarely matches)."""
     repeats = -(-max(b for b, _ in calls) // len(x))
     pool_x, pool_y = x.repeat(repeats, 1, 1, 1), y.repeat(repeats)
+    synchronize()
     start = time.perf_counter()
     for b, gradient in calls:
         if gradient:
@@ -170,6 +175,7 @@ def replayed_calls(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         else:
             with torch.no_grad():
                 model(pool_x[:b])
+    synchronize()
     return {"model_seconds": time.perf_counter() - start, "calls": len(calls)}
 
 
@@ -186,8 +192,10 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, make: Call
         while True:
             attack = make(model)
             calls = []
+            synchronize()
             start = time.perf_counter()
             adv = attack(x, y)
+            synchronize()
             times.append(time.perf_counter() - start)
             passes.append(sum(b for b, _ in calls))
             call_logs.append(calls)
@@ -225,12 +233,18 @@ def main() -> None:
     parser.add_argument("--models", nargs="*",
                         default=["fashion-cnn", "fashion-cnn-standard", "preact-resnet18-32x32"])
     parser.add_argument("--attacks", nargs="*", default=None, help="subset of attack names to run")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--out", type=Path, default=Path("bench/results/attack_throughput.json"))
     args = parser.parse_args()
-    rows = []
-    setups = [("fashion-cnn", lambda: fashion_cnn(args.n_cnn), args.eps_cnn),
-              ("fashion-cnn-standard", lambda: fashion_cnn(args.n_cnn, "fmnist-cnn-standard"), args.eps_cnn),
-              ("preact-resnet18-32x32", lambda: resnet(args.n_resnet), args.eps_resnet)]
+    device = resolve_device(args.device)
+    rows: list[dict[str, Any]] = []
+    result = {"benchmark": "attack_throughput", "device": str(device), "device_name": device_name(device),
+              "torch_threads": torch.get_num_threads(), "retains_freed_memory": retaining_freed_memory(),
+              "ours_tap_input_gradients": tap_input_gradients_enabled(), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    setups = [("fashion-cnn", lambda: fashion_cnn(args.n_cnn, device=device), args.eps_cnn),
+              ("fashion-cnn-standard", lambda: fashion_cnn(args.n_cnn, "fmnist-cnn-standard", device), args.eps_cnn),
+              ("preact-resnet18-32x32", lambda: resnet(args.n_resnet, device), args.eps_resnet)]
     for name, build, eps in setups:
         if name not in args.models:
             continue
@@ -278,13 +292,8 @@ def main() -> None:
                   f"(robust {a['robust_accuracy']:.3f})  torchattacks {b['images_per_second']:8.1f} img/s "
                   f"(robust {b['robust_accuracy']:.3f})  ratio {row['speed_ratio_ours_over_torchattacks']:.2f}",
                   flush=True)
-    result = {"benchmark": "attack_throughput", "device": "cpu", "torch_threads": torch.get_num_threads(),
-              "retains_freed_memory": retaining_freed_memory(),
-              "ours_tap_input_gradients": tap_input_gradients_enabled(),
-              "load_average_after": os.getloadavg(),  # 2-core timings beside other work are not comparable
-              "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+            result["load_average_after"] = os.getloadavg()  # 2-core timings beside other work are not comparable
+            args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every row: a cut-off run keeps its rows
     print(f"wrote {args.out}")
 
 

@@ -9,7 +9,7 @@ the same run as the reference: the JSON gives
 the speed-up and checks that both reports agree.
 
     python bench/audit_presets.py [--images 20] [--preset quick] [--defenses none,jpeg,reverse-attack]
-                                  [--classifier fmnist-cnn-pgd] [--cascade] [--out FILE]
+                                  [--classifier fmnist-cnn-pgd] [--cascade] [--device cpu|cuda|auto] [--out FILE]
 
 The reverse attack runs with the classifier's zoo contrastive head (``CLASSIFIER-contrastive``).
 """
@@ -29,23 +29,24 @@ from advrepair.attacks.apgd import APGD
 from advrepair.data import balanced_subset, load_dataset
 from advrepair.defenses import ReverseAttack, make_defense
 from advrepair.evaluation import adaptive
-from _timing import timed  # bench/ is sys.path[0] when a script runs
+from advrepair.runtime import resolve_device
+from _timing import device_name, timed  # bench/ is sys.path[0] when a script runs
 
 
-def build(name: str, classifier: torch.nn.Module, classifier_name: str) -> torch.nn.Module:
+def build(name: str, classifier: torch.nn.Module, classifier_name: str, device: torch.device) -> torch.nn.Module:
     if name == "none":
         return torch.nn.Identity()
     if name == "reverse-attack":
-        task, _ = zoo.load(f"{classifier_name}-contrastive")
+        task, _ = zoo.load(f"{classifier_name}-contrastive", device)
         return ReverseAttack(classifier, task, eps_v=0.2, steps=40, seed=0)  # type: ignore[arg-type]
-    return make_defense(name, seed=0)
+    return make_defense(name, seed=0).to(device)
 
 
 def run_audit(classifier: torch.nn.Module, defense: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
               preset: str, cascade: bool) -> tuple[advrepair.AuditReport, float]:
     with tempfile.TemporaryDirectory() as folder:
         return timed(lambda: advrepair.audit(classifier, defense, images, labels, eps=0.1, preset=preset, out=folder,
-                                             progress=False, cascade=cascade))
+                                             progress=False, cascade=cascade, device=str(images.device)))
 
 
 def main() -> None:
@@ -57,12 +58,15 @@ def main() -> None:
     parser.add_argument("--cascade", action="store_true", help="the audit's cascade (rows attack the survivors)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/audit_presets.json"))
     parser.add_argument("--no-reference", action="store_true", help="skip the audit without the savings")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = parser.parse_args()
-    classifier, _ = zoo.load(args.classifier)
+    device = resolve_device(args.device)
+    classifier, _ = zoo.load(args.classifier, device)
     images, labels = balanced_subset(load_dataset("fashion-mnist", split="test"), args.images, seed=0).tensors()
+    images, labels = images.to(device), labels.to(device)
     rows = []
     for name in args.defenses.split(","):
-        defense = build(name, classifier, args.classifier)
+        defense = build(name, classifier, args.classifier, device)
         with torch.no_grad():
             classifier(defense(images))  # warm-up
             _, forward_seconds = timed(lambda d=defense: classifier(d(images)))
@@ -98,6 +102,8 @@ def main() -> None:
         print(json.dumps(row))
         rows.append(row)
     result = {"benchmark": "audit_presets", "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "device": str(device),
+              "device_name": device_name(device),
               "retains_freed_memory": advrepair.allocator.retaining_freed_memory(),
               "tap_input_gradients": advrepair.engine.tap_input_gradients_enabled(),
               "machine": platform.machine(), "processor": platform.processor(), "rows": rows}

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +24,8 @@ from advrepair.defenses import (AdversarialTransformation, BitDepthReduction, JP
                                 NRPDefense, RandomResizePad, ReverseAttack, TotalVariation)
 from advrepair.models import Purifier, SmallCNN, SmallVGG
 from advrepair.ssl import build_task
+from advrepair.runtime import resolve_device
+from _timing import device_name, timed  # bench/ is sys.path[0] when a script runs
 
 
 class PassCounter:
@@ -73,17 +74,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="substrings of defense names to run")
     parser.add_argument("--out", type=Path, default=Path("bench/results/defense_throughput.json"))
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     base = SmallCNN().to(device).eval()
     images = torch.rand(args.images, 1, 28, 28, device=device)
     with torch.no_grad():
         base(images)  # warm-up
-        start = time.perf_counter()
-        for _ in range(5):
-            base(images)
-        peer_seconds = (time.perf_counter() - start) / 5
+        peer_seconds = timed(lambda: [base(images) for _ in range(5)])[1] / 5
     clf = PassCounter(base)
     rows = []
     for name, build in builders(base, device).items():
@@ -95,16 +92,15 @@ def main() -> None:
             rows.append({"defense": name, "error": str(exc)})
             continue
         clf.images = 0
-        start = time.perf_counter()
         with torch.enable_grad():
-            out = defense(images)
-        seconds = time.perf_counter() - start
+            out, seconds = timed(defense, images)
         assert out.shape == images.shape
         rows.append({"defense": name, "seconds": seconds, "images_per_second": args.images / seconds,
                      "classifier_passes_per_image": clf.images / args.images,
                      "ratio_to_one_classifier_forward": seconds / peer_seconds})
         print(f"{name:40s} {args.images / seconds:9.1f} img/s  {seconds / peer_seconds:9.1f}x a classifier pass")
-    result = {"benchmark": "defense_throughput", "device": str(device), "images": args.images,
+    result = {"benchmark": "defense_throughput", "device": str(device), "device_name": device_name(device),
+              "images": args.images,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
               "load_average_1min": os.getloadavg()[0], "classifier_forward_seconds": peer_seconds, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,11 @@ linear layer on each view, the backward to the image through them (input gradien
 weights are frozen), and the loss's similarity products; the negatives' embeddings are
 computed once per call and not counted.
 
-    python bench/reverse_attack_throughput.py [--images 256] [--reference-batch 64] [--rounds 3] [--out FILE]
+On a GPU (``--device cuda``) the same sides run there (the tap gradients are CPU-only, so ours
+with and without them is the same computation) and the peak is that of ``torch.mm`` on the device.
+
+    python bench/reverse_attack_throughput.py [--images 256] [--reference-batch 64] [--rounds 3]
+        [--device cpu|cuda|auto] [--out FILE]
 """
 from __future__ import annotations
 
@@ -25,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +42,11 @@ from advrepair.data import load_dataset
 from advrepair.defenses import ReverseAttack
 from advrepair.engine import random_start, random_start_numbers
 from advrepair.engine.thin_convolutions import SWITCH
-from advrepair.runtime import layout_of
+from advrepair.runtime import layout_of, resolve_device
 from advrepair.seeding import per_image_uniform
 from advrepair.ssl import ContrastiveTask
 from advrepair.ssl.augment import _augment_views
-from _timing import timed  # bench/ is sys.path[0] when a script runs
+from _timing import device_name, matmul_peak_gflops, timed  # bench/ is sys.path[0] when a script runs
 
 
 def plain_reverse_attack(defense: ReverseAttack, classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -56,7 +59,7 @@ def plain_reverse_attack(defense: ReverseAttack, classifier: nn.Module, images: 
     u0 = per_image_uniform(images, defense.seed, random_start_numbers(images, defense.norm), "reverse-start")
     x = random_start(images, defense.eps_v, defense.norm, u0)
     b = images.shape[0]
-    eye = torch.eye(n_views, dtype=torch.bool)
+    eye = torch.eye(n_views, dtype=torch.bool, device=images.device)
     for k in range(defense.steps):
         x = x.detach().requires_grad_(True)
         views = _augment_views(x, numbers[:, k], task.augment_cfg)
@@ -108,21 +111,6 @@ def useful_flops_per_image_step(classifier: nn.Module, task: ContrastiveTask, im
     return 2 * flops[0] + 2 * 2.0 * n * (n + m) * d  # forward + backward of layers and similarities
 
 
-def matmul_peak_gflops(repeats: int = 5) -> dict[str, float]:
-    """The best fp32 ``torch.mm`` rate over a few square sizes (GFLOP/s)."""
-    best: dict[str, float] = {}
-    for n in (256, 512, 1024, 2048):
-        a, b = torch.rand(n, n), torch.rand(n, n)
-        torch.mm(a, b)
-        rates = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            rates.append(2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-        best[str(n)] = max(rates)
-    return best
-
-
 @torch.no_grad()
 def same_predictions(model_a: nn.Module, a: torch.Tensor, model_b: nn.Module, b: torch.Tensor) -> float:
     return float((model_a(a).argmax(1) == model_b(b).argmax(1)).float().mean())
@@ -134,22 +122,25 @@ def main() -> None:
     parser.add_argument("--reference-batch", type=int, default=64, help="the plain reference's batch (the issue's 64)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--out", type=Path, default=Path("bench/results/reverse_attack_throughput.json"))
     args = parser.parse_args()
-    plain_model, _ = zoo.load("fmnist-cnn-pgd", channels_last=False)
-    fast_model, _ = zoo.load("fmnist-cnn-pgd")
-    task, _ = zoo.load("fmnist-cnn-pgd-contrastive")
+    device = resolve_device(args.device)
+    plain_model, _ = zoo.load("fmnist-cnn-pgd", device, channels_last=False)
+    fast_model, _ = zoo.load("fmnist-cnn-pgd", device)
+    task, _ = zoo.load("fmnist-cnn-pgd-contrastive", device)
     assert isinstance(task, ContrastiveTask)
     try:
         x, _ = next(iter(load_dataset("fashion-mnist", split="test").batches(args.images)))
         image_source = "fashion-mnist test"
     except Exception:  # no dataset on this machine: the shipped bank's real images
         x, image_source = zoo.load_negatives()[: args.images], "zoo negative bank"
+    x = x.to(device)
     ours = ReverseAttack(fast_model, task, eps_v=0.2, steps=args.steps, seed=0)
     reference = ReverseAttack(plain_model, task, eps_v=0.2, steps=args.steps, seed=0)
     ours(x[:8])
     plain_in_batches(reference, plain_model, x[:8], 8)  # warm-up of both paths
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(device)
     sides: dict[str, Any] = {
         "ours": lambda: ours(x),
         "ours_without_tap_gradients": lambda: without_tap_gradients(ours, x),
@@ -164,7 +155,7 @@ def main() -> None:
         for name in order:
             outputs[name], seconds[name] = timed(sides[name])
         rounds.append(seconds)
-    peak_after = matmul_peak_gflops()
+    peak_after = matmul_peak_gflops(device)
     flops = useful_flops_per_image_step(plain_model, task, x[:1]) * args.steps
     n = args.images
     best_peak = max(max(peak.values()), max(peak_after.values()))
@@ -179,7 +170,9 @@ def main() -> None:
     result = {
         "benchmark": "reverse_attack_throughput",
         "model": "zoo fmnist-cnn-pgd + fmnist-cnn-pgd-contrastive (small-cnn width 32, 28x28x1)",
-        "images_from": image_source, "device": "cpu", "torch_threads": torch.get_num_threads(),
+        "images_from": image_source, "device": str(device),
+        "device_name": device_name(device),
+        "torch_threads": torch.get_num_threads(),
         "retains_freed_memory": retaining_freed_memory(),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "steps": args.steps, "views": task.n_views, "negatives": int(task.negatives.shape[0]), "images": n,
@@ -187,7 +180,7 @@ def main() -> None:
         "useful_gflop_per_image": flops / 1e9,
         "matmul_peak_gflops": {"before": peak, "after": peak_after, "best": best_peak},
         "ours": {"images_per_second": n / median["ours"], "seconds": median["ours"], "chunk_size": ours.chunk_for(x),
-                 "layout": layout_of(fast_model), "tap_input_gradients": True,
+                 "layout": layout_of(fast_model), "tap_input_gradients": device.type == "cpu",
                  "useful_gflops": n * flops / median["ours"] / 1e9,
                  "fraction_of_matmul_peak": n * flops / median["ours"] / 1e9 / best_peak},
         "ours_without_tap_gradients": {"images_per_second": n / median["ours_without_tap_gradients"],

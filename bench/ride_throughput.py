@@ -18,7 +18,7 @@ records which.
 
     python bench/ride_throughput.py [--batch-sizes 1,16,64,256] [--chunk-images 64] [--chunk-sizes 8,16,32,64] [--iterations 50]
         [--checkpoints 1] [--sequential-images 8] [--mode ride] [--size 28] [--channels 1]
-        [--threads N] [--rounds 5] [--out bench/results/ride_throughput.json]
+        [--threads N] [--rounds 5] [--device cpu|cuda|auto] [--out bench/results/ride_throughput.json]
 """
 from __future__ import annotations
 
@@ -27,30 +27,17 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from advrepair.allocator import retaining_freed_memory
 from advrepair.defenses.ride import RIDE, resolve_network
-from _timing import timed  # bench/ is sys.path[0] when a script runs
+from advrepair.runtime import resolve_device
+from _timing import device_name, matmul_peak_gflops, timed  # bench/ is sys.path[0] when a script runs
 
 #: issue 18: batched at least 10x faster per image than one by one
 GOAL_SPEEDUP = 10.0
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """What this machine's BLAS reaches on a large square matmul, best of ``repeats``: a practical
-    ceiling on the FLOP rate any convolution engine can reach here."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e9
 
 
 def flops_per_image_step(spec, channels: int, size: int, batch: int = 1) -> float:  # noqa: ANN001
@@ -76,6 +63,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds (medians reported)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ride_throughput.json"))
     args = parser.parse_args()
     if args.threads:
@@ -83,7 +71,8 @@ def main() -> None:
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     chunks = [int(s) for s in args.chunk_sizes.split(",")]
     images = torch.rand(max(sizes + [args.sequential_images, args.chunk_images]), args.channels, args.size, args.size,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0)).to(resolve_device(args.device))
+    device = images.device
     load_before = os.getloadavg()
 
     def defense(chunk: int) -> RIDE:
@@ -136,7 +125,7 @@ def main() -> None:
                            "speedup_vs_one_by_one": statistics.median(speedups("chunked", chunk)),
                            "speedup_rounds": speedups("chunked", chunk)})
     check = defense(max(sizes)).fit(seq_images).estimate
-    peak = matmul_peak_gflops()
+    peak = max(matmul_peak_gflops(device).values())
     best = max(rows, key=lambda r: r["speedup_vs_one_by_one"])
     spec = resolve_network("auto", args.channels)
     flops = flops_per_image_step(spec, args.channels, args.size)
@@ -149,7 +138,8 @@ def main() -> None:
     bound = peak / seq_gflops
     result = {
         "benchmark": "ride_throughput",
-        "device": "cpu",
+        "device": str(device),
+        "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(), "retains_freed_memory": retaining_freed_memory(),
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
