@@ -149,3 +149,45 @@ def test_protocol_on_a_baseline_skips_what_does_not_apply(trained_cnn, shapes_te
     assert {"static", "bpda", "full-gradient", "square"} <= set(summary["rows"])
     # a median filter is differentiable almost everywhere: the exact gradient is not zero
     assert not next(f for f in summary["flags"] if f["flag"].endswith("(full-gradient path)"))["fired"]
+
+
+def test_seeded_global_draws_repeat_per_stream_and_restore_the_callers_state():
+    from advrepair.seeding import seeded_global_draws
+
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    with seeded_global_draws(0, "row:a"):
+        a = torch.rand(4)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's stream is untouched
+    torch.rand(7)  # whatever ran in between
+    with seeded_global_draws(0, "row:a"):
+        assert torch.equal(torch.rand(4), a)
+    with seeded_global_draws(0, "row:b"):
+        assert not torch.equal(torch.rand(4), a)
+    with seeded_global_draws(1, "row:a"):
+        assert not torch.equal(torch.rand(4), a)
+
+
+def test_fresh_draw_rows_are_the_same_on_every_run(trained_cnn, shapes_test, tmp_path):
+    # torch seeds its global generator at random in every process: EOT's fresh draws, the
+    # randomness probe and the randomized clean accuracy must not depend on it
+    from advrepair.defenses import RandomResizePad
+
+    config = AdaptiveConfig(eps=0.1, steps=2, eot_draws=2, square_queries=3, randomized_draws=2)
+    data, entry = shapes_test.subset(range(8)), ModelEntry("cnn", trained_cnn)
+    runs = []
+    for global_seed, folder in ((1, tmp_path / "a"), (2, tmp_path / "b")):
+        torch.manual_seed(global_seed)
+        store = ResultsStore(folder)
+        summary = run_adaptive(data, entry, DefenseUnderTest.build("rp", RandomResizePad(seed=3), config), config,
+                               store, batch_size=5, progress=False)
+        eot = next(r for r in store.records if r.get("adaptive_row") == "bpda-eot" and r.get("defense"))
+        runs.append((summary, store.arrays(eot)))
+    (first, first_eot), (second, second_eot) = runs
+    assert "bpda-eot" in first["rows"]
+    assert set(first_eot) == set(second_eot) and "correct" in first_eot
+    for name in first_eot:  # per-image outcomes, iterates and whatever else the row stores
+        np.testing.assert_array_equal(first_eot[name], second_eot[name])
+    assert first["randomized_clean"] == second["randomized_clean"]
+    assert first["randomness"] == second["randomness"]
+    assert [f["detail"] for f in first["flags"]] == [f["detail"] for f in second["flags"]]

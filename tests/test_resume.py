@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from advrepair.evaluation import ResultsStore
@@ -148,3 +149,51 @@ def test_training_interrupted_after_an_epoch_resumes_to_the_same_weights(tmp_pat
     other = EpochCheckpoint(tmp_path / "state", {"recipe": recipe.to_dict(), "seed": 2})
     assert other.restore(params, opt, torch.Generator()) is None
     assert ckpt.restore(params, opt, torch.Generator()) == (1, [])
+
+
+class _CrashOnCall(torch.nn.Module):
+    """The identity, which raises on its ``crash_at``-th call while armed (a crash mid-row)."""
+
+    def __init__(self, crash_at: int) -> None:
+        super().__init__()
+        self.crash_at, self.calls, self.armed = crash_at, 0, True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.armed and self.calls == self.crash_at:
+            raise RuntimeError("simulated crash")
+        return x
+
+    def params(self) -> dict:
+        return {"name": "identity"}
+
+
+def test_fresh_draws_resumed_mid_row_equal_an_uninterrupted_row(trained_cnn, shapes_test, tmp_path):
+    # an attack on a truly random defense (seed=None: torch's global generator) gives the same
+    # images after a crash and a resume as without one: its draws are seeded per batch
+    from advrepair.attacks import PGD
+    from advrepair.defenses import RandomResizePad
+    from advrepair.evaluation import ModelEntry, evaluate_attack
+
+    data = shapes_test.subset(range(12))
+    attack = PGD(torch.nn.Sequential(RandomResizePad(seed=None), trained_cnn), eps=0.1, alpha=0.05, steps=2)
+
+    def row(folder: Path, scorer: _CrashOnCall) -> dict:
+        entry = ModelEntry("cnn", trained_cnn, defenses={"identity": scorer})
+        return evaluate_attack(data, entry, attack, ResultsStore(folder), row="eot", batch_size=4, progress=False,
+                               fresh_draws=(0, "row:eot"))
+
+    whole = row(tmp_path / "whole", _CrashOnCall(crash_at=0))
+    crashing = _CrashOnCall(crash_at=3)  # scoring the third batch
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        row(tmp_path / "resumed", crashing)
+    crashing.armed = False
+    torch.rand(5)  # the global generator moved on meanwhile, as it would in a new process
+    resumed = row(tmp_path / "resumed", crashing)
+    assert crashing.calls == 3 + 1  # the rerun computed the third batch only
+    for cell in whole:
+        a = ResultsStore(tmp_path / "whole").arrays(whole[cell])
+        b = ResultsStore(tmp_path / "resumed").arrays(resumed[cell])
+        assert set(a) == set(b)
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])

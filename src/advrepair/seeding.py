@@ -4,11 +4,15 @@ Every stochastic step in advrepair (random starts, augmentations of a reverse at
 noise of a randomized defense) draws from a generator seeded by ``(seed, image content,
 stream)``. The same image with the same seed therefore gets the same random numbers
 whatever other images share its batch, however the data is sharded, and after a resume.
+The exception is ``seed=None`` (an attacker's fresh draws for EOT): those come from torch's
+global generator, which the adaptive protocol seeds per row (:func:`seeded_global_draws`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -19,6 +23,36 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for a named stream of ``seed`` (stable across processes and Python versions)."""
+    digest = hashlib.blake2b(stream.encode(), digest_size=8, key=f"{seed}".encode()[:64]).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@contextlib.contextmanager
+def seeded_global_draws(seed: int, stream: str) -> Iterator[None]:
+    """Within the block torch's global generators start from a state derived from ``seed`` and
+    ``stream``; the caller's states come back afterwards.
+
+    ``seed=None`` paths (an attacker's fresh EOT draws, a defense that is random by design) draw
+    from the global generator, which torch seeds at random in every process. Run inside this
+    block, a protocol row's fresh draws are the same on every run and after a resume, whatever
+    ran before it. They still depend on the row's batches (fresh draws are drawn per batch).
+
+    Example:
+        >>> with seeded_global_draws(0, "row:bpda-eot"):
+        ...     a = torch.rand(2)
+        >>> with seeded_global_draws(0, "row:bpda-eot"):
+        ...     b = torch.rand(2)
+        >>> bool(torch.equal(a, b))
+        True
+    """
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        torch.manual_seed(stream_seed(seed, stream))
+        yield
 
 
 def image_seeds(images: torch.Tensor, seed: int, stream: str = "") -> list[int]:

@@ -24,6 +24,10 @@ and reports each row's accuracy with and without the defense, the per-image wors
 over every row, the worst case over the defense's own iterates, clean accuracy of a
 randomized defense over repeated draws, the reliability flags and the cost. Everything
 goes into results.json (one record per row, plus one ``adaptive-summary`` record).
+Fresh draws (EOT, the randomness probe, the randomized clean accuracy) come from torch's
+global generator seeded from ``config.seed``, the row and the batch
+(``seeding.seeded_global_draws``): a run gives the same numbers every time, and a run
+resumed after a crash the same as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from advrepair.adaptive.memo import DefenseMemo, shares_outputs
 from advrepair.adaptive.randomness import RandomnessProbe, detect_randomness, fresh_draws
 from advrepair.allocator import retaining_freed_memory
 from advrepair.engine.thin_convolutions import tap_input_gradients_enabled
+from advrepair.seeding import seeded_global_draws
 from advrepair.attacks import PGD, Attack, Square
 from advrepair.attacks.apgd import APGDCE, APGDDLR
 from advrepair.attacks.apgd_t import APGDT
@@ -193,7 +198,7 @@ class DefenseUnderTest:
                 notes.append("no ssl_loss: the defense-aware rows are skipped")
             target = cls(label, defense, unrolled=unrolled, ssl_loss=defense if caps.ssl_loss else None, notes=notes)
         if probe is not None:
-            target.probe_randomness(probe)
+            target.probe_randomness(probe, config.seed)
         return target
 
     @classmethod
@@ -209,11 +214,13 @@ class DefenseUnderTest:
                  f"{config.surrogate_temperature:g}, checkpointing {'on' if config.checkpoint else 'off'}"]
         return cls(label, defense, unrolled=unrolled, ssl_loss=defense, notes=notes)
 
-    def probe_randomness(self, images: torch.Tensor) -> RandomnessProbe:
-        """Decide by running the defense whether it is randomized, and find its EOT draws."""
+    def probe_randomness(self, images: torch.Tensor, seed: int = 0) -> RandomnessProbe:
+        """Decide by running the defense whether it is randomized, and find its EOT draws
+        (any draws from torch's global generator seeded from ``seed``)."""
         if self.randomness is None:
-            self.randomness = detect_randomness(self.defense, images)
-            fresh, how = fresh_draws(self.defense, self.randomness, images)
+            with seeded_global_draws(seed, "randomness-probe"):
+                self.randomness = detect_randomness(self.defense, images)
+                fresh, how = fresh_draws(self.defense, self.randomness, images)
             self.randomized = None if fresh is None else as_module(fresh)
             self.notes.append(how)
         return self.randomness
@@ -266,7 +273,7 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
     defense_params = _params_of(target.defense)
     probe = data.tensors(range(min(len(data), PROBE_IMAGES)))[0].to(device)  # randomness is decided on these
     if target.randomness is None:
-        target.probe_randomness(probe)
+        target.probe_randomness(probe, config.seed)
         if isinstance(target.randomized, nn.Module):
             target.randomized.to(device)
     base_common = dict(dataset=data.name, subset=subset, n_images=key_images, model=model.name,
@@ -292,6 +299,7 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
                                 with_base=with_base, subset=on_subset, batch_size=batch_size, device=device,
                                 progress=progress, extra={"protocol": "adaptive", **(extra or {})},
                                 key_images=on_images, memos=memos if through_memo else None,
+                                fresh_draws=(config.seed, f"row:{name}"),
                                 announce=f"adaptive | {model.name} | {target.label} | {name}: crafted on {crafted_on}"
                                          + (f" ({on_images} images standing)" if idx is not None else ""))
         records[name] = list(cells.values())
@@ -319,7 +327,8 @@ def _run_rows(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, c
     unrolled = target.unrolled if target.unrolled is not None else target.defense
     full_eot = 1
     if target.randomized is not None and config.attack == "apgd":
-        fresh_unroll, _ = fresh_draws(unrolled, detect_randomness(unrolled, probe), probe)
+        with seeded_global_draws(config.seed, "unroll-randomness-probe"):
+            fresh_unroll, _ = fresh_draws(unrolled, detect_randomness(unrolled, probe), probe)
         if fresh_unroll is not None:
             unrolled, full_eot = as_module(fresh_unroll), eot
     gradient_rows("full-gradient", nn.Sequential(unrolled, clf), "unrolled defense + classifier (exact autograd "
@@ -420,20 +429,21 @@ def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, 
     images, labels = images.to(device), labels.to(device)
     defended = nn.Sequential(target.defense, clf)
     assert target.randomness is not None  # decided in _run_rows
-    flags = [{"flag": "randomized defense (by running it)", "fired": target.randomness.kind.randomized,
-              "detail": target.randomness.detail() + ("; attacked with EOT" if target.randomized is not None else "")},
-             {**randomness_flag(defended, images), "flag": "randomness (repeated calls on the same images)"}]
-    if target.randomized is not None:
-        flag = randomness_flag(nn.Sequential(target.randomized, clf), images)
-        flag["flag"] = "randomness (EOT draws)"
-        flags.append(flag)
-    unrolled = target.unrolled if target.unrolled is not None else target.defense
-    grad_flag = gradient_flag(nn.Sequential(unrolled, clf), images, labels)
-    grad_flag["flag"] += " (full-gradient path)"
-    flags.append(grad_flag)
-    exact = gradient_flag(defended, images, labels)
-    exact["flag"] += " (deployed defense, exact autograd)"
-    flags.append(exact)
+    with seeded_global_draws(config.seed, "summary-checks"):  # the checks that run a randomized defense
+        flags = [{"flag": "randomized defense (by running it)", "fired": target.randomness.kind.randomized,
+                  "detail": target.randomness.detail() + ("; attacked with EOT" if target.randomized is not None else "")},
+                 {**randomness_flag(defended, images), "flag": "randomness (repeated calls on the same images)"}]
+        if target.randomized is not None:
+            flag = randomness_flag(nn.Sequential(target.randomized, clf), images)
+            flag["flag"] = "randomness (EOT draws)"
+            flags.append(flag)
+        unrolled = target.unrolled if target.unrolled is not None else target.defense
+        grad_flag = gradient_flag(nn.Sequential(unrolled, clf), images, labels)
+        grad_flag["flag"] += " (full-gradient path)"
+        flags.append(grad_flag)
+        exact = gradient_flag(defended, images, labels)
+        exact["flag"] += " (deployed defense, exact autograd)"
+        flags.append(exact)
     if config.cascade:
         before = standing.before_square
         assert before is not None  # set when the rows ran
@@ -452,8 +462,9 @@ def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, 
     randomized = None
     if target.randomized is not None:
         all_images, all_labels = data.tensors()
-        randomized = randomized_accuracy(nn.Sequential(target.randomized, clf), all_images.to(device),
-                                         all_labels.to(device), draws=config.randomized_draws)
+        with seeded_global_draws(config.seed, "randomized-clean"):
+            randomized = randomized_accuracy(nn.Sequential(target.randomized, clf), all_images.to(device),
+                                             all_labels.to(device), draws=config.randomized_draws)
     _flag_record(flags)
     summary = {"kind": "adaptive-summary", "key": key, **base_common, "defense": {"label": target.label,
                **defense_params}, "config": asdict(config), "notes": target.notes,

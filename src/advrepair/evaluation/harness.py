@@ -7,6 +7,8 @@ classifier is scored on them as they are ("standard") and after each defense
 """
 from __future__ import annotations
 
+import contextlib
+
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -26,6 +28,7 @@ from advrepair.errors import InputError
 from advrepair.factories import is_factory_spec
 from advrepair.evaluation.metrics import accuracy_of
 from advrepair.evaluation.partial import PartialCells
+from advrepair.seeding import seeded_global_draws
 from advrepair.evaluation.store import ResultsStore, record_key
 from advrepair.runtime import layout_of, resolve_device
 from advrepair.validation import check_int_at_least
@@ -161,8 +164,8 @@ def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None
                     subset: str = "", batch_size: int = 250, device: str | torch.device = "cpu",
                     progress: bool = True, extra: dict[str, Any] | None = None,
                     attack_extra: dict[str, Any] | None = None, announce: str | None = None,
-                    key_images: int | None = None,
-                    memos: dict[str, DefenseMemo] | None = None) -> dict[str | None, dict[str, Any]]:
+                    key_images: int | None = None, memos: dict[str, DefenseMemo] | None = None,
+                    fresh_draws: tuple[int, str] | None = None) -> dict[str | None, dict[str, Any]]:
     """One row of a prebuilt ``attack`` (``None``: clean images): craft it once per batch, score
     the classifier alone (``with_base``) and after each of ``entry``'s defenses, one record per
     cell, skipped when already in ``store``. For attacks the registry cannot build (a
@@ -173,6 +176,9 @@ def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None
     ``key_images`` is as in :func:`evaluate_matrix` (one shard of a larger set). A classifier
     without a card is keyed by a fingerprint of its weights. ``memos``: per defense label, the
     ``DefenseMemo`` the attack ran that defense through; scoring reads its outputs back.
+    ``fresh_draws=(seed, stream)``: each batch runs with torch's global generator seeded from
+    them and the batch's index (``seeding.seeded_global_draws``), so ``seed=None`` draws (EOT)
+    repeat on every run and after a resume mid-row.
     Returns ``{defense label or None: record}``."""
     if not isinstance(data, ImageDataset) or len(data) == 0:
         raise InputError(f"data must be a non-empty ImageDataset, got {type(data).__name__}"
@@ -204,7 +210,7 @@ def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None
         tqdm.write(announce)
     records = _evaluate_cells(data, entry, clf, AttackSpec(CLEAN), attack_desc, base, cells, store, batch_size,
                               device, progress, attack=attack, extra={row_field: row, **(extra or {})},
-                              memos=memos)
+                              memos=memos, fresh_draws=fresh_draws)
     return dict(zip(cells, records))
 
 
@@ -234,8 +240,8 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
                     attack_desc: dict[str, Any], base: dict[str, Any], cells: dict[str | None, str],
                     store: ResultsStore, batch_size: int, device: torch.device,
                     progress: bool, attack_model: nn.Module | None = None, attack: Attack | None = None,
-                    extra: dict[str, Any] | None = None,
-                    memos: dict[str, DefenseMemo] | None = None) -> list[dict[str, Any]]:
+                    extra: dict[str, Any] | None = None, memos: dict[str, DefenseMemo] | None = None,
+                    fresh_draws: tuple[int, str] | None = None) -> list[dict[str, Any]]:
     """Craft ``spec`` (or the prebuilt ``attack``) batch by batch, score the classifier on the
     result and after each defense, and store one record per cell. A defense with a
     ``trajectory`` method is scored on every iterate of its own optimization too (the
@@ -261,41 +267,44 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
     for index, (x, y) in enumerate(bar):
         if index < done:
             continue  # finished before an interruption: restored from the partial state
-        x, y = x.to(device), y.to(device)
-        t0 = time.perf_counter()
-        adv = x if attack is None else attack(x, y)
-        seconds[None] += time.perf_counter() - t0
-        with torch.no_grad():
-            correct[None].append((clf(adv).argmax(1) == y).cpu())
-        keep = len(samples["input"]) == 0
-        if keep:
-            samples["input"].append(adv[:SAMPLES_KEPT].cpu())
-            samples["clean"].append(x[:SAMPLES_KEPT].cpu())
-            samples["labels"].append(y[:SAMPLES_KEPT].cpu())
-        for dname, defense in entry.defenses.items():
+        fresh = contextlib.nullcontext() if fresh_draws is None else \
+            seeded_global_draws(fresh_draws[0], f"{fresh_draws[1]}:batch:{index}")
+        with fresh:
+            x, y = x.to(device), y.to(device)
             t0 = time.perf_counter()
-            caps, offered = capabilities[dname], cast(Any, defense)  # read through the defense contract
-            memo = (memos or {}).get(dname)
-            source = defense if memo is None else memo
-            if caps.trajectory:
-                iterates = cast(Any, source).trajectory(adv)
-                repaired = iterates[-1]
-            else:
-                repaired = source(adv).detach()
-            if memo is not None:
-                memo.clear()  # this batch's tries are scored: their memory goes
-            seconds[dname] += time.perf_counter() - t0
+            adv = x if attack is None else attack(x, y)
+            seconds[None] += time.perf_counter() - t0
             with torch.no_grad():
-                correct[dname].append((clf(repaired).argmax(1) == y).cpu())
-                if caps.trajectory:
-                    by_iterate[dname].append(torch.stack([clf(z).argmax(1) == y for z in iterates]).cpu())
-            if caps.ssl_loss:
-                ssl_in[dname].append(offered.ssl_loss(adv).cpu())
-                ssl_out[dname].append(offered.ssl_loss(repaired).cpu())
+                correct[None].append((clf(adv).argmax(1) == y).cpu())
+            keep = len(samples["input"]) == 0
             if keep:
-                samples[f"repaired_{dname}"].append(repaired[:SAMPLES_KEPT].cpu())
-        if index + 1 < n_batches:
-            partial.save(index + 1, groups, seconds, attack.stats if attack is not None else None)
+                samples["input"].append(adv[:SAMPLES_KEPT].cpu())
+                samples["clean"].append(x[:SAMPLES_KEPT].cpu())
+                samples["labels"].append(y[:SAMPLES_KEPT].cpu())
+            for dname, defense in entry.defenses.items():
+                t0 = time.perf_counter()
+                caps, offered = capabilities[dname], cast(Any, defense)  # read through the defense contract
+                memo = (memos or {}).get(dname)
+                source = defense if memo is None else memo
+                if caps.trajectory:
+                    iterates = cast(Any, source).trajectory(adv)
+                    repaired = iterates[-1]
+                else:
+                    repaired = source(adv).detach()
+                if memo is not None:
+                    memo.clear()  # this batch's tries are scored: their memory goes
+                seconds[dname] += time.perf_counter() - t0
+                with torch.no_grad():
+                    correct[dname].append((clf(repaired).argmax(1) == y).cpu())
+                    if caps.trajectory:
+                        by_iterate[dname].append(torch.stack([clf(z).argmax(1) == y for z in iterates]).cpu())
+                if caps.ssl_loss:
+                    ssl_in[dname].append(offered.ssl_loss(adv).cpu())
+                    ssl_out[dname].append(offered.ssl_loss(repaired).cpu())
+                if keep:
+                    samples[f"repaired_{dname}"].append(repaired[:SAMPLES_KEPT].cpu())
+            if index + 1 < n_batches:
+                partial.save(index + 1, groups, seconds, attack.stats if attack is not None else None)
     records: list[dict[str, Any]] = []
     cost = attack.stats.per_image() if attack is not None else {"forward_per_image": 0.0, "backward_per_image": 0.0}
     for cell, key in cells.items():
