@@ -10,7 +10,7 @@ reverse-attack bench run took 83k page faults instead of 741k at the same peak m
 threshold cannot go above 32 MiB, and blocks above it were still mapped and unmapped on every
 use (the repair's default chunk writes 51 MB activations on the zoo CNN: 2.5-10k faults per step),
 so no block is mapped at all: every one comes from the heap and returns to it (0 faults per step
-in steady state, peak RSS 520 MB instead of 555, 1-7% more images per second; session 15). What
+in steady state, peak RSS 520 MB instead of 555, 7-11% more images per second; session 15). What
 that saves depends on the VM's state; on this project's 2-core CPU within one day, 15-40% of a
 batched RIDE step and 0-45% of a plain batched reverse attack (bench/reference/*-2026-12-07*.json,
 NOTES.md, session 13). Values never change; the cost is that the process keeps its peak heap

@@ -8,7 +8,6 @@ classifier is scored on them as they are ("standard") and after each defense
 from __future__ import annotations
 
 import contextlib
-
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -28,9 +27,9 @@ from advrepair.errors import InputError
 from advrepair.factories import is_factory_spec
 from advrepair.evaluation.metrics import accuracy_of
 from advrepair.evaluation.partial import PartialCells
-from advrepair.seeding import seeded_global_draws
 from advrepair.evaluation.store import ResultsStore, record_key
 from advrepair.runtime import layout_of, resolve_device
+from advrepair.seeding import seeded_global_draws
 from advrepair.validation import check_int_at_least
 
 CLEAN = "clean"
