@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +193,26 @@ def test_records_come_back_in_cell_order_and_equal_defenses_share_one_record(tmp
     assert len(records) == 4 and records[0]["defense"] is None
     assert records[1]["key"] == records[2]["key"] != records[3]["key"]
     assert records[2]["defense"]["label"] == "median" and records[3]["defense"]["label"] == "wide"
+
+
+def test_an_unseeded_defense_gives_the_same_records_on_every_run(tmp_path, trained_cnn, shapes_test):
+    # torch seeds its global generator at random per process; an evaluation seeds the draws of
+    # a defense built with seed=None per batch, from the cell
+    from advrepair.defenses import RandomResizePad
+
+    data = shapes_test.subset(range(10))
+    arrays = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        store = ResultsStore(tmp_path / str(global_seed))
+        entry = ModelEntry("cnn", trained_cnn, defenses={"rp": RandomResizePad(seed=None)})
+        records = evaluate_matrix(data, [entry], [AttackSpec("fgsm", {"eps": 0.1})], store, batch_size=4,
+                                  progress=False)
+        arrays.append([store.arrays(r) for r in records])
+    for first, second in zip(*arrays):
+        assert set(first) == set(second)
+        for name in first:
+            np.testing.assert_array_equal(first[name], second[name])
+    defense = RandomResizePad(seed=None)  # still random between calls within a run
+    x = data.tensors()[0]
+    assert not torch.equal(defense(x), defense(x))

@@ -4,8 +4,9 @@ Every stochastic step in advrepair (random starts, augmentations of a reverse at
 noise of a randomized defense) draws from a generator seeded by ``(seed, image content,
 stream)``. The same image with the same seed therefore gets the same random numbers
 whatever other images share its batch, however the data is sharded, and after a resume.
-The exception is ``seed=None`` (an attacker's fresh draws for EOT): those come from torch's
-global generator, which the adaptive protocol seeds per row (:func:`seeded_global_draws`).
+The exception is ``seed=None`` (an attacker's fresh draws for EOT, a defense built unseeded):
+those come from torch's global generator, which every evaluation seeds per row and batch
+(:func:`seeded_global_draws`).
 """
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ classifier is scored on them as they are ("standard") and after each defense
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -176,8 +175,8 @@ def evaluate_attack(data: ImageDataset, entry: ModelEntry, attack: Attack | None
     without a card is keyed by a fingerprint of its weights. ``memos``: per defense label, the
     ``DefenseMemo`` the attack ran that defense through; scoring reads its outputs back.
     ``fresh_draws=(seed, stream)``: each batch runs with torch's global generator seeded from
-    them and the batch's index (``seeding.seeded_global_draws``), so ``seed=None`` draws (EOT)
-    repeat on every run and after a resume mid-row.
+    them and the batch's index (``seeding.seeded_global_draws``; default: from the row's first
+    record key), so ``seed=None`` draws (EOT) repeat on every run and after a resume mid-row.
     Returns ``{defense label or None: record}``."""
     if not isinstance(data, ImageDataset) or len(data) == 0:
         raise InputError(f"data must be a non-empty ImageDataset, got {type(data).__name__}"
@@ -245,7 +244,11 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
     result and after each defense, and store one record per cell. A defense with a
     ``trajectory`` method is scored on every iterate of its own optimization too (the
     record's ``iterate_accuracy`` and ``worst_over_iterates``): the final output is the
-    last iterate, so this costs classifier passes only."""
+    last iterate, so this costs classifier passes only. Draws from torch's global generator
+    (an unseeded defense or attack) are seeded per batch from ``fresh_draws``, by default from
+    the first cell's key: the same cells give the same numbers on every run."""
+    if fresh_draws is None:
+        fresh_draws = (0, next(iter(cells.values())))
     if attack is None:
         attack = spec.build(attack_model if attack_model is not None else clf)
     capabilities = {k: capabilities_of(d) for k, d in entry.defenses.items()}
@@ -266,9 +269,7 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
     for index, (x, y) in enumerate(bar):
         if index < done:
             continue  # finished before an interruption: restored from the partial state
-        fresh = contextlib.nullcontext() if fresh_draws is None else \
-            seeded_global_draws(fresh_draws[0], f"{fresh_draws[1]}:batch:{index}")
-        with fresh:
+        with seeded_global_draws(fresh_draws[0], f"{fresh_draws[1]}:batch:{index}"):
             x, y = x.to(device), y.to(device)
             t0 = time.perf_counter()
             adv = x if attack is None else attack(x, y)
