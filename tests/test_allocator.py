@@ -12,11 +12,11 @@ from advrepair import allocator
 PROBE = "import advrepair, advrepair.allocator as a; print(a.retaining_freed_memory())"
 
 
-def _probe(env_value: str | None) -> str:
+def _probe(env_value: str | None, code: str = PROBE) -> str:
     env = {k: v for k, v in os.environ.items() if k != allocator.ENV_SWITCH}
     if env_value is not None:
         env[allocator.ENV_SWITCH] = env_value
-    return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()
 
 
@@ -50,12 +50,6 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 20)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_a_step_reuses_blocks_above_the_mmap_ceiling_without_page_faults():
-    env = {k: v for k, v in os.environ.items() if k != allocator.ENV_SWITCH}
-
-    def faults(switch: str) -> int:
-        return int(subprocess.run([sys.executable, "-c", FAULTS_PROBE], env={**env, allocator.ENV_SWITCH: switch},
-                                  capture_output=True, text=True, check=True).stdout)
-
     pages = 128 * 32 * 56 * 56 * 4 // 4096
-    assert faults("1") < pages // 3  # mostly served from the heap it was freed to (a few steps still fault)
-    assert faults("0") > pages // 2  # glibc's default maps it afresh: every page faults in again
+    assert int(_probe("1", FAULTS_PROBE)) < pages // 3  # mostly served from the heap it was freed to (a few steps still fault)
+    assert int(_probe("0", FAULTS_PROBE)) > pages // 2  # glibc's default maps it afresh: every page faults in again

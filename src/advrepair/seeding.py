@@ -26,10 +26,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def stream_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for a named stream of ``seed`` (stable across processes and Python versions)."""
-    digest = hashlib.blake2b(stream.encode(), digest_size=8, key=f"{seed}".encode()[:64]).digest()
+def _hashed_seed(data: bytes, key: bytes) -> int:
+    """A 63-bit seed: keyed BLAKE2b of ``data`` (stable across processes and Python versions)."""
+    digest = hashlib.blake2b(data, digest_size=8, key=key[:64]).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for a named stream of ``seed``."""
+    return _hashed_seed(stream.encode(), f"{seed}".encode())
 
 
 @contextlib.contextmanager
@@ -60,11 +65,7 @@ def image_seeds(images: torch.Tensor, seed: int, stream: str = "") -> list[int]:
     """One 63-bit seed per image, a hash of the image's bytes, ``seed`` and ``stream``."""
     data = images.detach().to("cpu", torch.float32).contiguous().numpy()
     tag = f"{seed}:{stream}".encode()
-    seeds = []
-    for row in data:
-        digest = hashlib.blake2b(row.tobytes(), digest_size=8, key=tag[:64]).digest()
-        seeds.append(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-    return seeds
+    return [_hashed_seed(row.tobytes(), tag) for row in data]
 
 
 def per_image_uniform(
@@ -72,7 +73,8 @@ def per_image_uniform(
 ) -> torch.Tensor:
     """Uniform [0, 1) numbers of shape ``(B, *shape)`` on the images' device.
 
-    With ``seed=None`` the numbers come from torch's global generator (not reproducible).
+    With ``seed=None`` the numbers come from torch's global generator (reproducible only inside
+    :func:`seeded_global_draws`, as the evaluations run them).
     """
     b = images.shape[0]
     if seed is None:
