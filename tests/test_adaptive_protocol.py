@@ -6,7 +6,7 @@ import torch
 
 from advrepair.allocator import retaining_freed_memory
 from advrepair.defenses import ReverseAttack
-from advrepair.engine import projected_gradient, relative_tanh_surrogate, tanh_surrogate
+from advrepair.engine import fused_conv_pool_available, projected_gradient, relative_tanh_surrogate, tanh_surrogate
 from advrepair.errors import InputError
 from advrepair.evaluation import ModelEntry, ResultsStore
 from advrepair.evaluation.adaptive import AdaptiveConfig, DefenseUnderTest, run_adaptive
@@ -112,6 +112,7 @@ def test_protocol_runs_every_row_records_flags_and_resumes(trained_cnn, shapes_t
     assert len(summary["lambda_sweep"]) == 2
     assert summary["retains_freed_memory"] == retaining_freed_memory()
     assert summary["tap_input_gradients"] is True  # on unless ADVREPAIR_TAP_INPUT_GRADIENTS=0
+    assert summary["fused_conv_pool"] is fused_conv_pool_available()
     # results.json holds the flags; a rerun finds everything and adds nothing
     saved = json.loads((tmp_path / "results.json").read_text())
     assert any(r.get("kind") == "adaptive-summary" and r["flags"] for r in saved)

@@ -557,6 +557,7 @@ EXEMPT: dict[str, str] = {
     "engine.fast_input_gradients": "accepts anything: a non-module passes through untouched (tested)",
     "engine.is_thin_convolution": "a predicate: anything that is not an eligible Conv2d is False (tested)",
     "engine.tap_input_gradients_enabled": "takes no arguments",
+    "engine.fused_conv_pool_available": "takes no arguments",
     "ssl.N_AUG_NUMBERS": "a constant",
     "ssl.TASK_NAMES": "a constant",
     "ssl.SelfSupervisedTask": "abstract base class; its concrete tasks have rows",

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from advrepair.allocator import retaining_freed_memory
+from advrepair.engine import fused_conv_pool_available
 from advrepair.defenses import ReverseAttack
 from advrepair.evaluation import AttackSpec, ModelEntry, ResultsStore, evaluate_matrix, images_for_stderr
 from advrepair.report import write_report
@@ -45,6 +46,7 @@ def test_records_carry_what_a_reader_needs(tmp_path, trained_cnn, shapes_test):
             assert field in r
         assert r["retains_freed_memory"] == retaining_freed_memory()
         assert r["tap_input_gradients"] is True  # on unless ADVREPAIR_TAP_INPUT_GRADIENTS=0
+        assert r["fused_conv_pool"] is fused_conv_pool_available()  # on where a C compiler is
         assert r["n_images"] == 40
         p = r["accuracy"]
         assert r["stderr"] == pytest.approx((p * (1 - p) / 40) ** 0.5)

@@ -47,7 +47,7 @@ from advrepair.adaptive.contract import as_module, capabilities_of, describe_mod
 from advrepair.adaptive.memo import DefenseMemo, shares_outputs
 from advrepair.adaptive.randomness import RandomnessProbe, detect_randomness, fresh_draws
 from advrepair.allocator import retaining_freed_memory
-from advrepair.engine.thin_convolutions import tap_input_gradients_enabled
+from advrepair.engine import fused_conv_pool_available, tap_input_gradients_enabled
 from advrepair.seeding import seeded_global_draws
 from advrepair.attacks import PGD, Attack, Square
 from advrepair.attacks.apgd import APGDCE, APGDDLR
@@ -479,7 +479,8 @@ def _summarize(data: ImageDataset, model: ModelEntry, target: DefenseUnderTest, 
                "not_run": [name for name, rs in records.items() if not rs],
                "seconds": sum(r["seconds"] for rs in records.values() for r in rs),
                "retains_freed_memory": retaining_freed_memory(),
-               "tap_input_gradients": tap_input_gradients_enabled()}
+               "tap_input_gradients": tap_input_gradients_enabled(),
+               "fused_conv_pool": fused_conv_pool_available()}
     store.add(summary, {"worst_case_correct": standing.outputs, "worst_over_iterates_correct": standing.iterates}
               if config.cascade else None)
     return summary

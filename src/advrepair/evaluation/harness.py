@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from advrepair.adaptive.contract import capabilities_of, describe_defense, describe_model
 from advrepair.adaptive.memo import DefenseMemo
 from advrepair.allocator import retaining_freed_memory
-from advrepair.engine.thin_convolutions import tap_input_gradients_enabled
+from advrepair.engine import fused_conv_pool_available, tap_input_gradients_enabled
 from advrepair.attacks import ATTACKS, Attack, make_attack
 from advrepair.data import ImageDataset
 from advrepair.errors import InputError
@@ -321,7 +321,8 @@ def _evaluate_cells(data: ImageDataset, entry: ModelEntry, clf: nn.Module, spec:
                   "model_card": {k: entry.card.get(k) for k in ("arch", "recipe", "kind")},
                   "layout": layout_of(clf) if isinstance(clf, nn.Module) else None,
                   "retains_freed_memory": retaining_freed_memory(),
-                  "tap_input_gradients": tap_input_gradients_enabled()}
+                  "tap_input_gradients": tap_input_gradients_enabled(),
+                  "fused_conv_pool": fused_conv_pool_available()}
         arrays: dict[str, np.ndarray] = {"correct": torch.cat(correct[cell]).numpy()}
         arrays.update({k: torch.cat(v).numpy() for k, v in samples.items() if v and (
             not k.startswith("repaired_") or k == f"repaired_{cell}")})
