@@ -6,18 +6,19 @@ batch of images in one computation, the model as its checkpoint loads, one
 ``torch.autograd.grad`` per step, the same K, views, negatives, augmentations and per-image
 random numbers. Ours is ``ReverseAttack`` on the model as the evaluations prepare it
 (``zoo.load``: channels-last) with its default (automatic) chunk size. The reference is also
-timed on the channels-last model, so the JSON shows how much of the gain is the layout, and ours once more
-with PyTorch's own input gradients (``ADVREPAIR_TAP_INPUT_GRADIENTS=0``), so it shows what the
-thin first convolution's tap gradients add. The four run in paired rounds (order rotating);
-the JSON keeps every round and reports medians.
+timed on the channels-last model, so the JSON shows how much of the gain is the layout; ours
+runs twice more: without the fused first convolution + max-pool (``ADVREPAIR_FUSED_CONV_POOL=0``,
+what the native kernel adds) and with PyTorch's own input gradients throughout
+(``ADVREPAIR_TAP_INPUT_GRADIENTS=0``, which turns off the tap gradients and the fusion both).
+The five run in paired rounds (order rotating); the JSON keeps every round and reports medians.
 
 Useful FLOPs are counted analytically per image-step: the forward of every convolution and
 linear layer on each view, the backward to the image through them (input gradients only: the
 weights are frozen), and the loss's similarity products; the negatives' embeddings are
 computed once per call and not counted.
 
-On a GPU (``--device cuda``) the same sides run there (the tap gradients are CPU-only, so ours
-with and without them is the same computation) and the peak is that of ``torch.mm`` on the device.
+On a GPU (``--device cuda``) the same sides run there (the tap gradients and the fusion are
+CPU-only, so ours with and without them is the same computation) and the peak is that of ``torch.mm`` on the device.
 
     python bench/reverse_attack_throughput.py [--images 256] [--reference-batch 64] [--rounds 3]
         [--device cpu|cuda|auto] [--out FILE]
@@ -41,7 +42,9 @@ from advrepair.allocator import retaining_freed_memory
 from advrepair.data import load_dataset
 from advrepair.defenses import ReverseAttack
 from advrepair.engine import random_start, random_start_numbers
-from advrepair.engine.thin_convolutions import SWITCH
+from advrepair.engine import fused_conv_pool_available
+from advrepair.engine import fused_conv_pool as fusion
+from advrepair.engine import thin_convolutions as taps
 from advrepair.runtime import layout_of, resolve_device
 from advrepair.seeding import per_image_uniform
 from advrepair.ssl import ContrastiveTask
@@ -74,13 +77,13 @@ def plain_reverse_attack(defense: ReverseAttack, classifier: nn.Module, images: 
     return x.detach()
 
 
-def without_tap_gradients(defense: ReverseAttack, images: torch.Tensor) -> torch.Tensor:
-    """Ours with PyTorch's own input gradients through the first convolution."""
-    os.environ[SWITCH] = "0"
+def switched_off(switch: str, defense: ReverseAttack, images: torch.Tensor) -> torch.Tensor:
+    """Ours with one of its fast paths switched off (``switch=0``)."""
+    os.environ[switch] = "0"
     try:
         return defense(images)
     finally:
-        del os.environ[SWITCH]
+        del os.environ[switch]
 
 
 def plain_in_batches(defense: ReverseAttack, classifier: nn.Module, images: torch.Tensor, batch: int) -> torch.Tensor:
@@ -143,7 +146,8 @@ def main() -> None:
     peak = matmul_peak_gflops(device)
     sides: dict[str, Any] = {
         "ours": lambda: ours(x),
-        "ours_without_tap_gradients": lambda: without_tap_gradients(ours, x),
+        "ours_without_tap_gradients": lambda: switched_off(taps.SWITCH, ours, x),
+        "ours_without_fused_conv_pool": lambda: switched_off(fusion.SWITCH, ours, x),
         "plain": lambda: plain_in_batches(reference, plain_model, x, args.reference_batch),
         "plain_on_channels_last": lambda: plain_in_batches(reference, fast_model, x, args.reference_batch),
     }
@@ -181,10 +185,13 @@ def main() -> None:
         "matmul_peak_gflops": {"before": peak, "after": peak_after, "best": best_peak},
         "ours": {"images_per_second": n / median["ours"], "seconds": median["ours"], "chunk_size": ours.chunk_for(x),
                  "layout": layout_of(fast_model), "tap_input_gradients": device.type == "cpu",
+                 "fused_conv_pool": device.type == "cpu" and fused_conv_pool_available(),
                  "useful_gflops": n * flops / median["ours"] / 1e9,
                  "fraction_of_matmul_peak": n * flops / median["ours"] / 1e9 / best_peak},
         "ours_without_tap_gradients": {"images_per_second": n / median["ours_without_tap_gradients"],
                                        "seconds": median["ours_without_tap_gradients"]},
+        "ours_without_fused_conv_pool": {"images_per_second": n / median["ours_without_fused_conv_pool"],
+                                         "seconds": median["ours_without_fused_conv_pool"]},
         "plain_reference": {"images_per_second": n / median["plain"], "seconds": median["plain"],
                             "batch": args.reference_batch, "layout": layout_of(plain_model),
                             "useful_gflops": n * flops / median["plain"] / 1e9},
@@ -194,6 +201,7 @@ def main() -> None:
         "speedup_ours_over_plain": ratio("plain", "ours"),
         "speedup_ours_over_plain_on_channels_last": ratio("plain_on_channels_last", "ours"),
         "speedup_from_tap_gradients": ratio("ours_without_tap_gradients", "ours"),
+        "speedup_from_fused_conv_pool": ratio("ours_without_fused_conv_pool", "ours"),
         # one step on the same layout: the same computation up to the tap gradients' float order
         "max_abs_difference_after_one_step_same_layout": float(
             (one_step(x[:64]) - plain_in_batches(one_step, plain_model, x[:64], 64)).abs().max()),
@@ -201,6 +209,10 @@ def main() -> None:
         "fraction_of_pixels_differing_after_all_steps": float((repaired - plain).abs().gt(1e-6).float().mean()),
         "fraction_of_pixels_differing_from_ours_without_taps": float(
             (repaired - outputs["ours_without_tap_gradients"]).abs().gt(1e-6).float().mean()),
+        "fraction_of_pixels_differing_from_ours_without_fusion": float(
+            (repaired - outputs["ours_without_fused_conv_pool"]).abs().gt(1e-6).float().mean()),
+        "same_prediction_as_ours_without_fusion": same_predictions(
+            fast_model, repaired, fast_model, outputs["ours_without_fused_conv_pool"]),
         "same_prediction_after_all_steps": same_predictions(fast_model, repaired, plain_model, plain),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

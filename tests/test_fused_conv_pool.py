@@ -75,9 +75,10 @@ def test_values_layout_and_every_gradient_equal_pytorchs(in_channels: int, width
         assert (a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max())), what
 
 
-def test_ties_and_nan_pick_pytorchs_window_position() -> None:
-    stage = _stage()
-    x = _images()
+@pytest.mark.parametrize("in_channels", [1, 3])  # the kernel's 16-lane path, and its general one
+def test_ties_and_nan_pick_pytorchs_window_position(in_channels: int) -> None:
+    stage = _stage(in_channels=in_channels)
+    x = _images(channels=in_channels)
     x[0] = 0.0  # a whole image of ties
     x[1, 0, 5, 6] = float("nan")
     plain, fast = _run(stage, x, fast=False), _run(stage, x, fast=True)

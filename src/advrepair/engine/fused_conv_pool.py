@@ -46,7 +46,7 @@ from advrepair.engine.native import load_kernel, openmp_runtime
 SWITCH = "ADVREPAIR_FUSED_CONV_POOL"
 #: the kernel's limits (``kernels/conv_pool.c``)
 MAX_CHANNELS = 256
-MAX_TAPS = 64
+MAX_TAPS = 64  # input channels x kernel height x width
 
 _PAIRS = "_advrepair_fused_pairs"  # on a covered Sequential: {index: (conv, pool)}
 _POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -147,21 +147,30 @@ class _Stage:
             return F.conv_transpose2d(self.full_gradient(grad), conv.weight, padding=conv.padding)  # type: ignore[arg-type]
         library = _library()
         assert library is not None
-        weight = conv.weight.detach()
         n, cin, height, width = self.images.shape
-        out_channels, k = weight.shape[0], weight.shape[-1]
-        taps = cin * k * k
-        padded = -(-taps // 8) * 8
-        taps_by_channel = weight.new_zeros(out_channels, padded)
-        taps_by_channel[:, :taps] = weight.reshape(out_channels, taps)
+        rows = weights_by_window_position(conv.weight.detach())
+        padded = rows.shape[-1]
         grad = grad.contiguous(memory_format=torch.channels_last)
         result = torch.empty(n, cin, height, width, dtype=torch.float32)
-        status = library.conv_pool_backward(grad.data_ptr(), self.codes.data_ptr(), taps_by_channel.data_ptr(),
-                                            result.data_ptr(), n, cin, height, width, out_channels, k, padded,
-                                            torch.get_num_threads())
+        status = library.conv_pool_backward(grad.data_ptr(), self.codes.data_ptr(), rows.data_ptr(),
+                                            result.data_ptr(), n, cin, height, width, rows.shape[1],
+                                            conv.weight.shape[-1], padded, torch.get_num_threads())
         if status != 0:
             raise RuntimeError("conv_pool_backward failed (out of memory?)")
         return result
+
+
+def weights_by_window_position(weight: torch.Tensor) -> torch.Tensor:
+    """The backward kernel's weights: for each of a pooling window's four positions, each output
+    channel's kernel placed on the window's (k+1) x (k+1) receptive field per input channel
+    (zeros elsewhere), flattened and zero-padded to a multiple of 8 floats.
+    Shapes: (C_out, C_in, k, k) -> (4, C_out, ceil8(C_in (k+1)^2))."""
+    out_channels, cin, k, _ = weight.shape
+    rows = weight.new_zeros(4, out_channels, cin, k + 1, k + 1)
+    for code, (row, col) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):  # scan order, as in the kernel
+        rows[code, :, :, row:row + k, col:col + k] = weight
+    footprint = cin * (k + 1) * (k + 1)
+    return F.pad(rows.reshape(4, out_channels, footprint), (0, -(-footprint // 8) * 8 - footprint)).contiguous()
 
 
 class _ImagesGradient(torch.autograd.Function):
