@@ -32,7 +32,7 @@ import torchattacks
 
 from advrepair.allocator import retaining_freed_memory
 from advrepair.attacks import APGD, FGSM, PGD, AutoAttack, Square
-from advrepair.engine import fast_input_gradients, tap_input_gradients_enabled
+from advrepair.engine import fast_input_gradients, fused_conv_pool_available, tap_input_gradients_enabled
 from advrepair.models import PreActResNet18
 from advrepair.runtime import resolve_device
 from _timing import device_name, synchronize  # bench/ is sys.path[0] when a script runs
@@ -240,7 +240,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     result = {"benchmark": "attack_throughput", "device": str(device), "device_name": device_name(device),
               "torch_threads": torch.get_num_threads(), "retains_freed_memory": retaining_freed_memory(),
-              "ours_tap_input_gradients": tap_input_gradients_enabled(), "rows": rows}
+              "ours_tap_input_gradients": tap_input_gradients_enabled(),
+              "ours_fused_conv_pool": fused_conv_pool_available(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     setups = [("fashion-cnn", lambda: fashion_cnn(args.n_cnn, device=device), args.eps_cnn),
               ("fashion-cnn-standard", lambda: fashion_cnn(args.n_cnn, "fmnist-cnn-standard", device), args.eps_cnn),

@@ -106,6 +106,7 @@ def main() -> None:
               "device_name": device_name(device),
               "retains_freed_memory": advrepair.allocator.retaining_freed_memory(),
               "tap_input_gradients": advrepair.engine.tap_input_gradients_enabled(),
+              "fused_conv_pool": advrepair.engine.fused_conv_pool_available(),
               "machine": platform.machine(), "processor": platform.processor(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -129,8 +129,8 @@ def _can_fuse(x: Any, conv: nn.Conv2d) -> bool:
 class _Stage:
     """What one fused call keeps for its backward: the images, the window codes, the layer."""
 
-    def __init__(self, images: torch.Tensor, codes: torch.Tensor, conv: nn.Conv2d, channels_last: bool) -> None:
-        self.images, self.codes, self.conv, self.channels_last = images, codes, conv, channels_last
+    def __init__(self, images: torch.Tensor, codes: torch.Tensor, conv: nn.Conv2d) -> None:
+        self.images, self.codes, self.conv = images, codes, conv
         self.grad_output: torch.Tensor | None = None  # handed from the images' node to the parameters' node
 
     def full_gradient(self, grad: torch.Tensor) -> torch.Tensor:
@@ -247,7 +247,7 @@ def fused_conv_pool(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         pooled = pooled.contiguous()
     if codes is None:
         return pooled
-    stage = _Stage(images, codes, conv, channels_last)
+    stage = _Stage(images, codes, conv)
     token = None
     if any(p.requires_grad for p in parameters):
         token = _ParametersGradient.apply(conv.weight, conv.bias, stage)

@@ -45,8 +45,28 @@ def native_kernels_enabled() -> bool:
 
 
 def cache_directory() -> Path:
+    """Where compiled kernels go: ``ADVREPAIR_NATIVE_CACHE``, else ``~/.cache/advrepair/native``;
+    where that cannot be created (a read-only home), a private folder in the temp directory."""
     configured = os.environ.get(CACHE_VARIABLE)
-    return Path(configured) if configured else Path.home() / ".cache" / "advrepair" / "native"
+    if configured:
+        return Path(configured)
+    home = Path.home() / ".cache" / "advrepair" / "native"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+    except OSError:
+        return _private_temp_directory()
+
+
+def _private_temp_directory() -> Path:
+    """A per-user folder in the shared temp directory that only this user can write: a library
+    someone else planted there must never be loaded."""
+    folder = Path(tempfile.gettempdir()) / f"advrepair-native-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    status = folder.lstat()
+    if folder.is_symlink() or status.st_uid != os.getuid() or status.st_mode & 0o022:
+        raise OSError(f"{folder} is not a private folder of this user")
+    return folder
 
 
 def _cpu_identity() -> str:
@@ -65,13 +85,14 @@ def _compiler() -> str | None:
 
 def _build(name: str, compiler: str) -> Path:
     source = SOURCES / f"{name}.c"
+    folder = cache_directory()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     digest = hashlib.sha256("\0".join([source.read_text(), " ".join(FLAGS), version, platform.machine(),
                                        _cpu_identity()]).encode()).hexdigest()[:16]
-    target = cache_directory() / f"{name}-{digest}.so"
+    target = folder / f"{name}-{digest}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     # compile beside the target and rename: processes racing on the same kernel each build
     # their own file and the last rename wins; none ever loads a half-written library
     handle, partial = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=target.parent)
