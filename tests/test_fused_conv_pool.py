@@ -3,9 +3,11 @@ against PyTorch's own layers: values, layouts, ties and NaN, every gradient, sec
 derivatives, batch and thread independence, scope, and the fallbacks."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import subprocess
 import sys
+from typing import Iterator
 
 import pytest
 import torch
@@ -34,10 +36,10 @@ def _images(n: int = 6, channels: int = 1, size: int = 12, seed: int = 0) -> tor
     return x
 
 
-def _run(stage: nn.Module, x: torch.Tensor, fast: bool, create_graph: bool = False) -> dict[str, torch.Tensor]:
-    stage.zero_grad(set_to_none=True)
-    xg = x.clone().requires_grad_(True)
-    calls = []
+@contextlib.contextmanager
+def _counted_fusions() -> Iterator[list[int]]:
+    """Counts the fused calls made inside the block (so a test knows which path ran)."""
+    calls: list[int] = []
     original = fused.fused_conv_pool
 
     def counting(*args: object) -> torch.Tensor:
@@ -46,13 +48,19 @@ def _run(stage: nn.Module, x: torch.Tensor, fast: bool, create_graph: bool = Fal
 
     fused.fused_conv_pool = counting  # type: ignore[assignment]
     try:
-        with fast_input_gradients(stage) if fast else torch.enable_grad():
-            out = stage(xg)
-            loss = (out.square() * torch.linspace(0.5, 1.5, out.numel()).view_as(out)).sum()
-            (grad,) = torch.autograd.grad(loss, xg, create_graph=create_graph, retain_graph=True)
-            loss.backward(retain_graph=create_graph)
+        yield calls
     finally:
         fused.fused_conv_pool = original  # type: ignore[assignment]
+
+
+def _run(stage: nn.Module, x: torch.Tensor, fast: bool, create_graph: bool = False) -> dict[str, torch.Tensor]:
+    stage.zero_grad(set_to_none=True)
+    xg = x.clone().requires_grad_(True)
+    with _counted_fusions() as calls, fast_input_gradients(stage) if fast else torch.enable_grad():
+        out = stage(xg)
+        loss = (out.square() * torch.linspace(0.5, 1.5, out.numel()).view_as(out)).sum()
+        (grad,) = torch.autograd.grad(loss, xg, create_graph=create_graph, retain_graph=True)
+        loss.backward(retain_graph=create_graph)
     assert bool(calls) == fast, "the path under test ran"
     conv = stage[0]
     bias = conv.bias.grad if conv.bias is not None else torch.zeros(())
@@ -157,19 +165,8 @@ def test_scope_restores_the_modules_and_reentry_fuses_once() -> None:
 
 
 def _fused_calls(stage: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    calls = []
-    original = fused.fused_conv_pool
-
-    def counting(*args: object) -> torch.Tensor:
-        calls.append(1)
-        return original(*args)  # type: ignore[arg-type]
-
-    fused.fused_conv_pool = counting  # type: ignore[assignment]
-    try:
-        with torch.no_grad(), fast_input_gradients(stage):
-            out = stage(x)
-    finally:
-        fused.fused_conv_pool = original  # type: ignore[assignment]
+    with _counted_fusions() as calls, torch.no_grad(), fast_input_gradients(stage):
+        out = stage(x)
     return len(calls), out
 
 
