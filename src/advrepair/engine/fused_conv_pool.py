@@ -131,7 +131,6 @@ class _Stage:
 
     def __init__(self, images: torch.Tensor, codes: torch.Tensor, conv: nn.Conv2d) -> None:
         self.images, self.codes, self.conv = images, codes, conv
-        self.grad_output: torch.Tensor | None = None  # handed from the images' node to the parameters' node
 
     def full_gradient(self, grad: torch.Tensor) -> torch.Tensor:
         """The pooled gradient scattered onto the convolution's output (differentiable in ``grad``)."""
@@ -174,8 +173,8 @@ def weights_by_window_position(weight: torch.Tensor) -> torch.Tensor:
 
 
 class _ImagesGradient(torch.autograd.Function):
-    """Identity on the fused pooled output; its backward is the images' gradient (and hands the
-    pooled gradient to :class:`_ParametersGradient` when the layer's parameters need one)."""
+    """Identity on the fused pooled output; its backward is the images' gradient. The pooled
+    gradient itself goes back along the ``token`` input to :class:`_ParametersGradient`."""
 
     @staticmethod
     def forward(ctx: Any, pooled: torch.Tensor, images: torch.Tensor, token: torch.Tensor | None,
@@ -185,37 +184,33 @@ class _ImagesGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        stage: _Stage = ctx.stage
-        token_grad = None
-        if ctx.needs_input_grad[2]:
-            stage.grad_output = grad
-            token_grad = grad.new_zeros(())
-        images_grad = stage.images_gradient(grad) if ctx.needs_input_grad[1] else None
-        return None, images_grad, token_grad, None
+        images_grad = ctx.stage.images_gradient(grad) if ctx.needs_input_grad[1] else None
+        return None, images_grad, grad if ctx.needs_input_grad[2] else None, None
 
 
 class _ParametersGradient(torch.autograd.Function):
-    """A zero scalar fed into :class:`_ImagesGradient`: autograd runs this node only when a
-    backward pass asks for the layer's weight or bias, and then it computes their gradients."""
+    """A zero tensor of the pooled output's shape (an expanded scalar: no memory) fed into
+    :class:`_ImagesGradient`, which hands it the pooled gradient. Autograd runs this node only
+    when a backward pass asks for the layer's weight or bias; nothing is kept between the two
+    nodes, so no reference cycle holds a graph alive (with ``create_graph=True`` the gradient
+    carries one)."""
 
     @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, bias: torch.Tensor | None, stage: _Stage) -> torch.Tensor:
+    def forward(ctx: Any, weight: torch.Tensor, bias: torch.Tensor | None, stage: _Stage,
+                shape: tuple[int, ...]) -> torch.Tensor:
         ctx.stage = stage
-        return weight.new_zeros(())
+        return weight.new_zeros(()).expand(shape)
 
     @staticmethod
-    def backward(ctx: Any, _unused: torch.Tensor) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         stage: _Stage = ctx.stage
-        grad, stage.grad_output = stage.grad_output, None
-        assert grad is not None, "the images' node runs first: its output feeds this one's consumer"
-        full = stage.full_gradient(grad)
         conv = stage.conv
         weight_grad = bias_grad = None
         if ctx.needs_input_grad[0]:
-            weight_grad = conv2d_weight(stage.images, conv.weight.shape, full, padding=conv.padding)
+            weight_grad = conv2d_weight(stage.images, conv.weight.shape, stage.full_gradient(grad), padding=conv.padding)
         if ctx.needs_input_grad[1]:
             bias_grad = grad.sum((0, 2, 3))  # the scatter moves values, so the sums are the pooled ones
-        return weight_grad, bias_grad, None
+        return weight_grad, bias_grad, None, None
 
 
 def fused_conv_pool(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -250,7 +245,7 @@ def fused_conv_pool(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     stage = _Stage(images, codes, conv)
     token = None
     if any(p.requires_grad for p in parameters):
-        token = _ParametersGradient.apply(conv.weight, conv.bias, stage)
+        token = _ParametersGradient.apply(conv.weight, conv.bias, stage, tuple(pooled.shape))
     return _ImagesGradient.apply(pooled, x, token, stage)
 
 
