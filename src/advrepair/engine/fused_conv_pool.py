@@ -25,7 +25,7 @@ for them, through PyTorch's convolution weight gradient on the scattered pooled 
 second derivatives stay exact.
 
 ``ADVREPAIR_FUSED_CONV_POOL=0`` turns the fusion off (``ADVREPAIR_NATIVE_KERNELS=0`` turns off
-every native kernel); results record whether it ran (:func:`fused_conv_pool_available`).
+every native kernel); results record whether it was on and built (:func:`fused_conv_pool_available`).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ SWITCH = "ADVREPAIR_FUSED_CONV_POOL"
 MAX_CHANNELS = 256
 MAX_TAPS = 64  # input channels x kernel height x width
 
-_PAIRS = "_advrepair_fused_pairs"  # on a covered Sequential: {index: (conv, pool)}
+_PAIRS = "_advrepair_fused_pairs"  # on a covered Sequential: the _Fusion of the block covering it
 _POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
