@@ -81,7 +81,7 @@ def fused_conv_pool_available() -> bool:
 
 
 def _pair_fits(conv: nn.Module, pool: nn.Module) -> bool:
-    from advrepair.engine.thin_convolutions import is_thin_convolution
+    from advrepair.engine.thin_convolutions import is_thin_convolution  # it imports this module
     if not (is_thin_convolution(conv) and isinstance(pool, nn.MaxPool2d) and isinstance(conv, nn.Conv2d)):
         return False
     kh, kw = conv.kernel_size
