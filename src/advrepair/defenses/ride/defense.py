@@ -9,6 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advrepair.defenses.ride.batched import fit_chunk
+from advrepair.defenses.ride.native_engine import fit_chunk_native, native_engine_covers
 from advrepair.defenses.ride.networks import MODES, RIDE_NETWORKS, RideNetSpec, resolve_network
 from advrepair.defenses.ride.reference import fit_one
 from advrepair.defenses.ride.results import RideResult, RideTrajectory
@@ -150,13 +151,15 @@ class RIDE(nn.Module):
         trace_gens = image_generators(x, self.seed, "ride-trajectory") if trajectory else None
         bar = tqdm(total=self.total_steps * math.ceil(x.shape[0] / self.chunk_size),
                    disable=not self.progress, desc="RIDE", leave=False)
+        fit_images = (fit_chunk_native if native_engine_covers(spec, x.shape[1], self.dropout, x.device, x.dtype)
+                      else fit_chunk)
         parts = []
         with torch.inference_mode(False), torch.enable_grad(), bar:
             x, adv = x.clone(), adv.clone()
             clean = None if clean is None else clean.clone()
             for start in range(0, x.shape[0], self.chunk_size):
                 sl = slice(start, start + self.chunk_size)
-                parts.append(fit_chunk(self,
+                parts.append(fit_images(self,
                     x[sl], spec, gens[sl], None if clean is None else clean[sl], adv[sl],
                     None if trace_gens is None else trace_gens[sl], bar))
         result = RideResult(

@@ -1,0 +1,475 @@
+/* RIDE's per-image reconstruction networks (Table 3's MNIST network: one image channel, hidden
+ * width 16, 3x3 "same" convolutions, ReLU, inverted dropout at p = 1/2, sigmoid output): whole
+ * training steps (forward, backward, Adam) and plain forward passes, one network per image.
+ * Built and loaded by advrepair/engine/native.py; the Python side is
+ * advrepair/defenses/ride/native_engine.py.
+ *
+ * Batched PyTorch runs these networks as grouped convolutions: every layer, every element-wise
+ * pass and every Adam operation is one call over all networks, and the many small passes
+ * between the convolutions cost as much as the convolutions. Here one thread takes a network
+ * through its whole step while its activations (a few hundred KB) stay in its core's cache.
+ *
+ * Layouts (per network, contiguous):
+ *   parameters: for each layer, weights [tap][in][out] (tap = 3 * dy + dx) then bias [out];
+ *   Adam's first and second moments: the same layout;
+ *   inputs, targets, outputs: (samples, H, W);
+ *   dropout draws: one 16-bit word per (sample, dropout layer, row, column), bit c = keep unit
+ *   c (the bits of RIDE's packed random words, in order).
+ * Activations live on zero-padded planes ((H + 2) x (W + 2) pixels, 16 floats per pixel), so a
+ * convolution reads its neighbours without bounds checks. A convolution is computed over the
+ * plane's interior as one flat run of pixels, which passes over the border columns; the
+ * activation pass after it writes zeros there again.
+ *
+ * Each network is computed alone, in a fixed order, by one thread: its result never depends
+ * on the other networks in the call or on the thread count.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "team.h"
+
+#define WIDTH 16
+#define TAPS 9
+#define MAX_DEPTH 32
+#define BLOCK 6  /* pixels per register block: 12 accumulators + 2 weights + 1 broadcast of 16 registers */
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+
+static inline v8 load8(const float *p) { v8 v; memcpy(&v, p, sizeof(v)); return v; }
+static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof(v)); }
+static inline float sum8(v8 v) {
+    float lanes[8];
+    memcpy(lanes, &v, sizeof(lanes));
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+typedef struct {
+    int depth, height, width, samples, dropout_layers;  /* dropout_layers: bit k = hidden layer k (1-based) */
+    int64_t parameter_stride, draws_stride;
+    float *parameters, *first_moments, *second_moments, *losses, *outputs;
+    const float *inputs, *targets;
+    const uint16_t *draws;
+    /* Adam: the step size is lr / (1 - beta1^t); the moments' weights come computed, so they
+     * round as torch.optim.Adam's do */
+    float step_size, weight_decay, first_weight, beta2, second_weight, eps, bias_correction2_sqrt;
+} job_t;
+
+/* ------------------------------------------------------------------ geometry */
+
+typedef struct {
+    int H, W, PW, depth, layers_dropped;
+    int64_t plane, start, end;         /* pixels of a padded plane; the flat interior run */
+    int64_t offset[TAPS];              /* neighbour (dy - 1, dx - 1) in pixels */
+    int64_t weights[MAX_DEPTH + 1], bias[MAX_DEPTH + 1];  /* parameter offsets per layer (1-based) */
+} shape_t;
+
+static int in_planes(int layer) { return layer == 1 ? 1 : WIDTH; }
+static int out_planes(int layer, int depth) { return layer == depth ? 1 : WIDTH; }
+
+static void make_shape(const job_t *job, shape_t *s) {
+    s->H = job->height; s->W = job->width; s->PW = job->width + 2; s->depth = job->depth;
+    s->plane = (int64_t)(job->height + 2) * s->PW;
+    s->start = s->PW + 1;
+    s->end = (int64_t)job->height * s->PW + job->width + 1;
+    for (int t = 0; t < TAPS; t++) s->offset[t] = (int64_t)(t / 3 - 1) * s->PW + (t % 3 - 1);
+    int64_t at = 0;
+    for (int l = 1; l <= job->depth; l++) {
+        s->weights[l] = at;
+        at += (int64_t)TAPS * in_planes(l) * out_planes(l, job->depth);
+        s->bias[l] = at;
+        at += out_planes(l, job->depth);
+    }
+    s->layers_dropped = __builtin_popcount((unsigned)job->dropout_layers);
+}
+
+static int64_t parameter_count(int depth) {
+    int64_t n = 0;
+    for (int l = 1; l <= depth; l++) n += (int64_t)TAPS * in_planes(l) * out_planes(l, depth) + out_planes(l, depth);
+    return n;
+}
+
+/* ------------------------------------------------------------------ convolutions */
+
+/* out[p] = bias + sum over taps and 16 input planes of in[p + offset] * w[tap][plane][:], for
+ * Q pixels from p; w is [tap][16][16]. */
+static inline __attribute__((always_inline)) void conv16_block(
+        const float *in, const float *w, const int64_t *offset, v8 b0, v8 b1, float *out, int64_t p, const int Q) {
+    v8 acc[BLOCK][2];
+    for (int q = 0; q < Q; q++) { acc[q][0] = b0; acc[q][1] = b1; }
+    for (int t = 0; t < TAPS; t++) {
+        const float *src = in + (p + offset[t]) * WIDTH;
+        const float *wt = w + t * WIDTH * WIDTH;
+        for (int ci = 0; ci < WIDTH; ci++) {
+            const v8 w0 = load8(wt + ci * WIDTH), w1 = load8(wt + ci * WIDTH + 8);
+            for (int q = 0; q < Q; q++) {
+                const float v = src[q * WIDTH + ci];
+                acc[q][0] += v * w0;
+                acc[q][1] += v * w1;
+            }
+        }
+    }
+    for (int q = 0; q < Q; q++) {
+        store8(out + (p + q) * WIDTH, acc[q][0]);
+        store8(out + (p + q) * WIDTH + 8, acc[q][1]);
+    }
+}
+
+static void conv16(const shape_t *s, const float *in, const float *w, const float *bias, float *out) {
+    const v8 zero = {0};
+    const v8 b0 = bias ? load8(bias) : zero, b1 = bias ? load8(bias + 8) : zero;
+    int64_t p = s->start;
+    for (; p + BLOCK <= s->end; p += BLOCK) conv16_block(in, w, s->offset, b0, b1, out, p, BLOCK);
+    for (; p < s->end; p++) conv16_block(in, w, s->offset, b0, b1, out, p, 1);
+}
+
+/* dw[tap][plane][:] += sum over the run of act[p + offset[tap]][plane] * grad[p][:] (grad is
+ * zero on the border columns, so the run's passes over them add nothing) */
+static void weight_grad16(const shape_t *s, const float *act, const float *grad, float *dw) {
+    for (int r0 = 0; r0 < TAPS * WIDTH; r0 += BLOCK) {
+        int64_t at[BLOCK];
+        v8 acc[BLOCK][2];
+        for (int r = 0; r < BLOCK; r++) {
+            at[r] = s->offset[(r0 + r) / WIDTH] * WIDTH + (r0 + r) % WIDTH;
+            acc[r][0] = (v8){0};
+            acc[r][1] = (v8){0};
+        }
+        for (int64_t p = s->start; p < s->end; p++) {
+            const v8 g0 = load8(grad + p * WIDTH), g1 = load8(grad + p * WIDTH + 8);
+            const float *a = act + p * WIDTH;
+            for (int r = 0; r < BLOCK; r++) {
+                const float v = a[at[r]];
+                acc[r][0] += v * g0;
+                acc[r][1] += v * g1;
+            }
+        }
+        for (int r = 0; r < BLOCK; r++) {
+            store8(dw + (r0 + r) * WIDTH, load8(dw + (r0 + r) * WIDTH) + acc[r][0]);
+            store8(dw + (r0 + r) * WIDTH + 8, load8(dw + (r0 + r) * WIDTH + 8) + acc[r][1]);
+        }
+    }
+}
+
+/* the first layer: one input plane to 16 */
+static void conv_first(const shape_t *s, const float *in, const float *w, const float *bias, float *out) {
+    const v8 b0 = load8(bias), b1 = load8(bias + 8);
+    for (int64_t p = s->start; p < s->end; p++) {
+        v8 a0 = b0, a1 = b1;
+        for (int t = 0; t < TAPS; t++) {
+            const float v = in[p + s->offset[t]];
+            a0 += v * load8(w + t * WIDTH);
+            a1 += v * load8(w + t * WIDTH + 8);
+        }
+        store8(out + p * WIDTH, a0);
+        store8(out + p * WIDTH + 8, a1);
+    }
+}
+
+static void weight_grad_first(const shape_t *s, const float *in, const float *grad, float *dw) {
+    for (int t = 0; t < TAPS; t++) {
+        v8 a0 = {0}, a1 = {0};
+        for (int64_t p = s->start; p < s->end; p++) {
+            const float v = in[p + s->offset[t]];
+            a0 += v * load8(grad + p * WIDTH);
+            a1 += v * load8(grad + p * WIDTH + 8);
+        }
+        store8(dw + t * WIDTH, load8(dw + t * WIDTH) + a0);
+        store8(dw + t * WIDTH + 8, load8(dw + t * WIDTH + 8) + a1);
+    }
+}
+
+/* the output layer: 16 planes to one, pre-activation values */
+static float conv_last_at(const shape_t *s, const float *act, const float *w, float bias, int64_t p) {
+    v8 a0 = {0}, a1 = {0};
+    for (int t = 0; t < TAPS; t++) {
+        const float *a = act + (p + s->offset[t]) * WIDTH;
+        a0 += load8(a) * load8(w + t * WIDTH);
+        a1 += load8(a + 8) * load8(w + t * WIDTH + 8);
+    }
+    return sum8(a0 + a1) + bias;
+}
+
+/* d act[p][:] = sum over taps of grad[p - offset[tap]] * w[tap][:] (grad: one padded plane) */
+static void input_grad_last(const shape_t *s, const float *grad, const float *w, float *out) {
+    for (int64_t p = s->start; p < s->end; p++) {
+        v8 a0 = {0}, a1 = {0};
+        for (int t = 0; t < TAPS; t++) {
+            const float g = grad[p - s->offset[t]];
+            a0 += g * load8(w + t * WIDTH);
+            a1 += g * load8(w + t * WIDTH + 8);
+        }
+        store8(out + p * WIDTH, a0);
+        store8(out + p * WIDTH + 8, a1);
+    }
+}
+
+static void weight_grad_last(const shape_t *s, const float *act, const float *grad, float *dw) {
+    for (int t = 0; t < TAPS; t++) {
+        v8 a0 = {0}, a1 = {0};
+        for (int64_t p = s->start; p < s->end; p++) {
+            const float g = grad[p];
+            const float *a = act + (p + s->offset[t]) * WIDTH;
+            a0 += g * load8(a);
+            a1 += g * load8(a + 8);
+        }
+        store8(dw + t * WIDTH, load8(dw + t * WIDTH) + a0);
+        store8(dw + t * WIDTH + 8, load8(dw + t * WIDTH + 8) + a1);
+    }
+}
+
+/* ------------------------------------------------------------------ element-wise passes */
+
+static const vi8 LOW_BITS = {1, 2, 4, 8, 16, 32, 64, 128};
+
+/* ReLU, then (keep == NULL: none) inverted dropout at p = 1/2, on the interior; zeros on the
+ * border columns the flat run wrote */
+static void activate(const shape_t *s, float *h, const uint16_t *keep) {
+    const v8 zero = {0}, two = {2, 2, 2, 2, 2, 2, 2, 2};
+    for (int y = 1; y <= s->H; y++) {
+        float *row = h + (int64_t)y * s->PW * WIDTH;
+        memset(row, 0, WIDTH * sizeof(float));
+        memset(row + (int64_t)(s->W + 1) * WIDTH, 0, WIDTH * sizeof(float));
+        for (int x = 1; x <= s->W; x++) {
+            float *px = row + (int64_t)x * WIDTH;
+            v8 a0 = load8(px), a1 = load8(px + 8);
+            a0 = (v8)((vi8)a0 & (a0 > zero));
+            a1 = (v8)((vi8)a1 & (a1 > zero));
+            if (keep) {
+                const int32_t bits = keep[(int64_t)(y - 1) * s->W + (x - 1)];
+                const vi8 lo = (vi8){0} + (bits & 0xff), hi = (vi8){0} + (bits >> 8);
+                a0 *= (v8)((vi8)two & ((lo & LOW_BITS) != 0));
+                a1 *= (v8)((vi8)two & ((hi & LOW_BITS) != 0));
+            }
+            store8(px, a0);
+            store8(px + 8, a1);
+        }
+    }
+}
+
+/* grad <- grad * scale where the layer's output is positive, else 0 (ReLU's and dropout's
+ * backward: a dropped unit's output is 0); the bias gradient gets the sum */
+static void deactivate(const shape_t *s, const float *h, float *grad, float scale, float *db) {
+    const v8 zero = {0};
+    v8 s0 = {0}, s1 = {0};
+    for (int y = 1; y <= s->H; y++) {
+        float *row = grad + (int64_t)y * s->PW * WIDTH;
+        const float *out = h + (int64_t)y * s->PW * WIDTH;
+        memset(row, 0, WIDTH * sizeof(float));
+        memset(row + (int64_t)(s->W + 1) * WIDTH, 0, WIDTH * sizeof(float));
+        for (int x = 1; x <= s->W; x++) {
+            float *g = row + (int64_t)x * WIDTH;
+            const v8 g0 = (v8)((vi8)(load8(g) * scale) & (load8(out + x * WIDTH) > zero));
+            const v8 g1 = (v8)((vi8)(load8(g + 8) * scale) & (load8(out + x * WIDTH + 8) > zero));
+            store8(g, g0);
+            store8(g + 8, g1);
+            s0 += g0;
+            s1 += g1;
+        }
+    }
+    store8(db, load8(db) + s0);
+    store8(db + 8, load8(db + 8) + s1);
+}
+
+static void load_plane(const shape_t *s, const float *image, float *plane) {
+    for (int y = 0; y < s->H; y++) memcpy(plane + (int64_t)(y + 1) * s->PW + 1, image + (int64_t)y * s->W, s->W * sizeof(float));
+}
+
+/* ------------------------------------------------------------------ one network */
+
+typedef struct {
+    float *input, *grad_out;     /* one padded plane each */
+    float *act[MAX_DEPTH];       /* act[l]: layer l's output (l = 1 .. depth - 1), 16 planes */
+    float *grad[2];              /* 16 planes each */
+    float *grads, *flipped;      /* parameters' gradient; hidden weights as [tap][out][in], taps reversed */
+} workspace_t;
+
+static float *workspace_memory(size_t floats) {
+    /* kept per thread across calls: a fresh allocation this large would be mapped and faulted
+     * in again every step */
+    static __thread float *memory = 0;
+    static __thread size_t size = 0;
+    if (floats > size) {
+        free(memory);
+        memory = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+        size = memory ? floats : 0;
+    }
+    return memory;
+}
+
+static int make_workspace(const job_t *job, const shape_t *s, workspace_t *ws) {
+    const int64_t plane = (s->plane + 15) / 16 * 16, planes16 = plane * WIDTH;
+    const int64_t params = (parameter_count(job->depth) + 15) / 16 * 16;
+    const size_t total = 2 * plane + (size_t)(job->depth - 1 + 2) * planes16 + 2 * params;
+    float *m = workspace_memory(total);
+    if (!m) return -1;
+    memset(m, 0, total * sizeof(float));  /* the borders stay zero from here on */
+    ws->input = m; m += plane;
+    ws->grad_out = m; m += plane;
+    for (int l = 1; l < job->depth; l++) { ws->act[l] = m; m += planes16; }
+    ws->grad[0] = m; m += planes16;
+    ws->grad[1] = m; m += planes16;
+    ws->grads = m; m += params;
+    ws->flipped = m;
+    return 0;
+}
+
+static int dropout_rank(const job_t *job, int layer) {
+    if (!(job->dropout_layers >> layer & 1)) return -1;
+    return __builtin_popcount((unsigned)job->dropout_layers & ((1u << layer) - 1));
+}
+
+/* layers 1 .. depth - 1 of one sample; keep == NULL: no dropout */
+static void forward_hidden(const job_t *job, const shape_t *s, const float *w, workspace_t *ws,
+                           const uint16_t *keep) {
+    const int64_t layer_words = (int64_t)s->H * s->W;
+    for (int l = 1; l < s->depth; l++) {
+        if (l == 1) conv_first(s, ws->input, w + s->weights[1], w + s->bias[1], ws->act[1]);
+        else conv16(s, ws->act[l - 1], w + s->weights[l], w + s->bias[l], ws->act[l]);
+        const int rank = keep ? dropout_rank(job, l) : -1;
+        activate(s, ws->act[l], rank >= 0 ? keep + rank * layer_words : 0);
+    }
+}
+
+static int train_networks(const void *arg, int64_t first, int64_t last) {
+    const job_t *job = (const job_t *)arg;
+    shape_t s;
+    make_shape(job, &s);
+    workspace_t ws;
+    if (make_workspace(job, &s, &ws)) return -1;
+    const int depth = job->depth, n = job->samples;
+    const int64_t pixels = (int64_t)s.H * s.W, count = parameter_count(depth);
+    const float per_value = 1.0f / (float)(n * pixels);
+    for (int64_t g = first; g < last; g++) {
+        float *w = job->parameters + g * job->parameter_stride;
+        memset(ws.grads, 0, count * sizeof(float));
+        /* input gradients of hidden layers run as convolutions with the kernel reversed and
+         * its planes swapped */
+        for (int l = 2; l < depth; l++) {
+            const float *src = w + s.weights[l];
+            float *dst = ws.flipped + (l - 2) * TAPS * WIDTH * WIDTH;
+            for (int t = 0; t < TAPS; t++) for (int i = 0; i < WIDTH; i++) for (int o = 0; o < WIDTH; o++)
+                dst[((TAPS - 1 - t) * WIDTH + o) * WIDTH + i] = src[(t * WIDTH + i) * WIDTH + o];
+        }
+        float loss = 0.0f;
+        for (int i = 0; i < n; i++) {
+            const float *image = job->inputs + (g * n + i) * pixels;
+            const float *target = job->targets + (g * n + i) * pixels;
+            const uint16_t *keep = job->dropout_layers
+                ? job->draws + g * job->draws_stride + (int64_t)i * s.layers_dropped * pixels : 0;
+            load_plane(&s, image, ws.input);
+            forward_hidden(job, &s, w, &ws, keep);
+            /* output, loss and the output layer's gradient: mean squared error of the sigmoid */
+            const float *top = ws.act[depth - 1], *w_last = w + s.weights[depth];
+            const float b_last = w[s.bias[depth]];
+            float bias_grad = 0.0f;
+            for (int y = 0; y < s.H; y++) for (int x = 0; x < s.W; x++) {
+                const int64_t p = (int64_t)(y + 1) * s.PW + x + 1;
+                const float out = 1.0f / (1.0f + expf(-conv_last_at(&s, top, w_last, b_last, p)));
+                const float diff = out - target[(int64_t)y * s.W + x];
+                loss += diff * diff;
+                const float grad = per_value * (2.0f * diff) * (1.0f - out) * out;
+                ws.grad_out[p] = grad;
+                bias_grad += grad;
+            }
+            ws.grads[s.bias[depth]] += bias_grad;
+            weight_grad_last(&s, top, ws.grad_out, ws.grads + s.weights[depth]);
+            float *grad = ws.grad[0], *spare = ws.grad[1];
+            input_grad_last(&s, ws.grad_out, w_last, grad);
+            for (int l = depth - 1; l >= 1; l--) {
+                deactivate(&s, ws.act[l], grad, dropout_rank(job, l) >= 0 ? 2.0f : 1.0f, ws.grads + s.bias[l]);
+                if (l == 1) {
+                    weight_grad_first(&s, ws.input, grad, ws.grads + s.weights[1]);
+                    break;
+                }
+                weight_grad16(&s, ws.act[l - 1], grad, ws.grads + s.weights[l]);
+                conv16(&s, grad, ws.flipped + (l - 2) * TAPS * WIDTH * WIDTH, 0, spare);
+                float *swap = grad; grad = spare; spare = swap;
+            }
+        }
+        job->losses[g] = loss * per_value;
+        /* Adam with L2 weight decay, in torch.optim.Adam's order of operations */
+        float *m = job->first_moments + g * job->parameter_stride, *v = job->second_moments + g * job->parameter_stride;
+        for (int64_t k = 0; k < count; k++) {
+            const float grad = ws.grads[k] + job->weight_decay * w[k];
+            m[k] += job->first_weight * (grad - m[k]);
+            v[k] = v[k] * job->beta2 + job->second_weight * grad * grad;
+            w[k] -= job->step_size * (m[k] / (sqrtf(v[k]) / job->bias_correction2_sqrt + job->eps));
+        }
+    }
+    return 0;
+}
+
+static int forward_networks(const void *arg, int64_t first, int64_t last) {
+    const job_t *job = (const job_t *)arg;
+    shape_t s;
+    make_shape(job, &s);
+    workspace_t ws;
+    if (make_workspace(job, &s, &ws)) return -1;
+    const int depth = job->depth, n = job->samples;
+    const int64_t pixels = (int64_t)s.H * s.W;
+    for (int64_t g = first; g < last; g++) {
+        const float *w = job->parameters + g * job->parameter_stride;
+        for (int i = 0; i < n; i++) {
+            load_plane(&s, job->inputs + (g * n + i) * pixels, ws.input);
+            forward_hidden(job, &s, w, &ws, 0);
+            float *out = job->outputs + (g * n + i) * pixels;
+            for (int y = 0; y < s.H; y++) for (int x = 0; x < s.W; x++) {
+                const int64_t p = (int64_t)(y + 1) * s.PW + x + 1;
+                out[(int64_t)y * s.W + x] = 1.0f / (1.0f + expf(-conv_last_at(&s, ws.act[depth - 1], w + s.weights[depth],
+                                                                              w[s.bias[depth]], p)));
+            }
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ entry points */
+
+void ride_use_openmp(void *parallel, void *thread_num, void *num_threads) {
+    team_use_openmp(parallel, thread_num, num_threads);
+}
+
+int64_t ride_parameter_count(int depth) { return depth < 2 || depth > MAX_DEPTH ? -1 : parameter_count(depth); }
+
+static int bad_shape(int64_t networks, int depth, int height, int width, int samples, int64_t parameter_stride) {
+    return networks < 0 || depth < 2 || depth > MAX_DEPTH || height < 1 || width < 1 || samples < 1
+        || parameter_stride < parameter_count(depth);
+}
+
+/* One training step of each network: forward, mean squared error against its targets,
+ * backward, Adam (first_weight = 1 - beta1, second_weight = 1 - beta2). dropout_layers == 0: no dropout (draws unused). Returns 0, or -1 on a bad
+ * shape or when memory ran out. */
+int ride_train_step(float *parameters, float *first_moments, float *second_moments, int64_t parameter_stride,
+                    const float *inputs, const float *targets, const uint16_t *draws, int64_t draws_stride,
+                    float *losses, int64_t networks, int depth, int height, int width, int samples,
+                    int dropout_layers, float step_size, float weight_decay, float first_weight, float beta2,
+                    float second_weight, float eps, float bias_correction2_sqrt, int threads) {
+    if (bad_shape(networks, depth, height, width, samples, parameter_stride)
+        || dropout_layers < 0 || dropout_layers & 1 || dropout_layers >> depth) return -1;
+    if (networks == 0) return 0;
+    job_t job = {0};
+    job.depth = depth; job.height = height; job.width = width; job.samples = samples;
+    job.dropout_layers = dropout_layers;
+    job.parameters = parameters; job.first_moments = first_moments; job.second_moments = second_moments;
+    job.parameter_stride = parameter_stride;
+    job.inputs = inputs; job.targets = targets; job.draws = draws; job.draws_stride = draws_stride;
+    job.losses = losses;
+    job.step_size = step_size; job.weight_decay = weight_decay; job.first_weight = first_weight;
+    job.beta2 = beta2; job.second_weight = second_weight; job.eps = eps;
+    job.bias_correction2_sqrt = bias_correction2_sqrt;
+    return team_run(&job, networks, threads, train_networks);
+}
+
+/* Each network's output (without dropout) for its `samples` inputs. */
+int ride_forward(const float *parameters, int64_t parameter_stride, const float *inputs, float *outputs,
+                 int64_t networks, int depth, int height, int width, int samples, int threads) {
+    if (bad_shape(networks, depth, height, width, samples, parameter_stride)) return -1;
+    if (networks == 0) return 0;
+    job_t job = {0};
+    job.depth = depth; job.height = height; job.width = width; job.samples = samples;
+    job.parameters = (float *)parameters; job.parameter_stride = parameter_stride;
+    job.inputs = inputs; job.outputs = outputs;
+    return team_run(&job, networks, threads, forward_networks);
+}
