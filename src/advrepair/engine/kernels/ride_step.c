@@ -61,6 +61,8 @@ typedef struct {
 
 typedef struct {
     int H, W, PW, depth, layers_dropped;
+    int winograd;                      /* even H and W: hidden layers by Winograd's F(2x2, 3x3) */
+    int64_t tiles_across, tiles;       /* 2 x 2 output tiles */
     int64_t plane, start, end;         /* pixels of a padded plane; the flat interior run */
     int64_t offset[TAPS];              /* neighbour (dy - 1, dx - 1) in pixels */
     int64_t weights[MAX_DEPTH + 1], bias[MAX_DEPTH + 1];  /* parameter offsets per layer (1-based) */
@@ -83,6 +85,9 @@ static void make_shape(const job_t *job, shape_t *s) {
         at += out_planes(l, job->depth);
     }
     s->layers_dropped = __builtin_popcount((unsigned)job->dropout_layers);
+    s->winograd = job->height % 2 == 0 && job->width % 2 == 0;
+    s->tiles_across = job->width / 2;
+    s->tiles = s->tiles_across * (job->height / 2);
 }
 
 static int64_t parameter_count(int depth) {
@@ -148,6 +153,196 @@ static void weight_grad16(const shape_t *s, const float *act, const float *grad,
         for (int r = 0; r < BLOCK; r++) {
             store8(dw + (r0 + r) * WIDTH, load8(dw + (r0 + r) * WIDTH) + acc[r][0]);
             store8(dw + (r0 + r) * WIDTH + 8, load8(dw + (r0 + r) * WIDTH + 8) + acc[r][1]);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ Winograd F(2x2, 3x3)
+ *
+ * A hidden layer on even-sized images as Lavin & Gray's minimal filtering: each 2 x 2 output
+ * tile reads a 4 x 4 input tile, and per pair of planes the 36 multiplications of the direct
+ * convolution become 16 (one per position xi of the 4 x 4 transformed tile):
+ *   out = A^T [ (G w G^T) . (B^T d B) ] A     (. = element-wise, summed over input planes)
+ * with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+ * A^T = [1 1 1 0; 0 1 -1 -1]. The sum over input planes is, per xi, a (tiles x 16) by (16 x 16)
+ * matrix product. Its adjoint gives the weights' gradient:
+ *   grad w = G^T [ sum over tiles of (B^T d B) . (A grad_out A^T) ] G,
+ * and the input gradient is the same convolution with the kernel reversed and its planes
+ * swapped. The transforms' coefficients are 0, +-1 and +-1/2, so the result differs from the
+ * direct convolution by float rounding only (tested against PyTorch). */
+
+#define XI 16
+
+/* V[xi][tile][c] = (B^T d B)[xi] of one tile of 16 planes whose top-left pixel is `corner` */
+static inline void input_tile(const shape_t *s, const float *plane, int64_t corner, int64_t tile, float *V) {
+    for (int half = 0; half < 2; half++) {
+        v8 d[4][4], t[4][4];
+        for (int i = 0; i < 4; i++) for (int j = 0; j < 4; j++)
+            d[i][j] = load8(plane + (corner + i * s->PW + j) * WIDTH + half * 8);
+        for (int j = 0; j < 4; j++) {
+            t[0][j] = d[0][j] - d[2][j];
+            t[1][j] = d[1][j] + d[2][j];
+            t[2][j] = d[2][j] - d[1][j];
+            t[3][j] = d[1][j] - d[3][j];
+        }
+        for (int i = 0; i < 4; i++) {
+            float *v = V + (i * 4 * s->tiles + tile) * WIDTH + half * 8;
+            const int64_t next = s->tiles * WIDTH;
+            store8(v, t[i][0] - t[i][2]);
+            store8(v + next, t[i][1] + t[i][2]);
+            store8(v + 2 * next, t[i][2] - t[i][1]);
+            store8(v + 3 * next, t[i][1] - t[i][3]);
+        }
+    }
+}
+
+static inline int64_t tile_corner(const shape_t *s, int64_t tile) {
+    return 2 * (tile / s->tiles_across) * s->PW + 2 * (tile % s->tiles_across);
+}
+
+static void input_tiles(const shape_t *s, const float *plane, float *V) {
+    for (int64_t tile = 0; tile < s->tiles; tile++) input_tile(s, plane, tile_corner(s, tile), tile, V);
+}
+
+/* M[xi][tile][:] = sum over c of V[xi][tile][c] * U[xi][c][:], for Q tiles from `tile` */
+static inline __attribute__((always_inline)) void product_block(const float *V, const float *U, float *M, int64_t tile,
+                                                                const int Q) {
+    v8 acc[BLOCK][2];
+    for (int q = 0; q < Q; q++) { acc[q][0] = (v8){0}; acc[q][1] = (v8){0}; }
+    for (int c = 0; c < WIDTH; c++) {
+        const v8 u0 = load8(U + c * WIDTH), u1 = load8(U + c * WIDTH + 8);
+        for (int q = 0; q < Q; q++) {
+            const float v = V[(tile + q) * WIDTH + c];
+            acc[q][0] += v * u0;
+            acc[q][1] += v * u1;
+        }
+    }
+    for (int q = 0; q < Q; q++) {
+        store8(M + (tile + q) * WIDTH, acc[q][0]);
+        store8(M + (tile + q) * WIDTH + 8, acc[q][1]);
+    }
+}
+
+/* out = the layer's output (bias added) on the plane's interior, from its input plane */
+static void winograd_conv16(const shape_t *s, const float *in, const float *U, const float *bias, float *out,
+                            float *V, float *M) {
+    input_tiles(s, in, V);
+    for (int xi = 0; xi < XI; xi++) {
+        const float *v = V + xi * s->tiles * WIDTH, *u = U + xi * WIDTH * WIDTH;
+        float *m = M + xi * s->tiles * WIDTH;
+        int64_t tile = 0;
+        for (; tile + BLOCK <= s->tiles; tile += BLOCK) product_block(v, u, m, tile, BLOCK);
+        for (; tile < s->tiles; tile++) product_block(v, u, m, tile, 1);
+    }
+    const v8 zero = {0};
+    const v8 b[2] = {bias ? load8(bias) : zero, bias ? load8(bias + 8) : zero};
+    for (int64_t tile = 0; tile < s->tiles; tile++) {
+        const int64_t corner = tile_corner(s, tile);
+        for (int half = 0; half < 2; half++) {
+            v8 m[4][4], r[2][4];
+            for (int xi = 0; xi < XI; xi++) m[xi / 4][xi % 4] = load8(M + (xi * s->tiles + tile) * WIDTH + half * 8);
+            for (int j = 0; j < 4; j++) {
+                r[0][j] = m[0][j] + m[1][j] + m[2][j];
+                r[1][j] = m[1][j] - m[2][j] - m[3][j];
+            }
+            for (int i = 0; i < 2; i++) {
+                float *o = out + (corner + (i + 1) * s->PW + 1) * WIDTH + half * 8;
+                store8(o, r[i][0] + r[i][1] + r[i][2] + b[half]);
+                store8(o + WIDTH, r[i][1] - r[i][2] - r[i][3] + b[half]);
+            }
+        }
+    }
+}
+
+/* M[xi][tile][:] = (A g A^T)[xi] of the output gradient g's 2 x 2 tiles (the output
+ * transform's adjoint) */
+static void gradient_tiles(const shape_t *s, const float *grad, float *M) {
+    for (int64_t tile = 0; tile < s->tiles; tile++) {
+        const int64_t corner = tile_corner(s, tile);
+        for (int half = 0; half < 2; half++) {
+            v8 g[2][2], e[4][2];
+            for (int i = 0; i < 2; i++) for (int j = 0; j < 2; j++)
+                g[i][j] = load8(grad + (corner + (i + 1) * s->PW + j + 1) * WIDTH + half * 8);
+            for (int j = 0; j < 2; j++) {
+                e[0][j] = g[0][j];
+                e[1][j] = g[0][j] + g[1][j];
+                e[2][j] = g[0][j] - g[1][j];
+                e[3][j] = -g[1][j];
+            }
+            for (int i = 0; i < 4; i++) {
+                const v8 row[4] = {e[i][0], e[i][0] + e[i][1], e[i][0] - e[i][1], -e[i][1]};
+                for (int j = 0; j < 4; j++) store8(M + ((i * 4 + j) * s->tiles + tile) * WIDTH + half * 8, row[j]);
+            }
+        }
+    }
+}
+
+/* dU[xi][c][:] += sum over tiles of V[xi][tile][c] * M[xi][tile][:], for R planes from c0 */
+static inline __attribute__((always_inline)) void gradient_product_block(const shape_t *s, const float *V,
+                                                                         const float *M, float *dU, int c0, const int R) {
+    v8 acc[BLOCK][2];
+    for (int r = 0; r < R; r++) { acc[r][0] = (v8){0}; acc[r][1] = (v8){0}; }
+    for (int64_t tile = 0; tile < s->tiles; tile++) {
+        const v8 g0 = load8(M + tile * WIDTH), g1 = load8(M + tile * WIDTH + 8);
+        for (int r = 0; r < R; r++) {
+            const float v = V[tile * WIDTH + c0 + r];
+            acc[r][0] += v * g0;
+            acc[r][1] += v * g1;
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        store8(dU + (c0 + r) * WIDTH, load8(dU + (c0 + r) * WIDTH) + acc[r][0]);
+        store8(dU + (c0 + r) * WIDTH + 8, load8(dU + (c0 + r) * WIDTH + 8) + acc[r][1]);
+    }
+}
+
+/* dU += the transformed weights' gradient of one sample: act is the layer's input plane, grad
+ * its output gradient (zero outside the interior) */
+static void winograd_weight_grad16(const shape_t *s, const float *act, const float *grad, float *dU, float *V, float *M) {
+    input_tiles(s, act, V);
+    gradient_tiles(s, grad, M);
+    for (int xi = 0; xi < XI; xi++) {
+        const float *v = V + xi * s->tiles * WIDTH, *m = M + xi * s->tiles * WIDTH;
+        float *du = dU + xi * WIDTH * WIDTH;
+        gradient_product_block(s, v, m, du, 0, 6);
+        gradient_product_block(s, v, m, du, 6, 6);
+        gradient_product_block(s, v, m, du, 12, 4);
+    }
+}
+
+/* U[xi][c][:] = G w G^T for the weights w[tap][c][:] */
+static void transform_weights(const float *w, float *U) {
+    for (int c = 0; c < WIDTH; c++) for (int o = 0; o < WIDTH; o++) {
+        float g[3][3], t[4][3];
+        for (int tap = 0; tap < TAPS; tap++) g[tap / 3][tap % 3] = w[(tap * WIDTH + c) * WIDTH + o];
+        for (int j = 0; j < 3; j++) {
+            t[0][j] = g[0][j];
+            t[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
+            t[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
+            t[3][j] = g[2][j];
+        }
+        for (int i = 0; i < 4; i++) {
+            const float row[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]),
+                                  t[i][2]};
+            for (int j = 0; j < 4; j++) U[((i * 4 + j) * WIDTH + c) * WIDTH + o] = row[j];
+        }
+    }
+}
+
+/* dw[tap][c][:] += G^T dU G */
+static void untransform_weight_grad(const float *dU, float *dw) {
+    for (int c = 0; c < WIDTH; c++) for (int o = 0; o < WIDTH; o++) {
+        float u[4][4], t[3][4];
+        for (int xi = 0; xi < XI; xi++) u[xi / 4][xi % 4] = dU[(xi * WIDTH + c) * WIDTH + o];
+        for (int j = 0; j < 4; j++) {
+            t[0][j] = u[0][j] + 0.5f * (u[1][j] + u[2][j]);
+            t[1][j] = 0.5f * (u[1][j] - u[2][j]);
+            t[2][j] = 0.5f * (u[1][j] + u[2][j]) + u[3][j];
+        }
+        for (int i = 0; i < 3; i++) {
+            const float row[3] = {t[i][0] + 0.5f * (t[i][1] + t[i][2]), 0.5f * (t[i][1] - t[i][2]),
+                                  0.5f * (t[i][1] + t[i][2]) + t[i][3]};
+            for (int j = 0; j < 3; j++) dw[((i * 3 + j) * WIDTH + c) * WIDTH + o] += row[j];
         }
     }
 }
@@ -282,7 +477,12 @@ typedef struct {
     float *input, *grad_out;     /* one padded plane each */
     float *act[MAX_DEPTH];       /* act[l]: layer l's output (l = 1 .. depth - 1), 16 planes */
     float *grad[2];              /* 16 planes each */
-    float *grads, *flipped;      /* parameters' gradient; hidden weights as [tap][out][in], taps reversed */
+    float *grads;                /* the parameters' gradient */
+    /* per hidden layer l (index l - 2): the kernel reversed with its planes swapped (the input
+     * gradient's convolution), and with Winograd both kernels transformed and the transformed
+     * weights' gradient */
+    float *flipped, *transformed, *transformed_flipped, *transformed_grad;
+    float *tiles_in, *tiles_out; /* Winograd: [xi][tile][16] */
 } workspace_t;
 
 static float *workspace_memory(size_t floats) {
@@ -298,10 +498,14 @@ static float *workspace_memory(size_t floats) {
     return memory;
 }
 
+static inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
 static int make_workspace(const job_t *job, const shape_t *s, workspace_t *ws) {
-    const int64_t plane = (s->plane + 15) / 16 * 16, planes16 = plane * WIDTH;
-    const int64_t params = (parameter_count(job->depth) + 15) / 16 * 16;
-    const size_t total = 2 * plane + (size_t)(job->depth - 1 + 2) * planes16 + 2 * params;
+    const int64_t plane = round16(s->plane), planes16 = plane * WIDTH, params = round16(parameter_count(job->depth));
+    const int64_t kernel = TAPS * WIDTH * WIDTH, transformed = XI * WIDTH * WIDTH, hidden = job->depth - 2;
+    const int64_t tiles = s->winograd ? XI * s->tiles * WIDTH : 0;
+    const size_t total = 2 * plane + (size_t)(job->depth - 1 + 2) * planes16 + params
+        + hidden * (kernel + (s->winograd ? 3 * transformed : 0)) + 2 * tiles;
     float *m = workspace_memory(total);
     if (!m) return -1;
     memset(m, 0, total * sizeof(float));  /* the borders stay zero from here on */
@@ -311,8 +515,43 @@ static int make_workspace(const job_t *job, const shape_t *s, workspace_t *ws) {
     ws->grad[0] = m; m += planes16;
     ws->grad[1] = m; m += planes16;
     ws->grads = m; m += params;
-    ws->flipped = m;
+    ws->flipped = m; m += hidden * kernel;
+    if (s->winograd) {
+        ws->transformed = m; m += hidden * transformed;
+        ws->transformed_flipped = m; m += hidden * transformed;
+        ws->transformed_grad = m; m += hidden * transformed;
+    }
+    ws->tiles_in = m; m += tiles;
+    ws->tiles_out = m;
     return 0;
+}
+
+/* per step: what the hidden layers' convolutions need from their weights */
+static void prepare_kernels(const shape_t *s, const float *w, workspace_t *ws, int backward) {
+    const int64_t kernel = TAPS * WIDTH * WIDTH, transformed = XI * WIDTH * WIDTH;
+    for (int l = 2; l < s->depth; l++) {
+        const float *src = w + s->weights[l];
+        float *flipped = ws->flipped + (l - 2) * kernel;
+        if (s->winograd) transform_weights(src, ws->transformed + (l - 2) * transformed);
+        if (!backward) continue;
+        for (int t = 0; t < TAPS; t++) for (int i = 0; i < WIDTH; i++) for (int o = 0; o < WIDTH; o++)
+            flipped[((TAPS - 1 - t) * WIDTH + o) * WIDTH + i] = src[(t * WIDTH + i) * WIDTH + o];
+        if (s->winograd) {
+            transform_weights(flipped, ws->transformed_flipped + (l - 2) * transformed);
+            memset(ws->transformed_grad + (l - 2) * transformed, 0, transformed * sizeof(float));
+        }
+    }
+}
+
+/* hidden layer l's convolution of `in` into `out`: forward (bias) or its input gradient */
+static void hidden_conv(const shape_t *s, workspace_t *ws, int l, const float *w, const float *in, float *out,
+                        int input_gradient) {
+    const int64_t k = (l - 2) * TAPS * WIDTH * WIDTH, t = (l - 2) * XI * WIDTH * WIDTH;
+    const float *bias = input_gradient ? 0 : w + s->bias[l];
+    if (s->winograd)
+        winograd_conv16(s, in, (input_gradient ? ws->transformed_flipped : ws->transformed) + t, bias, out,
+                        ws->tiles_in, ws->tiles_out);
+    else conv16(s, in, input_gradient ? ws->flipped + k : w + s->weights[l], bias, out);
 }
 
 static int dropout_rank(const job_t *job, int layer) {
@@ -326,7 +565,7 @@ static void forward_hidden(const job_t *job, const shape_t *s, const float *w, w
     const int64_t layer_words = (int64_t)s->H * s->W;
     for (int l = 1; l < s->depth; l++) {
         if (l == 1) conv_first(s, ws->input, w + s->weights[1], w + s->bias[1], ws->act[1]);
-        else conv16(s, ws->act[l - 1], w + s->weights[l], w + s->bias[l], ws->act[l]);
+        else hidden_conv(s, ws, l, w, ws->act[l - 1], ws->act[l], 0);
         const int rank = keep ? dropout_rank(job, l) : -1;
         activate(s, ws->act[l], rank >= 0 ? keep + rank * layer_words : 0);
     }
@@ -344,14 +583,7 @@ static int train_networks(const void *arg, int64_t first, int64_t last) {
     for (int64_t g = first; g < last; g++) {
         float *w = job->parameters + g * job->parameter_stride;
         memset(ws.grads, 0, count * sizeof(float));
-        /* input gradients of hidden layers run as convolutions with the kernel reversed and
-         * its planes swapped */
-        for (int l = 2; l < depth; l++) {
-            const float *src = w + s.weights[l];
-            float *dst = ws.flipped + (l - 2) * TAPS * WIDTH * WIDTH;
-            for (int t = 0; t < TAPS; t++) for (int i = 0; i < WIDTH; i++) for (int o = 0; o < WIDTH; o++)
-                dst[((TAPS - 1 - t) * WIDTH + o) * WIDTH + i] = src[(t * WIDTH + i) * WIDTH + o];
-        }
+        prepare_kernels(&s, w, &ws, 1);
         float loss = 0.0f;
         for (int i = 0; i < n; i++) {
             const float *image = job->inputs + (g * n + i) * pixels;
@@ -383,11 +615,17 @@ static int train_networks(const void *arg, int64_t first, int64_t last) {
                     weight_grad_first(&s, ws.input, grad, ws.grads + s.weights[1]);
                     break;
                 }
-                weight_grad16(&s, ws.act[l - 1], grad, ws.grads + s.weights[l]);
-                conv16(&s, grad, ws.flipped + (l - 2) * TAPS * WIDTH * WIDTH, 0, spare);
+                if (s.winograd)
+                    winograd_weight_grad16(&s, ws.act[l - 1], grad, ws.transformed_grad + (l - 2) * XI * WIDTH * WIDTH,
+                                           ws.tiles_in, ws.tiles_out);
+                else weight_grad16(&s, ws.act[l - 1], grad, ws.grads + s.weights[l]);
+                hidden_conv(&s, &ws, l, w, grad, spare, 1);
                 float *swap = grad; grad = spare; spare = swap;
             }
         }
+        if (s.winograd)
+            for (int l = 2; l < depth; l++)
+                untransform_weight_grad(ws.transformed_grad + (l - 2) * XI * WIDTH * WIDTH, ws.grads + s.weights[l]);
         job->losses[g] = loss * per_value;
         /* Adam with L2 weight decay, in torch.optim.Adam's order of operations */
         float *m = job->first_moments + g * job->parameter_stride, *v = job->second_moments + g * job->parameter_stride;
@@ -411,6 +649,7 @@ static int forward_networks(const void *arg, int64_t first, int64_t last) {
     const int64_t pixels = (int64_t)s.H * s.W;
     for (int64_t g = first; g < last; g++) {
         const float *w = job->parameters + g * job->parameter_stride;
+        prepare_kernels(&s, w, &ws, 0);
         for (int i = 0; i < n; i++) {
             load_plane(&s, job->inputs + (g * n + i) * pixels, ws.input);
             forward_hidden(job, &s, w, &ws, 0);
