@@ -296,10 +296,9 @@ static inline __attribute__((always_inline)) void gradient_product_block(const s
     }
 }
 
-/* dU += the transformed weights' gradient of one sample: act is the layer's input plane, grad
- * its output gradient (zero outside the interior) */
-static void winograd_weight_grad16(const shape_t *s, const float *act, const float *grad, float *dU, float *V, float *M) {
-    input_tiles(s, act, V);
+/* dU += the transformed weights' gradient of one sample: V is the layer's transformed input
+ * (kept from the forward pass), grad its output gradient */
+static void winograd_weight_grad16(const shape_t *s, const float *grad, float *dU, const float *V, float *M) {
     gradient_tiles(s, grad, M);
     for (int xi = 0; xi < XI; xi++) {
         const float *v = V + xi * s->tiles * WIDTH, *m = M + xi * s->tiles * WIDTH;
@@ -312,9 +311,9 @@ static void winograd_weight_grad16(const shape_t *s, const float *act, const flo
 
 /* U[xi][c][:] = G w G^T for the weights w[tap][c][:] */
 static void transform_weights(const float *w, float *U) {
-    for (int c = 0; c < WIDTH; c++) for (int o = 0; o < WIDTH; o++) {
-        float g[3][3], t[4][3];
-        for (int tap = 0; tap < TAPS; tap++) g[tap / 3][tap % 3] = w[(tap * WIDTH + c) * WIDTH + o];
+    for (int c = 0; c < WIDTH; c++) for (int half = 0; half < 2; half++) {
+        v8 g[3][3], t[4][3];
+        for (int tap = 0; tap < TAPS; tap++) g[tap / 3][tap % 3] = load8(w + (tap * WIDTH + c) * WIDTH + half * 8);
         for (int j = 0; j < 3; j++) {
             t[0][j] = g[0][j];
             t[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
@@ -322,10 +321,22 @@ static void transform_weights(const float *w, float *U) {
             t[3][j] = g[2][j];
         }
         for (int i = 0; i < 4; i++) {
-            const float row[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]),
-                                  t[i][2]};
-            for (int j = 0; j < 4; j++) U[((i * 4 + j) * WIDTH + c) * WIDTH + o] = row[j];
+            const v8 row[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]),
+                               t[i][2]};
+            for (int j = 0; j < 4; j++) store8(U + ((i * 4 + j) * WIDTH + c) * WIDTH + half * 8, row[j]);
         }
+    }
+}
+
+/* the transform of the kernel reversed with its planes swapped (the input gradient's), from
+ * U: reversing a kernel swaps the first and last rows of G w, so xi = (i, j) reads
+ * (3 - i, 3 - j) for i, j in {0, 3} */
+static void flip_transformed(const float *U, float *flipped) {
+    static const int mirror[4] = {3, 1, 2, 0};
+    for (int i = 0; i < 4; i++) for (int j = 0; j < 4; j++) {
+        const float *src = U + (mirror[i] * 4 + mirror[j]) * WIDTH * WIDTH;
+        float *dst = flipped + (i * 4 + j) * WIDTH * WIDTH;
+        for (int o = 0; o < WIDTH; o++) for (int c = 0; c < WIDTH; c++) dst[o * WIDTH + c] = src[c * WIDTH + o];
     }
 }
 
@@ -362,28 +373,56 @@ static void conv_first(const shape_t *s, const float *in, const float *w, const 
     }
 }
 
+/* dw[tap][:] += sum over the run of in[p + offset[tap]] * grad[p][:]; the three taps of a
+ * kernel row and two pixels at a time (12 independent sums) */
 static void weight_grad_first(const shape_t *s, const float *in, const float *grad, float *dw) {
-    for (int t = 0; t < TAPS; t++) {
-        v8 a0 = {0}, a1 = {0};
-        for (int64_t p = s->start; p < s->end; p++) {
-            const float v = in[p + s->offset[t]];
-            a0 += v * load8(grad + p * WIDTH);
-            a1 += v * load8(grad + p * WIDTH + 8);
+    for (int t0 = 0; t0 < TAPS; t0 += 3) {
+        v8 acc[2][3][2] = {{{{0}}}};
+        int64_t p = s->start;
+        for (; p + 2 <= s->end; p += 2) for (int q = 0; q < 2; q++) {
+            const v8 g0 = load8(grad + (p + q) * WIDTH), g1 = load8(grad + (p + q) * WIDTH + 8);
+            for (int k = 0; k < 3; k++) {
+                const float v = in[p + q + s->offset[t0 + k]];
+                acc[q][k][0] += v * g0;
+                acc[q][k][1] += v * g1;
+            }
         }
-        store8(dw + t * WIDTH, load8(dw + t * WIDTH) + a0);
-        store8(dw + t * WIDTH + 8, load8(dw + t * WIDTH + 8) + a1);
+        for (; p < s->end; p++) for (int k = 0; k < 3; k++) {
+            const float v = in[p + s->offset[t0 + k]];
+            acc[0][k][0] += v * load8(grad + p * WIDTH);
+            acc[0][k][1] += v * load8(grad + p * WIDTH + 8);
+        }
+        for (int k = 0; k < 3; k++) for (int half = 0; half < 2; half++) {
+            float *d = dw + (t0 + k) * WIDTH + half * 8;
+            store8(d, load8(d) + (acc[0][k][half] + acc[1][k][half]));
+        }
     }
 }
 
-/* the output layer: 16 planes to one, pre-activation values */
-static float conv_last_at(const shape_t *s, const float *act, const float *w, float bias, int64_t p) {
-    v8 a0 = {0}, a1 = {0};
+/* the output layer: 16 planes to one; its pre-activation values on the interior of the plane
+ * z. Q pixels at a time, so that 2Q independent sums hide the multiply-adds' latency. */
+static inline __attribute__((always_inline)) void output_block(const shape_t *s, const float *act, const float *w,
+                                                               float bias, float *z, int64_t p, const int Q) {
+    v8 acc[4][2];
+    for (int q = 0; q < Q; q++) { acc[q][0] = (v8){0}; acc[q][1] = (v8){0}; }
     for (int t = 0; t < TAPS; t++) {
-        const float *a = act + (p + s->offset[t]) * WIDTH;
-        a0 += load8(a) * load8(w + t * WIDTH);
-        a1 += load8(a + 8) * load8(w + t * WIDTH + 8);
+        const v8 w0 = load8(w + t * WIDTH), w1 = load8(w + t * WIDTH + 8);
+        for (int q = 0; q < Q; q++) {
+            const float *a = act + (p + q + s->offset[t]) * WIDTH;
+            acc[q][0] += load8(a) * w0;
+            acc[q][1] += load8(a + 8) * w1;
+        }
     }
-    return sum8(a0 + a1) + bias;
+    for (int q = 0; q < Q; q++) z[p + q] = sum8(acc[q][0] + acc[q][1]) + bias;
+}
+
+static void output_layer(const shape_t *s, const float *act, const float *w, float bias, float *z) {
+    for (int y = 1; y <= s->H; y++) {
+        const int64_t row = (int64_t)y * s->PW;
+        int x = 1;
+        for (; x + 4 <= s->W + 1; x += 4) output_block(s, act, w, bias, z, row + x, 4);
+        for (; x <= s->W; x++) output_block(s, act, w, bias, z, row + x, 1);
+    }
 }
 
 /* d act[p][:] = sum over taps of grad[p - offset[tap]] * w[tap][:] (grad: one padded plane) */
@@ -400,17 +439,29 @@ static void input_grad_last(const shape_t *s, const float *grad, const float *w,
     }
 }
 
+/* dw[tap][:] += sum over the run of grad[p] * act[p + offset[tap]][:], blocked as
+ * weight_grad_first */
 static void weight_grad_last(const shape_t *s, const float *act, const float *grad, float *dw) {
-    for (int t = 0; t < TAPS; t++) {
-        v8 a0 = {0}, a1 = {0};
-        for (int64_t p = s->start; p < s->end; p++) {
-            const float g = grad[p];
-            const float *a = act + (p + s->offset[t]) * WIDTH;
-            a0 += g * load8(a);
-            a1 += g * load8(a + 8);
+    for (int t0 = 0; t0 < TAPS; t0 += 3) {
+        v8 acc[2][3][2] = {{{{0}}}};
+        int64_t p = s->start;
+        for (; p + 2 <= s->end; p += 2) for (int q = 0; q < 2; q++) {
+            const float g = grad[p + q];
+            for (int k = 0; k < 3; k++) {
+                const float *a = act + (p + q + s->offset[t0 + k]) * WIDTH;
+                acc[q][k][0] += g * load8(a);
+                acc[q][k][1] += g * load8(a + 8);
+            }
         }
-        store8(dw + t * WIDTH, load8(dw + t * WIDTH) + a0);
-        store8(dw + t * WIDTH + 8, load8(dw + t * WIDTH + 8) + a1);
+        for (; p < s->end; p++) for (int k = 0; k < 3; k++) {
+            const float *a = act + (p + s->offset[t0 + k]) * WIDTH;
+            acc[0][k][0] += grad[p] * load8(a);
+            acc[0][k][1] += grad[p] * load8(a + 8);
+        }
+        for (int k = 0; k < 3; k++) for (int half = 0; half < 2; half++) {
+            float *d = dw + (t0 + k) * WIDTH + half * 8;
+            store8(d, load8(d) + (acc[0][k][half] + acc[1][k][half]));
+        }
     }
 }
 
@@ -482,7 +533,9 @@ typedef struct {
      * gradient's convolution), and with Winograd both kernels transformed and the transformed
      * weights' gradient */
     float *flipped, *transformed, *transformed_flipped, *transformed_grad;
-    float *tiles_in, *tiles_out; /* Winograd: [xi][tile][16] */
+    /* Winograd, [xi][tile][16]: each hidden layer's transformed input (the forward pass's,
+     * kept for the weights' gradient), the input gradient's, and the products */
+    float *layer_tiles[MAX_DEPTH], *tiles_in, *tiles_out;
 } workspace_t;
 
 static float *workspace_memory(size_t floats) {
@@ -505,7 +558,7 @@ static int make_workspace(const job_t *job, const shape_t *s, workspace_t *ws) {
     const int64_t kernel = TAPS * WIDTH * WIDTH, transformed = XI * WIDTH * WIDTH, hidden = job->depth - 2;
     const int64_t tiles = s->winograd ? XI * s->tiles * WIDTH : 0;
     const size_t total = 2 * plane + (size_t)(job->depth - 1 + 2) * planes16 + params
-        + hidden * (kernel + (s->winograd ? 3 * transformed : 0)) + 2 * tiles;
+        + hidden * (kernel + (s->winograd ? 3 * transformed : 0)) + (hidden + 2) * tiles;
     float *m = workspace_memory(total);
     if (!m) return -1;
     memset(m, 0, total * sizeof(float));  /* the borders stay zero from here on */
@@ -521,6 +574,7 @@ static int make_workspace(const job_t *job, const shape_t *s, workspace_t *ws) {
         ws->transformed_flipped = m; m += hidden * transformed;
         ws->transformed_grad = m; m += hidden * transformed;
     }
+    for (int l = 2; l < job->depth; l++) { ws->layer_tiles[l] = m; m += tiles; }
     ws->tiles_in = m; m += tiles;
     ws->tiles_out = m;
     return 0;
@@ -531,14 +585,15 @@ static void prepare_kernels(const shape_t *s, const float *w, workspace_t *ws, i
     const int64_t kernel = TAPS * WIDTH * WIDTH, transformed = XI * WIDTH * WIDTH;
     for (int l = 2; l < s->depth; l++) {
         const float *src = w + s->weights[l];
-        float *flipped = ws->flipped + (l - 2) * kernel;
-        if (s->winograd) transform_weights(src, ws->transformed + (l - 2) * transformed);
-        if (!backward) continue;
-        for (int t = 0; t < TAPS; t++) for (int i = 0; i < WIDTH; i++) for (int o = 0; o < WIDTH; o++)
-            flipped[((TAPS - 1 - t) * WIDTH + o) * WIDTH + i] = src[(t * WIDTH + i) * WIDTH + o];
         if (s->winograd) {
-            transform_weights(flipped, ws->transformed_flipped + (l - 2) * transformed);
+            transform_weights(src, ws->transformed + (l - 2) * transformed);
+            if (!backward) continue;
+            flip_transformed(ws->transformed + (l - 2) * transformed, ws->transformed_flipped + (l - 2) * transformed);
             memset(ws->transformed_grad + (l - 2) * transformed, 0, transformed * sizeof(float));
+        } else if (backward) {
+            float *flipped = ws->flipped + (l - 2) * kernel;
+            for (int t = 0; t < TAPS; t++) for (int i = 0; i < WIDTH; i++) for (int o = 0; o < WIDTH; o++)
+                flipped[((TAPS - 1 - t) * WIDTH + o) * WIDTH + i] = src[(t * WIDTH + i) * WIDTH + o];
         }
     }
 }
@@ -550,7 +605,7 @@ static void hidden_conv(const shape_t *s, workspace_t *ws, int l, const float *w
     const float *bias = input_gradient ? 0 : w + s->bias[l];
     if (s->winograd)
         winograd_conv16(s, in, (input_gradient ? ws->transformed_flipped : ws->transformed) + t, bias, out,
-                        ws->tiles_in, ws->tiles_out);
+                        input_gradient ? ws->tiles_in : ws->layer_tiles[l], ws->tiles_out);
     else conv16(s, in, input_gradient ? ws->flipped + k : w + s->weights[l], bias, out);
 }
 
@@ -596,9 +651,10 @@ static int train_networks(const void *arg, int64_t first, int64_t last) {
             const float *top = ws.act[depth - 1], *w_last = w + s.weights[depth];
             const float b_last = w[s.bias[depth]];
             float bias_grad = 0.0f;
+            output_layer(&s, top, w_last, b_last, ws.grad_out);
             for (int y = 0; y < s.H; y++) for (int x = 0; x < s.W; x++) {
                 const int64_t p = (int64_t)(y + 1) * s.PW + x + 1;
-                const float out = 1.0f / (1.0f + expf(-conv_last_at(&s, top, w_last, b_last, p)));
+                const float out = 1.0f / (1.0f + expf(-ws.grad_out[p]));
                 const float diff = out - target[(int64_t)y * s.W + x];
                 loss += diff * diff;
                 const float grad = per_value * (2.0f * diff) * (1.0f - out) * out;
@@ -616,8 +672,8 @@ static int train_networks(const void *arg, int64_t first, int64_t last) {
                     break;
                 }
                 if (s.winograd)
-                    winograd_weight_grad16(&s, ws.act[l - 1], grad, ws.transformed_grad + (l - 2) * XI * WIDTH * WIDTH,
-                                           ws.tiles_in, ws.tiles_out);
+                    winograd_weight_grad16(&s, grad, ws.transformed_grad + (l - 2) * XI * WIDTH * WIDTH,
+                                           ws.layer_tiles[l], ws.tiles_out);
                 else weight_grad16(&s, ws.act[l - 1], grad, ws.grads + s.weights[l]);
                 hidden_conv(&s, &ws, l, w, grad, spare, 1);
                 float *swap = grad; grad = spare; spare = swap;
@@ -654,11 +710,9 @@ static int forward_networks(const void *arg, int64_t first, int64_t last) {
             load_plane(&s, job->inputs + (g * n + i) * pixels, ws.input);
             forward_hidden(job, &s, w, &ws, 0);
             float *out = job->outputs + (g * n + i) * pixels;
-            for (int y = 0; y < s.H; y++) for (int x = 0; x < s.W; x++) {
-                const int64_t p = (int64_t)(y + 1) * s.PW + x + 1;
-                out[(int64_t)y * s.W + x] = 1.0f / (1.0f + expf(-conv_last_at(&s, ws.act[depth - 1], w + s.weights[depth],
-                                                                              w[s.bias[depth]], p)));
-            }
+            output_layer(&s, ws.act[depth - 1], w + s.weights[depth], w[s.bias[depth]], ws.grad_out);
+            for (int y = 0; y < s.H; y++) for (int x = 0; x < s.W; x++)
+                out[(int64_t)y * s.W + x] = 1.0f / (1.0f + expf(-ws.grad_out[(int64_t)(y + 1) * s.PW + x + 1]));
         }
     }
     return 0;
