@@ -1,15 +1,17 @@
 """Native CPU kernels: C sources shipped with the package, compiled on first use, loaded by ctypes.
 
 Eager PyTorch has no operation for some of the fusions an attack's inner loop wants (the
-first convolution and its max-pool in one pass, :mod:`advrepair.engine.fused_conv_pool`).
-Their C sources live in ``advrepair/engine/kernels``. The first process that needs one
-compiles it with the system's C compiler (``$CC``, else ``cc``; a fraction of a second, no
-PyTorch headers) into a cache directory and every later process loads the cached library.
+first convolution and its max-pool in one pass, :mod:`advrepair.engine.fused_conv_pool`;
+RIDE's per-image networks trained whole, :mod:`advrepair.defenses.ride.native_engine`).
+Their C sources live in ``advrepair/engine/kernels`` (``team.h``: the threads they share).
+The first process that needs one compiles it with the system's C compiler (``$CC``, else
+``cc``; a fraction of a second, no PyTorch headers) into a cache directory and every later
+process loads the cached library.
 Without a compiler, or with ``ADVREPAIR_NATIVE_KERNELS=0``, :func:`load_kernel` returns
 ``None`` and callers keep PyTorch's own operations: the results agree up to float rounding.
 
 The library is built for this CPU (``-march=native``), so its file name carries a digest of
-the source, the flags, the compiler and the CPU's model and feature flags: a cache shared
+the source and the shared headers, the flags, the compiler and the CPU's model and feature flags: a cache shared
 between machines never hands one CPU's build to another.
 
 Example:
@@ -87,7 +89,8 @@ def _build(name: str, compiler: str) -> Path:
     source = SOURCES / f"{name}.c"
     folder = cache_directory()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    digest = hashlib.sha256("\0".join([source.read_text(), " ".join(FLAGS), version, platform.machine(),
+    headers = [header.read_text() for header in sorted(SOURCES.glob("*.h"))]  # shared by the kernels
+    digest = hashlib.sha256("\0".join([source.read_text(), *headers, " ".join(FLAGS), version, platform.machine(),
                                        _cpu_identity()]).encode()).hexdigest()[:16]
     target = folder / f"{name}-{digest}.so"
     if target.exists():

@@ -8,18 +8,18 @@
  * Ties and NaN follow PyTorch's CPU max-pool: the first maximum in scan order wins, and a NaN
  * replaces the running maximum.
  *
- * Work is split by image over PyTorch's OpenMP threads, or plain threads without them. Each
- * image is computed alone, in a fixed order, so its result never depends on its batch or on
+ * Work is split by image over PyTorch's OpenMP threads, or plain threads without them
+ * (team.h). Each image is computed alone, in a fixed order, so its result never depends on its batch or on
  * the thread count.
  */
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "team.h"
+
 #define MAX_CHANNELS 256
 #define MAX_TAPS 64
-#define MAX_THREADS 64
 #define MAX_FOOTPRINT (4 * MAX_TAPS)  /* cin (k+1)^2 <= 4 cin k^2 */
 
 typedef struct {
@@ -113,8 +113,10 @@ static inline __attribute__((always_inline)) void forward_body(job_t *job, const
     }
 }
 
-static void *forward_images(void *arg) {
-    job_t *job = (job_t *)arg;
+static int forward_images(const void *arg, int64_t first, int64_t last) {
+    job_t local = *(const job_t *)arg, *job = &local;
+    job->first = first;
+    job->last = last;
     /* the zoo's shapes with every loop bound known to the compiler (2x faster here); any other
      * shape through the same code with run-time bounds */
     if (job->kernel == 3 && job->in_channels == 1 && job->channels == 32) forward_body(job, 32, 3, 1);
@@ -122,7 +124,7 @@ static void *forward_images(void *arg) {
     else if (job->kernel == 3 && job->in_channels == 1) forward_body(job, job->channels, 3, 1);
     else if (job->kernel == 3 && job->in_channels == 3) forward_body(job, job->channels, 3, 3);
     else forward_body(job, job->channels, job->kernel, job->in_channels);
-    return 0;
+    return job->failed;
 }
 
 /* Backward. Each channel's pooled gradient lands at one of the window's four positions and
@@ -211,72 +213,18 @@ static inline __attribute__((always_inline)) void backward_body(job_t *job, cons
     free(plane);
 }
 
-static void *backward_images(void *arg) {
-    job_t *job = (job_t *)arg;
+static int backward_images(const void *arg, int64_t first, int64_t last) {
+    job_t local = *(const job_t *)arg, *job = &local;
+    job->first = first;
+    job->last = last;
     if (job->channels == 32 && job->footprint_padded == 16) backward_body(job, 32, 16);
     else if (job->channels == 64 && job->footprint_padded == 16) backward_body(job, 64, 16);
     else backward_body(job, job->channels, job->footprint_padded);
-    return 0;
+    return job->failed;
 }
-
-/* PyTorch's own OpenMP runtime, when the caller hands it over (conv_pool_use_openmp): its
- * worker threads are the ones that just ran the previous operation and spin waiting for the
- * next, so work given to them starts at once, while new threads would share the cores with
- * them. */
-typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
-typedef int (*omp_int_t)(void);
-static gomp_parallel_t gomp_parallel = 0;
-static omp_int_t omp_thread_num = 0, omp_num_threads = 0;
 
 void conv_pool_use_openmp(void *parallel, void *thread_num, void *num_threads) {
-    gomp_parallel = (gomp_parallel_t)parallel;
-    omp_thread_num = (omp_int_t)thread_num;
-    omp_num_threads = (omp_int_t)num_threads;
-}
-
-typedef struct { const job_t *base; job_t *jobs; int64_t batch; void *(*work)(void *); } team_t;
-
-static void team_member(void *arg) {
-    team_t *team = (team_t *)arg;
-    const int t = omp_thread_num(), threads = omp_num_threads();
-    if (t >= MAX_THREADS) return;
-    job_t *job = &team->jobs[t];
-    *job = *team->base;
-    job->first = team->batch * t / threads;
-    job->last = team->batch * (t + 1) / threads;
-    team->work(job);
-}
-
-static int run_split(job_t base, int64_t batch, int threads, void *(*work)(void *)) {
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > batch) threads = (int)batch;
-    if (threads < 1) threads = 1;
-    if (gomp_parallel) {
-        job_t jobs[MAX_THREADS];
-        memset(jobs, 0, sizeof(jobs));
-        team_t team = {&base, jobs, batch, work};
-        gomp_parallel(team_member, &team, (unsigned)threads, 0);
-        int failed = 0;
-        for (int t = 0; t < threads; t++) failed |= jobs[t].failed;
-        return failed ? -1 : 0;
-    }
-    pthread_t ids[MAX_THREADS];
-    job_t jobs[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 0; t < threads; t++) {
-        jobs[t] = base;
-        jobs[t].first = batch * t / threads;
-        jobs[t].last = batch * (t + 1) / threads;
-    }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], 0, work, &jobs[t]) == 0;
-    work(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(ids[t], 0);
-        else work(&jobs[t]);  /* a thread that could not start: its share runs here */
-    }
-    int failed = 0;
-    for (int t = 0; t < threads; t++) failed |= jobs[t].failed;
-    return failed ? -1 : 0;
+    team_use_openmp(parallel, thread_num, num_threads);
 }
 
 static int bad_shape(int in_channels, int height, int width, int channels, int kernel) {
@@ -295,7 +243,7 @@ int conv_pool_forward(const float *images, const float *taps_by_channel, const f
     base.pooled = pooled; base.codes = codes;
     base.in_channels = in_channels; base.height = height; base.width = width;
     base.channels = channels; base.kernel = kernel;
-    return run_split(base, batch, threads, forward_images);
+    return team_run(&base, batch, threads, forward_images);
 }
 
 /* The images' gradient from the pooled output's gradient. weights_by_code: (4, channels,
@@ -311,5 +259,5 @@ int conv_pool_backward(const float *grad, const uint8_t *codes, const float *wei
     base.grad = grad; base.codes_in = codes; base.weights = weights_by_code; base.grad_images = grad_images;
     base.in_channels = in_channels; base.height = height; base.width = width;
     base.channels = channels; base.kernel = kernel; base.footprint_padded = footprint_padded;
-    return run_split(base, batch, threads, backward_images);
+    return team_run(&base, batch, threads, backward_images);
 }
