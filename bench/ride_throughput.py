@@ -8,6 +8,13 @@ The JSON also bounds what any batching could reach here: the FLOPs of one image'
 step (analytic), the FLOP rate of the one-by-one path, and this machine's large-matmul peak
 measured in the same run; ``max_speedup_at_matmul_peak`` = peak / one-by-one rate.
 
+Where RIDE's native engine covers the network (the MNIST network on CPU: one channel, width 16;
+``advrepair.defenses.ride.native_engine``) the batched rows run it, and ``grouped`` times the
+grouped-convolution engine (``ADVREPAIR_NATIVE_KERNELS=0``) at ``--grouped-batch`` images in the
+same rounds. The FLOPs are counted for direct convolutions; on even image sizes the native engine
+computes the hidden layers by Winograd's F(2x2, 3x3), 2.25x fewer multiplications, so its rate in
+those FLOPs can pass the matmul peak (``hidden_layers_by_winograd``).
+
 Both paths draw the same per-image random numbers, so they compute the same estimates; the
 JSON reports the largest difference between them as a correctness check. ``chunked`` fits the
 same ``--chunk-images`` images at each chunk size: the evidence for ``RIDE``'s default chunk_size.
@@ -33,6 +40,8 @@ import torch
 
 from advrepair.allocator import retaining_freed_memory
 from advrepair.defenses.ride import RIDE, resolve_network
+from advrepair.defenses.ride.native_engine import native_engine_covers
+from advrepair.engine.native import SWITCH as NATIVE_SWITCH
 from advrepair.runtime import resolve_device
 from _timing import device_name, matmul_peak_gflops, timed  # bench/ is sys.path[0] when a script runs
 
@@ -58,6 +67,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=50, help="K (paper: 2000)")
     parser.add_argument("--checkpoints", type=int, default=1, help="T (paper: 5)")
     parser.add_argument("--sequential-images", type=int, default=8)
+    parser.add_argument("--grouped-batch", type=int, default=16,
+                        help="images of the grouped engine's row (0: none)")
     parser.add_argument("--mode", default="ride", choices=["ride", "dae", "dip", "idip"])
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1)
@@ -93,6 +104,10 @@ def main() -> None:
     seq_threads = sorted({1, threads})
     jobs: list[tuple[str, int, int]] = [("one_by_one", t, args.sequential_images) for t in seq_threads]
     jobs += [("batched", b, b) for b in sizes] + [("chunked", c, args.chunk_images) for c in chunks]
+    spec = resolve_network("auto", args.channels)
+    native = native_engine_covers(spec, args.channels, RIDE().dropout, device, images.dtype)
+    if native and args.grouped_batch:
+        jobs.append(("grouped", args.grouped_batch, args.grouped_batch))
     per_image: dict[tuple[str, int], list[float]] = {(kind, size): [] for kind, size, _ in jobs}
     seq = None
     for r in range(args.rounds):
@@ -101,6 +116,10 @@ def main() -> None:
                 torch.set_num_threads(size)
                 seq, t = timed(defense(1).fit_sequential, seq_images)
                 torch.set_num_threads(threads)
+            elif kind == "grouped":
+                os.environ[NATIVE_SWITCH] = "0"
+                _, t = timed(defense(size).fit, images[:count])
+                del os.environ[NATIVE_SWITCH]
             else:
                 _, t = timed(defense(size).fit, images[:count])
             per_image[(kind, size)].append(t / count)
@@ -127,7 +146,6 @@ def main() -> None:
     check = defense(max(sizes)).fit(seq_images).estimate
     peak = max(matmul_peak_gflops(device).values())
     best = max(rows, key=lambda r: r["speedup_vs_one_by_one"])
-    spec = resolve_network("auto", args.channels)
     flops = flops_per_image_step(spec, args.channels, args.size)
     steps = args.iterations * args.checkpoints
     seq_gflops = flops * steps / seq_per_image / 1e9
@@ -158,6 +176,15 @@ def main() -> None:
         "batched": rows,
         "best": {"batch_size": best["batch_size"], "speedup_vs_one_by_one": best["speedup_vs_one_by_one"]},
         "chunked": chunk_rows,
+        "engine": "native" if native else "grouped",
+        "hidden_layers_by_winograd": native and args.size % 2 == 0,
+        "grouped": None if ("grouped", args.grouped_batch) not in per_image else {
+            "batch_size": args.grouped_batch,
+            "seconds_per_image": statistics.median(per_image[("grouped", args.grouped_batch)]),
+            "speedup_vs_one_by_one": statistics.median(speedups("grouped", args.grouped_batch)),
+            "native_speedup_rounds": [g / b for g, b in zip(per_image[("grouped", args.grouped_batch)],
+                                                            per_image[("batched", args.grouped_batch)])]
+            if ("batched", args.grouped_batch) in per_image else None},
         "default_chunk_size": RIDE().chunk_size,
         "goal_speedup": GOAL_SPEEDUP,
         "goal_met": best["speedup_vs_one_by_one"] >= GOAL_SPEEDUP,

@@ -42,6 +42,15 @@ random numbers and agree to float rounding after a few steps (tested). Over thou
 rounding differences grow (measured: 3e-4 max per pixel after 1000 steps at lr 1e-4), so the
 two are the same algorithm, not bit-identical.
 
+Native engine (``native_engine``). Where it covers the network (the "mnist" network: one image
+channel, width 16, any depth; dropout 1/2 or none; float32 on CPU; a C compiler present) a C
+kernel takes each network through its whole step, forward, backward and Adam, while its
+activations stay in one core's cache; on even image sizes its hidden layers run as Winograd's
+F(2x2, 3x3) (2.25x fewer multiplications). Same random numbers, so the same fit as the grouped
+engine up to float rounding (tested); each network is computed alone, so estimates are
+bit-identical in any batch and thread count without padding networks. Everything else, and
+``ADVREPAIR_NATIVE_KERNELS=0``, runs the grouped engine below.
+
 Bit-identical batch independence: oneDNN's grouped-convolution backward chooses its kernel, and
 so its summation order, from the group count; a lone image and the same image in a batch of 3
 then drift apart (1e-3 per pixel after 1000 steps). The engine therefore always runs a multiple
@@ -74,8 +83,9 @@ Deviations and choices, each on purpose:
   (the paper's Table 2 attack). Calling ``backward`` through RIDE itself raises torch's
   "does not require grad" error rather than returning a misleading zero gradient.
 - Cost: the paper's defaults mean 10,000 Adam steps per image. On this project's 2-core CPU,
-  28 x 28 images with the "mnist" network cost ~0.3-0.45 ms per image per step batched (2 threads,
-  chunks of 16; the VM's speed drifts) against ~1.5 ms one by one, so 3-5 s per image; pass
+  28 x 28 images with the "mnist" network cost ~0.15 ms per image per step on the native engine
+  (2 threads, chunks of 16; the VM's speed drifts; the grouped engine ~0.3-0.45 ms) against
+  ~1.5-1.9 ms one by one, so ~1.5 s per image; pass
   ``iterations=`` (K) and ``checkpoints=`` (T) to trade quality for time.
   ``bench/ride_throughput.py`` measures it.
 
