@@ -35,9 +35,11 @@ _POINTER, _INT64, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, 
 
 @functools.lru_cache(maxsize=None)
 def _prepared(library: ctypes.CDLL) -> ctypes.CDLL:
-    library.ride_train_step.argtypes = ([_POINTER] * 3 + [_INT64] + [_POINTER] * 3 + [_INT64, _POINTER, _INT64]
-                                        + [_INT] * 5 + [_FLOAT] * 7 + [_INT])
-    library.ride_forward.argtypes = [_POINTER, _INT64, _POINTER, _POINTER, _INT64] + [_INT] * 5
+    train_arguments: list[Any] = [_POINTER] * 3 + [_INT64] + [_POINTER] * 3  # four ctypes: mypy finds no join
+    train_arguments += [_INT64, _POINTER, _INT64] + [_INT] * 5 + [_FLOAT] * 7 + [_INT]
+    library.ride_train_step.argtypes = train_arguments
+    forward_arguments: list[Any] = [_POINTER, _INT64, _POINTER, _POINTER, _INT64] + [_INT] * 5
+    library.ride_forward.argtypes = forward_arguments
     library.ride_train_step.restype = library.ride_forward.restype = _INT
     library.ride_use_openmp.argtypes = [_POINTER] * 3
     library.ride_use_openmp.restype = None
