@@ -153,6 +153,27 @@ def test_modes_scores_and_bpda_analysis(tmp_path, fake_fmnist):
         assert (cfg.out / png).stat().st_size > 1000
 
 
+def test_paper_budget_rows_pair_the_chosen_stop_with_the_papers_steps(tmp_path, fake_fmnist):
+    cfg = _cfg(tmp_path, fake_fmnist, sweep_iterations=(2,), median_kernels=(3,), sweep_batch=(1,), sweep_sigma=(0.5,),
+               compare_modes=("ride",), trace_modes=("dae",), bpda_analysis_images=1, paper_budget_images=6,
+               paper_budget=(3, 2, 1e-3))
+    _write_tiny_classifier(cfg.models_dir, fake_fmnist)
+    text = run_ride_experiment(cfg).read_text()
+    records = json.loads((cfg.out / "results.json").read_text())
+    by_key = {r["key"]: r for r in records}
+    summary = next(r for r in records if r.get("kind") == "ride-summary")
+    paper = [by_key[k] for k in summary["paper"]]
+    assert len(paper) == 3 * 3  # (clean, FGSM, PGD) x (none, chosen stop, paper budget)
+    assert {r["n_images"] for r in paper} == {6}
+    ride = {r["defense"]["label"]: r["defense"] for r in paper if r["defense"]}
+    stop = summary["stop"]
+    assert (ride["ride"]["iterations"], ride["ride"]["checkpoints"], ride["ride"]["lr"]) == (
+        stop["iterations"], stop["checkpoints"], 1e-2)
+    assert (ride["ride-paper"]["iterations"], ride["ride-paper"]["checkpoints"], ride["ride-paper"]["lr"]) == (3, 2, 1e-3)
+    assert "## RIDE at the paper's budget (K = 3 x T = 2, lr 0.001)" in text
+    assert "- ride-paper - ride: Clean " in text and "--paper-budget-images 6" in text
+
+
 def test_experiments_run_on_the_zoo_classifier_by_default(tmp_path, fake_fmnist):
     from advrepair import zoo
     from advrepair.apps.experiments.setup import experiment_classifier
@@ -197,6 +218,9 @@ def test_choose_stop_prefers_best_mean_then_fewer_steps():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(whitebox_images=20, n_images=10), "cannot exceed"),
+    (dict(paper_budget_images=200, n_images=100), "cannot exceed"),
+    (dict(paper_budget=(2000, 5)), "paper_budget"),
+    (dict(paper_budget=(2000, 0, 1e-4)), "T"),
     (dict(eps=0.0), "eps"),
     (dict(eps=2.0), "eps must be in"),
     (dict(sweep_iterations=()), "at least one"),

@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     ride.add_argument("--sweep-iterations", default="100", help="K values of the Fig. 5a sweep")
     ride.add_argument("--sweep-checkpoints", type=int, default=5)
     ride.add_argument("--ride-lr", type=float, default=1e-4, help="paper 1e-4; 1e-3 suits CPU-sized step budgets")
+    ride.add_argument("--paper-budget-images", type=int, default=0,
+                      help="also defend this many gray-box images with RIDE at the paper's 2000 x 5 steps, lr 1e-4")
     _add_common(ride)
 
     for name, help_text, default_n in (

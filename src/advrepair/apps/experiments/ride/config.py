@@ -43,7 +43,10 @@ class RideConfig(RunConfig):
     (Table 2), ``val_images`` disjoint ones for the sweep (Fig. 5a).
 
     RIDE: ``ride_mode`` with the paper's sigma/alpha/network, learning rate ``ride_lr``; the sweep
-    fits ``sweep_checkpoints`` checkpoints for each K in ``sweep_iterations``.
+    fits ``sweep_checkpoints`` checkpoints for each K in ``sweep_iterations``. With
+    ``paper_budget_images`` > 0, that many gray-box images are also defended by RIDE at the
+    paper's own budget (``paper_budget``: K, T and learning rate; 2000 x 5 steps at 1e-4), paired
+    with the chosen stop on the same images.
 
     Example:
         >>> cfg = RideConfig(out=Path("/tmp/runs/ride"), sweep_iterations=(50, 100), threads=1)
@@ -67,6 +70,8 @@ class RideConfig(RunConfig):
     ride_alpha: float = 0.9
     sweep_iterations: tuple[int, ...] = (100,)
     sweep_checkpoints: int = 5
+    paper_budget_images: int = 0
+    paper_budget: tuple[int, int, float] = (2000, 5, 1e-4)
     # -- baselines
     median_kernel: int = 3
     tv_weight: float = 0.1
@@ -88,6 +93,16 @@ class RideConfig(RunConfig):
         for name in ("attack_steps", "whitebox_images", "val_images", "sweep_checkpoints", "trace_checkpoints",
                      "bpda_analysis_images"):
             check_int_at_least(getattr(self, name), name, 1)
+        check_int_at_least(self.paper_budget_images, "paper_budget_images", 0)
+        if self.paper_budget_images > self.n_images:
+            raise InputError(f"paper_budget_images ({self.paper_budget_images}) cannot exceed n_images "
+                             f"({self.n_images}): they are a subset of the gray-box images")
+        self.paper_budget = tuple(self.paper_budget)  # type: ignore[assignment]  # JSON gives a list
+        if len(self.paper_budget) != 3:
+            raise InputError(f"paper_budget must be (K, T, learning rate), got {self.paper_budget}")
+        check_int_at_least(self.paper_budget[0], "paper_budget's K", 1)
+        check_int_at_least(self.paper_budget[1], "paper_budget's T", 1)
+        check_positive(self.paper_budget[2], "paper_budget's learning rate")
         if self.whitebox_images > self.n_images:
             raise InputError(f"whitebox_images ({self.whitebox_images}) cannot exceed n_images ({self.n_images}): "
                              "the white-box images are a subset of the gray-box ones")
@@ -133,12 +148,16 @@ class RideConfig(RunConfig):
 
     def ride(self, iterations: int, checkpoints: int, **overrides: Any) -> RIDE:
         """The RIDE defense of this config with ``iterations`` (K) and ``checkpoints`` (T);
-        ``overrides`` change ``batch``, ``alpha`` or ``sigma`` (the Fig. 5b-d sweeps) or ``mode``
-        (Fig. 5a)."""
+        ``overrides`` change ``batch``, ``alpha`` or ``sigma`` (the Fig. 5b-d sweeps), ``mode``
+        (Fig. 5a) or ``lr`` (the paper's budget)."""
         options: dict[str, Any] = {"mode": self.ride_mode, "sigma": self.ride_sigma, "alpha": self.ride_alpha,
-                                   "batch": 1, **overrides}
-        return RIDE(iterations=iterations, checkpoints=checkpoints, lr=self.ride_lr, seed=self.seed,
-                    progress=self.progress, **options)
+                                   "batch": 1, "lr": self.ride_lr, **overrides}
+        return RIDE(iterations=iterations, checkpoints=checkpoints, seed=self.seed, progress=self.progress, **options)
+
+    def paper_ride(self) -> RIDE:
+        """RIDE at ``paper_budget`` (K, T, learning rate)."""
+        iterations, checkpoints, lr = self.paper_budget
+        return self.ride(int(iterations), int(checkpoints), lr=float(lr))
 
     def param_sweeps(self) -> list[tuple[str, tuple[float, ...]]]:
         """(RIDE argument, values) of Figs. 5b-d: n (noisy copies per step), alpha, sigma."""

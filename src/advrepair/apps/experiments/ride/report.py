@@ -122,6 +122,32 @@ def _paired_lines(store: ResultsStore, gray: list[dict[str, Any]]) -> list[str]:
     return ["Paired differences in points (same images, paired s.e.):", "", *out, ""] if out else []
 
 
+def _paper_section(store: ResultsStore, paper: list[dict[str, Any]], subset: str, stop: dict[str, Any],
+                   budget: list[Any]) -> list[str]:
+    """RIDE at the paper's budget beside the chosen stop, paired on the same images."""
+    iterations, checkpoints, lr = budget
+    cells = {(_label(r), _attack_name(r["attack"])): r for r in paper}
+    attacks = list(dict.fromkeys(_attack_name(r["attack"]) for r in paper))
+    lines = [f"## RIDE at the paper's budget (K = {iterations} x T = {checkpoints}, lr {lr:g})", "",
+             f"{subset}. The gray-box attacks above; `ride` is the chosen stop ({stop['steps']} steps at this "
+             f"run's learning rate), `ride-paper` the paper's {iterations * checkpoints} steps.", "",
+             _labelled_table([(_label(r), r) for r in paper], "Defense", ["none", "ride", "ride-paper"]), "",
+             "Paired differences in points (same images, paired s.e.):", ""]
+    for other in ("ride", "none"):
+        parts = []
+        for attack in attacks:
+            a, b = cells.get(("ride-paper", attack)), cells.get((other, attack))
+            if a is not None and b is not None:
+                d = paired_difference(store.arrays(a)["correct"].astype(bool), store.arrays(b)["correct"].astype(bool))
+                parts.append(f"{attack} {100 * d.diff:+.1f} ± {100 * d.se_paired:.1f}")
+        lines.append(f"- ride-paper - {other}: " + ", ".join(parts))
+    cost = [f"{label} {r['defense_seconds'] / max(1, r['n_images']):.2f}" for (label, attack), r in cells.items()
+            if label != "none" and attack != "Clean" and "defense_seconds" in r]
+    if cost:
+        lines += ["", "Seconds per image (defense only): " + ", ".join(cost) + "."]
+    return lines + [""]
+
+
 def _modes_section(modes: list[dict[str, Any]], subset: str, path: Path) -> list[str]:
     """Fig. 5a: DIP, I-DIP, DAE and RIDE against the steps, on the same validation images."""
     fig, axes = plt.subplots(1, len({_attack_name(r["attack"]) for r in modes}), figsize=(10, 3.8), squeeze=False)
@@ -199,7 +225,8 @@ def _bpda_section(fig7: list[dict[str, Any]], path: Path) -> list[str]:
              "", "| Defense | adv-to-clean | defended-to-adv | defended-to-clean | accuracy on adv (%) | "
              "accuracy on defended (%) | images |", "|---|---|---|---|---|---|---|"]
     for r in fig7:
-        cells = " | ".join(f"{r['mean_' + k]:.2f} ± {r['sd_' + k]:.2f}"
+        # one image has no standard deviation (stored as null)
+        cells = " | ".join(f"{r['mean_' + k]:.2f}" + ("" if r["sd_" + k] is None else f" ± {r['sd_' + k]:.2f}")
                            for k in ("adv_to_clean", "defended_to_adv", "defended_to_clean"))
         lines.append(f"| {r['label']} | {cells} | {100 * r['accuracy_adversarial']:.1f} ± "
                      f"{100 * r['stderr_adversarial']:.1f} | {100 * r['accuracy_defended']:.1f} ± "
@@ -209,7 +236,7 @@ def _bpda_section(fig7: list[dict[str, Any]], path: Path) -> list[str]:
     width = 0.8 / len(fig7)
     for i, r in enumerate(fig7):
         left.bar([k + i * width for k in range(len(kinds))], [r["mean_" + k] for k in kinds], width,
-                 yerr=[r["sd_" + k] for k in kinds], capsize=2, label=r["label"])
+                 yerr=[float("nan") if r["sd_" + k] is None else r["sd_" + k] for k in kinds], capsize=2, label=r["label"])
         right.bar([k + i * width for k in range(2)], [100 * r["accuracy_adversarial"], 100 * r["accuracy_defended"]],
                   width, yerr=[100 * r["stderr_adversarial"], 100 * r["stderr_defended"]], capsize=2, label=r["label"])
     left.set_xticks([k + 0.4 - width / 2 for k in range(len(kinds))], ["adv-clean", "defended-adv", "defended-clean"])
@@ -256,7 +283,9 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
     lines = [
         "# RIDE on Fashion-MNIST (Lin, Pfister & Zhang)", "",
         f"Made by `advrepair experiment ride --n-images {cfg['n_images']} --val-images "
-        f"{cfg['val_images']} --whitebox-images {cfg['whitebox_images']} --sweep-iterations "
+        f"{cfg['val_images']} --whitebox-images {cfg['whitebox_images']} "
+        + (f"--paper-budget-images {cfg['paper_budget_images']} " if cfg.get("paper_budget_images") else "")
+        + "--sweep-iterations "
         f"{','.join(str(k) for k in cfg['sweep_iterations'])} --sweep-checkpoints {cfg['sweep_checkpoints']} "
         f"--ride-lr {cfg['ride_lr']:g}` (the full configuration is in results.json's ride-summary record).", "",
         f"Classifier `{s['model']}` (SmallCNN, recipe {s.get('classifier_recipe')}); attacks L-inf eps = "
@@ -283,6 +312,9 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
     lines += _paired_lines(store, gray)
     if per_image:
         lines += [f"RIDE cost: {sum(per_image) / len(per_image):.2f} s per image ({stop['steps']} steps).", ""]
+    paper = recs(s.get("paper", []))
+    if paper:
+        lines += _paper_section(store, paper, s["subsets"]["paper"], stop, cfg["paper_budget"])
     lines += ["## White-box BPDA (cf. Table 2)", "",
               f"{s['subsets']['white']}. PGD-{cfg['attack_steps']} crafted on the classifier (static) and through "
               "BPDA(defense) with the identity backward (BPDA-I): every attack step refits RIDE.", "",

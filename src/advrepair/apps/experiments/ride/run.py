@@ -309,6 +309,16 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
     white = evaluate_matrix(whitebox, [entry], [AttackSpec(CLEAN), pgd, AttackSpec(pgd.name, pgd.params, through="bpda")],
                             store, batch_size=cfg.batch_size, device=device, subset=wb_desc, progress=cfg.progress)
 
+    paper: list[dict[str, Any]] = []
+    paper_desc = None
+    if cfg.paper_budget_images:
+        paper_images = balanced_subset(evaluation, cfg.paper_budget_images, seed=cfg.seed)
+        paper_desc = (f"ride paper budget: balanced {len(paper_images)} of the evaluation images (seed {cfg.seed})")
+        paper_entry = ModelEntry(cfg.classifier_name, clf, card=card,
+                                 defenses={"ride": ride, "ride-paper": cfg.paper_ride()})
+        paper = evaluate_matrix(paper_images, [paper_entry], [AttackSpec(CLEAN), *cfg.attacks()], store,
+                                batch_size=cfg.batch_size, device=device, subset=paper_desc, progress=cfg.progress)
+
     baselines = _baseline_sweep(cfg, store, clf, card, evaluation, eval_desc, device)
     params = _param_sweep(cfg, store, clf, card, val, val_desc, device, k_star, t_star)
     modes = _sweep(cfg, store, clf, card, val, val_desc, device,
@@ -322,7 +332,8 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
                              white=[r["key"] for r in white], stop=[k_star, t_star],
                              baselines=[r["key"] for r in baselines],
                              params=[[r["param"], r["value"], r["key"]] for r in params],
-                             modes=[r["key"] for r in modes], traces=traces, fig7=fig7)
+                             modes=[r["key"] for r in modes], traces=traces, fig7=fig7,
+                             paper=[r["key"] for r in paper])
     if not store.has(summary_key):
         store.add({"kind": "ride-summary", "key": summary_key, "protocol": PROTOCOL, "model": cfg.classifier_name,
                    "model_weights": weights_id(card), "classifier_recipe": card.get("recipe"),
@@ -334,8 +345,8 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
                    "baselines": [[r["sweep_label"], r["key"]] for r in baselines],
                    "params": [[r["param"], r["value"], r["key"]] for r in params],
                    "modes": [r["key"] for r in modes], "traces": traces, "fig7": fig7,
-                   "subsets": {"validation": val_desc, "gray": eval_desc,
-                                                                   "white": wb_desc},
+                   "paper": [r["key"] for r in paper],
+                   "subsets": {"validation": val_desc, "gray": eval_desc, "white": wb_desc, "paper": paper_desc},
                    "run_seconds": time.perf_counter() - start})
     added = len(store.records) - n_before
     report = write_ride_report(cfg.out, wall_seconds=time.perf_counter() - start, records_added=added)
