@@ -34,8 +34,9 @@ class RIDE(nn.Module):
         dropout: dropout probability at the Table 3 layers (paper: 0.5; 0 disables).
         estimate_samples: noisy inputs averaged for x_est (default: ``batch``).
         seed: seeds the per-image randomness (with the image content); None = truly random.
-        chunk_size: images fitted together by the batched engine; speed/memory only (16: the
-            fastest per image on the project's CPU, bench/reference/ride_throughput-cpu-2026-12-06).
+        chunk_size: images fitted together; speed/memory only (16: the grouped engine's fastest
+            per image on the project's CPU, bench/reference/ride_throughput-cpu-2026-12-06; the
+            native engine is as fast at 8-64, ride_throughput-native-cpu-2026-12-07).
         progress: show a tqdm bar over the steps.
 
     Shapes: (B, C, H, W) in [0, 1] -> (B, C, H, W) in [0, 1], detached (use BPDA to attack it).
@@ -134,7 +135,8 @@ class RIDE(nn.Module):
 
     def fit(self, images: torch.Tensor, clean: torch.Tensor | None = None,
             adversarial: torch.Tensor | None = None, trajectory: bool = False) -> RideResult:
-        """Fit one network per image with the batched engine and return the estimates.
+        """Fit one network per image with the native engine where it covers the network, else the
+        grouped engine, and return the estimates.
 
         Args:
             images: (B, C, H, W) in [0, 1], the (possibly adversarial) inputs x~.
