@@ -52,6 +52,14 @@ def _cfg(tmp_path, fake_fmnist, **kw):
     return RideConfig(**base)
 
 
+def _run(cfg: RideConfig, fake_fmnist) -> tuple[str, dict, dict]:  # noqa: ANN001
+    """Run the experiment on the tiny classifier: the report's text, the records by key and the summary."""
+    _write_tiny_classifier(cfg.models_dir, fake_fmnist)
+    text = run_ride_experiment(cfg).read_text()
+    records = json.loads((cfg.out / "results.json").read_text())
+    return text, {r["key"]: r for r in records}, next(r for r in records if r.get("kind") == "ride-summary")
+
+
 def test_end_to_end_report_figures_and_resume(tmp_path, fake_fmnist):
     cfg = _cfg(tmp_path, fake_fmnist)
     _write_tiny_classifier(cfg.models_dir, fake_fmnist)
@@ -122,11 +130,7 @@ def test_end_to_end_report_figures_and_resume(tmp_path, fake_fmnist):
 def test_modes_scores_and_bpda_analysis(tmp_path, fake_fmnist):
     cfg = _cfg(tmp_path, fake_fmnist, sweep_iterations=(2,), median_kernels=(3,), sweep_batch=(1,), sweep_sigma=(0.5,),
                trace_checkpoints=4, bpda_analysis_images=3)
-    _write_tiny_classifier(cfg.models_dir, fake_fmnist)
-    text = run_ride_experiment(cfg).read_text()
-    records = json.loads((cfg.out / "results.json").read_text())
-    by_key = {r["key"]: r for r in records}
-    summary = next(r for r in records if r.get("kind") == "ride-summary")
+    text, by_key, summary = _run(cfg, fake_fmnist)
     # Fig. 5a: every mode under both attacks; RIDE's curve is the stopping sweep's own record
     modes = [by_key[k] for k in summary["modes"]]
     assert [(r["attack"]["name"], r["mode"]) for r in modes] == [
@@ -157,11 +161,7 @@ def test_paper_budget_rows_pair_the_chosen_stop_with_the_papers_steps(tmp_path, 
     cfg = _cfg(tmp_path, fake_fmnist, sweep_iterations=(2,), median_kernels=(3,), sweep_batch=(1,), sweep_sigma=(0.5,),
                compare_modes=("ride",), trace_modes=("dae",), bpda_analysis_images=1, paper_budget_images=6,
                paper_budget=(3, 2, 1e-3))
-    _write_tiny_classifier(cfg.models_dir, fake_fmnist)
-    text = run_ride_experiment(cfg).read_text()
-    records = json.loads((cfg.out / "results.json").read_text())
-    by_key = {r["key"]: r for r in records}
-    summary = next(r for r in records if r.get("kind") == "ride-summary")
+    text, by_key, summary = _run(cfg, fake_fmnist)
     paper = [by_key[k] for k in summary["paper"]]
     assert len(paper) == 3 * 3  # (clean, FGSM, PGD) x (none, chosen stop, paper budget)
     assert {r["n_images"] for r in paper} == {6}

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_weight
 
-from advrepair.engine.native import load_kernel, openmp_runtime
+from advrepair.engine.native import load_kernel, run_on_pytorch_threads
 
 #: set to ``0`` to keep the convolution and the max-pool apart
 SWITCH = "ADVREPAIR_FUSED_CONV_POOL"
@@ -62,11 +62,7 @@ def _prepared(library: ctypes.CDLL) -> ctypes.CDLL:
     library.conv_pool_forward.argtypes = [_POINTER] * 5 + [_INT64] + [_INT] * 6
     library.conv_pool_backward.argtypes = [_POINTER] * 4 + [_INT64] + [_INT] * 7
     library.conv_pool_forward.restype = library.conv_pool_backward.restype = _INT
-    library.conv_pool_use_openmp.argtypes = [_POINTER] * 3
-    library.conv_pool_use_openmp.restype = None
-    runtime = openmp_runtime()
-    if runtime is not None:
-        library.conv_pool_use_openmp(*runtime)
+    run_on_pytorch_threads(library, "conv_pool_use_openmp")
     return library
 
 

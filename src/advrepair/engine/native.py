@@ -133,6 +133,17 @@ def load_kernel(name: str) -> ctypes.CDLL | None:
     return _load(name)
 
 
+def run_on_pytorch_threads(library: ctypes.CDLL, entry: str) -> None:
+    """Hand PyTorch's OpenMP runtime to a kernel through its ``entry(parallel, thread_num,
+    num_threads)`` function (``kernels/team.h``); without one the kernel keeps its pthreads."""
+    function = getattr(library, entry)
+    function.argtypes = [ctypes.c_void_p] * 3
+    function.restype = None
+    runtime = openmp_runtime()
+    if runtime is not None:
+        function(*runtime)
+
+
 def openmp_runtime() -> tuple[int, int, int] | None:
     """Addresses of ``GOMP_parallel``, ``omp_get_thread_num`` and ``omp_get_num_threads`` in the
     OpenMP runtime PyTorch runs on (already loaded in this process), or ``None``.

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from advrepair.defenses.ride.networks import (DIP_NOISE_SCALE, GROUP_MULTIPLE, RideNetSpec, _draw_init, _draw_step,
+from advrepair.defenses.ride.loop import run_fit
+from advrepair.defenses.ride.networks import (DIP_NOISE_SCALE, GROUP_MULTIPLE, RideNetSpec, _draw_init,
                                               _dropout_masks, dropout_draw_buffer, dropout_units)
-from advrepair.defenses.ride.results import RideResult, _Recorder
+from advrepair.defenses.ride.results import RideResult
 
 if TYPE_CHECKING:
     from advrepair.defenses.ride.defense import RIDE
@@ -119,53 +120,30 @@ def fit_chunk(ride: "RIDE", x: torch.Tensor, spec: RideNetSpec, gens: list[torch
             assert z0_eval is not None  # the DIP input
             return _from_grouped(_grouped_forward(z0_eval, params, g_count, spec, None), g_count)[:b, 0]
 
-    record = _Recorder(ride.total_steps, b, clean, adv) if trace_gens is not None else None
-    target = padded(x)
-    if record is not None:
-        record.add(0, estimate(target, trace_eps), None)
-    ests = []
-    loss = torch.full((b,), float("nan"))
     # per-step draws are written straight into these buffers; padding rows stay zero
     noise = torch.zeros((g_count, 2, n, c, hh, ww), dtype=dt) if ride.is_dae else None
     draws = (dropout_draw_buffer(g_count, dropout_units(spec, n, hh, ww), ride.dropout, dt)
              if ride.dropout > 0 and spec.dropout_layers else None)
     mask_buffer = (torch.empty((n, len(spec.dropout_layers), hh, ww, g_count, spec.width), dtype=dt, device=dev)
                    if draws is not None else None)
-    step = 0
-    for _t in range(ride.checkpoints):
-        for _k in range(ride.iterations):
-            for i, g in enumerate(gens):
-                _draw_step(g, ride.is_dae, n, (c, hh, ww), spec, ride.dropout, dt,
-                           None if noise is None else noise[i], None if draws is None else draws[i])
-            masks = None
-            if draws is not None:
-                masks = _dropout_masks(draws, ride.dropout, spec, n, hh, ww, dev, dt, mask_buffer)
-            if ride.is_dae:
-                assert noise is not None  # allocated above for the DAE
-                noise_d = noise.to(dev)
-                inp = _to_grouped(target[:, None] + sigma * noise_d[:, 0])
-                tgt = target[:, None] + sigma * noise_d[:, 1]
-            else:
-                assert z0 is not None  # the DIP input, drawn above
-                inp = z0
-                tgt = target[:, None].expand(g_count, n, c, hh, ww)
-            out = _from_grouped(_grouped_forward(inp, params, g_count, spec, masks), g_count)
-            per_image = (out[:b] - tgt[:b]).pow(2).mean(dim=(1, 2, 3, 4))
-            grads = torch.autograd.grad(per_image.sum(), params)
-            opt.step(list(grads))
-            loss = per_image.detach()
-            step += 1
-            bar.update(1)
-            if record is not None:
-                record.add(step, estimate(target, trace_eps), loss)
-        eps_e = None
-        if ride.is_dae:
-            eps_e = padded(torch.stack([torch.randn((m_est, c, hh, ww), generator=g, dtype=dt)
-                                        for g in gens])).to(dev)
-        est = estimate(target, eps_e)
-        ests.append(est)
-        alpha = ride.effective_alpha
-        if alpha != 1.0:
-            target = alpha * target + (1 - alpha) * padded(est)
-    return RideResult(estimate=ests[-1], checkpoints=torch.stack(ests), final_loss=loss.cpu(),
-                      trajectory=record.result() if record is not None else None)
+
+    def train_step(target: torch.Tensor) -> torch.Tensor:
+        masks = None
+        if draws is not None:
+            masks = _dropout_masks(draws, ride.dropout, spec, n, hh, ww, dev, dt, mask_buffer)
+        if noise is not None:
+            noise_d = noise.to(dev)
+            inp = _to_grouped(target[:, None] + sigma * noise_d[:, 0])
+            tgt = target[:, None] + sigma * noise_d[:, 1]
+        else:
+            assert z0 is not None  # the DIP input, drawn above
+            inp = z0
+            tgt = target[:, None].expand(g_count, n, c, hh, ww)
+        out = _from_grouped(_grouped_forward(inp, params, g_count, spec, masks), g_count)
+        per_image = (out[:b] - tgt[:b]).pow(2).mean(dim=(1, 2, 3, 4))
+        grads = torch.autograd.grad(per_image.sum(), params)
+        opt.step(list(grads))
+        return per_image.detach()
+
+    return run_fit(ride, spec, gens, padded(x), estimate, train_step, noise, draws, padded, bar, clean, adv,
+                   trace_eps, trace_gens is not None)

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from advrepair.defenses.ride.networks import (DIP_NOISE_SCALE, RideNetSpec, _draw_init, _draw_step,
-                                              dropout_draw_buffer, dropout_units)
-from advrepair.defenses.ride.results import RideResult, _Recorder
-from advrepair.engine.native import load_kernel, openmp_runtime
+from advrepair.defenses.ride.loop import run_fit
+from advrepair.defenses.ride.networks import DIP_NOISE_SCALE, RideNetSpec, _draw_init, dropout_draw_buffer, dropout_units
+from advrepair.defenses.ride.results import RideResult
+from advrepair.engine.native import load_kernel, run_on_pytorch_threads
 
 if TYPE_CHECKING:
     from advrepair.defenses.ride.defense import RIDE
@@ -41,11 +41,7 @@ def _prepared(library: ctypes.CDLL) -> ctypes.CDLL:
     forward_arguments: list[Any] = [_POINTER, _INT64, _POINTER, _POINTER, _INT64] + [_INT] * 5
     library.ride_forward.argtypes = forward_arguments
     library.ride_train_step.restype = library.ride_forward.restype = _INT
-    library.ride_use_openmp.argtypes = [_POINTER] * 3
-    library.ride_use_openmp.restype = None
-    runtime = openmp_runtime()
-    if runtime is not None:
-        library.ride_use_openmp(*runtime)
+    run_on_pytorch_threads(library, "ride_use_openmp")
     return library
 
 
@@ -145,40 +141,19 @@ def fit_chunk_native(ride: "RIDE", x: torch.Tensor, spec: RideNetSpec, gens: lis
         assert z0 is not None  # the DIP input
         return nets.forward(z0).view(b, c, hh, ww)
 
-    record = _Recorder(ride.total_steps, b, clean, adv) if trace_gens is not None else None
-    target = x
-    if record is not None:
-        record.add(0, estimate(target, trace_eps), None)
-    ests = []
-    loss = torch.full((b,), float("nan"))
     noise = torch.zeros((b, 2, n, c, hh, ww), dtype=dt) if ride.is_dae else None
     draws = (dropout_draw_buffer(b, dropout_units(spec, n, hh, ww), ride.dropout, dt)
              if ride.dropout > 0 and spec.dropout_layers else None)
-    step = 0
-    for _t in range(ride.checkpoints):
-        if not ride.is_dae:
+
+    def train_step(target: torch.Tensor) -> torch.Tensor:
+        if noise is not None:
+            inputs = (target[:, None] + sigma * noise[:, 0]).view(b, n, hh, ww)
+            targets = (target[:, None] + sigma * noise[:, 1]).view(b, n, hh, ww)
+        else:
             assert z0 is not None  # the DIP input, drawn above
             inputs = z0.expand(b, n, hh, ww)
-            targets = target.view(b, 1, hh, ww).expand(b, n, hh, ww)
-        for _k in range(ride.iterations):
-            for i, g in enumerate(gens):
-                _draw_step(g, ride.is_dae, n, (c, hh, ww), spec, ride.dropout, dt,
-                           None if noise is None else noise[i], None if draws is None else draws[i])
-            if noise is not None:
-                inputs = (target[:, None] + sigma * noise[:, 0]).view(b, n, hh, ww)
-                targets = (target[:, None] + sigma * noise[:, 1]).view(b, n, hh, ww)
-            loss = nets.train_step(inputs, targets, draws)
-            bar.update(1)
-            step += 1
-            if record is not None:
-                record.add(step, estimate(target, trace_eps), loss)
-        eps_e = None
-        if ride.is_dae:
-            eps_e = torch.stack([torch.randn((m_est, c, hh, ww), generator=g, dtype=dt) for g in gens])
-        est = estimate(target, eps_e)
-        ests.append(est)
-        alpha = ride.effective_alpha
-        if alpha != 1.0:
-            target = alpha * target + (1 - alpha) * est
-    return RideResult(estimate=ests[-1], checkpoints=torch.stack(ests), final_loss=loss,
-                      trajectory=record.result() if record is not None else None)
+            targets = target.reshape(b, 1, hh, ww).expand(b, n, hh, ww)
+        return nets.train_step(inputs, targets, draws)
+
+    return run_fit(ride, spec, gens, x, estimate, train_step, noise, draws, lambda t: t, bar, clean, adv, trace_eps,
+                   trace_gens is not None)

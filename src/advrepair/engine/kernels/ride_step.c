@@ -373,30 +373,35 @@ static void conv_first(const shape_t *s, const float *in, const float *w, const 
     }
 }
 
-/* dw[tap][:] += sum over the run of in[p + offset[tap]] * grad[p][:]; the three taps of a
- * kernel row and two pixels at a time (12 independent sums) */
-static void weight_grad_first(const shape_t *s, const float *in, const float *grad, float *dw) {
+/* dw[tap][:] += sum over the run of a one-plane value times a 16-plane vector, one of the two
+ * read at the tap's neighbour: the first layer's weight gradient (its input plane shifted,
+ * the gradient not) and the output layer's (the gradient not shifted, the activations
+ * shifted). The three taps of a kernel row and two pixels at a time (12 independent sums). */
+static inline __attribute__((always_inline)) void weight_grad_thin(const shape_t *s, const float *plane,
+                                                                   const float *planes16, float *dw, const int shift_plane) {
     for (int t0 = 0; t0 < TAPS; t0 += 3) {
         v8 acc[2][3][2] = {{{{0}}}};
         int64_t p = s->start;
-        for (; p + 2 <= s->end; p += 2) for (int q = 0; q < 2; q++) {
-            const v8 g0 = load8(grad + (p + q) * WIDTH), g1 = load8(grad + (p + q) * WIDTH + 8);
-            for (int k = 0; k < 3; k++) {
-                const float v = in[p + q + s->offset[t0 + k]];
-                acc[q][k][0] += v * g0;
-                acc[q][k][1] += v * g1;
-            }
-        }
-        for (; p < s->end; p++) for (int k = 0; k < 3; k++) {
-            const float v = in[p + s->offset[t0 + k]];
-            acc[0][k][0] += v * load8(grad + p * WIDTH);
-            acc[0][k][1] += v * load8(grad + p * WIDTH + 8);
+        for (; p < s->end; p += 2) for (int q = 0; q < 2 && p + q < s->end; q++) for (int k = 0; k < 3; k++) {
+            const int64_t offset = s->offset[t0 + k];
+            const float v = plane[p + q + (shift_plane ? offset : 0)];
+            const float *vector = planes16 + (p + q + (shift_plane ? 0 : offset)) * WIDTH;
+            acc[q][k][0] += v * load8(vector);
+            acc[q][k][1] += v * load8(vector + 8);
         }
         for (int k = 0; k < 3; k++) for (int half = 0; half < 2; half++) {
             float *d = dw + (t0 + k) * WIDTH + half * 8;
             store8(d, load8(d) + (acc[0][k][half] + acc[1][k][half]));
         }
     }
+}
+
+static void weight_grad_first(const shape_t *s, const float *in, const float *grad, float *dw) {
+    weight_grad_thin(s, in, grad, dw, 1);
+}
+
+static void weight_grad_last(const shape_t *s, const float *act, const float *grad, float *dw) {
+    weight_grad_thin(s, grad, act, dw, 0);
 }
 
 /* the output layer: 16 planes to one; its pre-activation values on the interior of the plane
@@ -436,32 +441,6 @@ static void input_grad_last(const shape_t *s, const float *grad, const float *w,
         }
         store8(out + p * WIDTH, a0);
         store8(out + p * WIDTH + 8, a1);
-    }
-}
-
-/* dw[tap][:] += sum over the run of grad[p] * act[p + offset[tap]][:], blocked as
- * weight_grad_first */
-static void weight_grad_last(const shape_t *s, const float *act, const float *grad, float *dw) {
-    for (int t0 = 0; t0 < TAPS; t0 += 3) {
-        v8 acc[2][3][2] = {{{{0}}}};
-        int64_t p = s->start;
-        for (; p + 2 <= s->end; p += 2) for (int q = 0; q < 2; q++) {
-            const float g = grad[p + q];
-            for (int k = 0; k < 3; k++) {
-                const float *a = act + (p + q + s->offset[t0 + k]) * WIDTH;
-                acc[q][k][0] += g * load8(a);
-                acc[q][k][1] += g * load8(a + 8);
-            }
-        }
-        for (; p < s->end; p++) for (int k = 0; k < 3; k++) {
-            const float *a = act + (p + s->offset[t0 + k]) * WIDTH;
-            acc[0][k][0] += grad[p] * load8(a);
-            acc[0][k][1] += grad[p] * load8(a + 8);
-        }
-        for (int k = 0; k < 3; k++) for (int half = 0; half < 2; half++) {
-            float *d = dw + (t0 + k) * WIDTH + half * 8;
-            store8(d, load8(d) + (acc[0][k][half] + acc[1][k][half]));
-        }
     }
 }
 
