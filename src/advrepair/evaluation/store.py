@@ -49,6 +49,9 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
+#: arrays files a store keeps in memory once read
+ARRAYS_KEPT = 512
+
 class ResultsStore:
     """A list of JSON records in ``out_dir/results.json`` plus per-record arrays in
     ``out_dir/arrays/<key>.npz`` (per-image correctness, self-supervised losses, samples).
@@ -71,6 +74,9 @@ class ResultsStore:
         self.lock = FolderLock(self.out_dir)
         self.records: list[dict[str, Any]] = []
         self._verified: set[tuple[str, str]] = set()  # (arrays file, SHA-256) already checked
+        # arrays read before, by (file, SHA-256): a file is never rewritten under the same digest
+        # and reports read the same record's arrays many times
+        self._loaded: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         with self.lock:
             if resume:
                 self.records = self._trusted(self._read())
@@ -150,5 +156,13 @@ class ResultsStore:
     def arrays(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
         if "arrays" not in record:
             return {}
-        with np.load(self.out_dir / record["arrays"], allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        key = (record["arrays"], record.get("arrays_sha256"))
+        loaded = self._loaded.get(key) if key[1] is not None else None
+        if loaded is None:
+            with np.load(self.out_dir / record["arrays"], allow_pickle=False) as f:
+                loaded = {k: f[k] for k in f.files}
+            if key[1] is not None:
+                if len(self._loaded) >= ARRAYS_KEPT:
+                    self._loaded.pop(next(iter(self._loaded)))
+                self._loaded[key] = loaded
+        return {k: v.copy() for k, v in loaded.items()}  # callers may change theirs
