@@ -211,9 +211,16 @@ def test_eval_config_file_runs_the_same_request_as_the_flags(tmp_path, fake_fmni
     assert main(["eval", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "x")]) == 2
 
 
-def test_audit_takes_model_directories_for_the_classifier_and_its_reverse_attack(tmp_path, fake_fmnist, trained_dir):
-    from advrepair.auditing import AuditReport
+def test_audit_takes_model_directories_for_the_classifier_and_its_reverse_attack(tmp_path, fake_fmnist, trained_dir,
+                                                                               monkeypatch):
+    import dataclasses
 
+    from advrepair.auditing import AuditReport
+    from advrepair.auditing.presets import PRESETS, AuditPreset
+
+    # the command's wiring is under test, not the budgets: every row at a fraction of them
+    quick = PRESETS[AuditPreset.QUICK]
+    monkeypatch.setitem(PRESETS, AuditPreset.QUICK, dataclasses.replace(quick, steps=3, square_queries=20))
     out = tmp_path / "audit"
     argv = ["audit", "--classifier", str(trained_dir), "--defense", str(trained_dir), "--eps", "0.1",
             "--reverse-steps", "2", "--n-images", "4", "--out", str(out), "--data-root", str(fake_fmnist),

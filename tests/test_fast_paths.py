@@ -5,6 +5,8 @@ scored from the defense outputs its attacks computed exactly; Square's window wr
 Speed itself is measured in bench/, never here."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from advrepair.evaluation import adaptive as adaptive_module
 from advrepair.attacks.apgd import APGD, APGDCE, APGDDLR
 from advrepair.attacks.apgd_t import APGDT
 from advrepair.attacks.square import _CHUNK, _SIGN_TRIES, Square
+from advrepair.auditing.presets import PRESETS, AuditPreset
 from advrepair.defenses import MedianFilter, ReverseAttack
 from advrepair.models import SmallCNN
 from advrepair.runtime import layout_of, prepare_module
@@ -191,6 +194,9 @@ def test_the_audit_scoring_from_the_attacks_own_repairs_equals_plain_scoring(rea
         original_clear(self)
 
     monkeypatch.setattr(memo_module.DefenseMemo, "clear", counting_clear)
+    # every row of the quick preset at half its steps and queries: the scoring is what is compared
+    quick = PRESETS[AuditPreset.QUICK]
+    monkeypatch.setitem(PRESETS, AuditPreset.QUICK, dataclasses.replace(quick, steps=5, square_queries=40))
 
     def run(out: str) -> dict:
         return audit(model, defense, x, y, eps=0.1, preset="quick", out=tmp_path / out, progress=False).to_dict()
