@@ -159,8 +159,8 @@ def test_modes_scores_and_bpda_analysis(tmp_path, fake_fmnist):
 
 def test_paper_budget_rows_pair_the_chosen_stop_with_the_papers_steps(tmp_path, fake_fmnist):
     cfg = _cfg(tmp_path, fake_fmnist, sweep_iterations=(2,), median_kernels=(3,), sweep_batch=(1,), sweep_sigma=(0.5,),
-               compare_modes=("ride",), trace_modes=("dae",), bpda_analysis_images=1, paper_budget_images=6,
-               paper_budget=(3, 2, 1e-3))
+               compare_modes=("dip", "ride"), trace_modes=("dae",), bpda_analysis_images=1, paper_budget_images=6,
+               paper_budget_mode_images=4, paper_budget=(3, 2, 1e-3))
     text, by_key, summary = _run(cfg, fake_fmnist)
     paper = [by_key[k] for k in summary["paper"]]
     assert len(paper) == 3 * 3  # (clean, FGSM, PGD) x (none, chosen stop, paper budget)
@@ -172,6 +172,12 @@ def test_paper_budget_rows_pair_the_chosen_stop_with_the_papers_steps(tmp_path, 
     assert (ride["ride-paper"]["iterations"], ride["ride-paper"]["checkpoints"], ride["ride-paper"]["lr"]) == (3, 2, 1e-3)
     assert "## RIDE at the paper's budget (K = 3 x T = 2, lr 0.001)" in text
     assert "- ride-paper - ride: Clean " in text and "--paper-budget-images 6" in text
+    # Fig. 5a's modes at that budget, on validation images
+    modes = [by_key[k] for k in summary["paper_modes"]]
+    assert [(r["attack"]["name"], r["mode"]) for r in modes] == [(a, m) for a in ("fgsm", "pgd") for m in ("dip", "ride")]
+    assert {(r["n_images"], tuple(r["steps"]), r["defense"]["lr"]) for r in modes} == {(4, (0, 3, 6), 1e-3)}
+    assert "## DIP, I-DIP, DAE and RIDE (cf. Fig. 5a), the paper's budget (K = 3 x T = 2, lr 0.001)" in text
+    assert (cfg.out / "ride_modes_paper_budget.png").stat().st_size > 1000
 
 
 def test_experiments_run_on_the_zoo_classifier_by_default(tmp_path, fake_fmnist):
@@ -220,6 +226,7 @@ def test_choose_stop_prefers_best_mean_then_fewer_steps():
     (dict(whitebox_images=20, n_images=10), "cannot exceed"),
     (dict(paper_budget_images=200, n_images=100), "cannot exceed"),
     (dict(paper_budget=(2000, 5)), "paper_budget"),
+    (dict(paper_budget_mode_images=60, val_images=50), "cannot exceed"),
     (dict(paper_budget=(2000, 0, 1e-4)), "T"),
     (dict(eps=0.0), "eps"),
     (dict(eps=2.0), "eps must be in"),

@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     ride.add_argument("--ride-lr", type=float, default=1e-4, help="paper 1e-4; 1e-3 suits CPU-sized step budgets")
     ride.add_argument("--paper-budget-images", type=int, default=0,
                       help="also defend this many gray-box images with RIDE at the paper's 2000 x 5 steps, lr 1e-4")
+    ride.add_argument("--paper-budget-mode-images", type=int, default=0,
+                      help="Fig. 5a's modes (DIP, I-DIP, DAE, RIDE) at the paper's budget on this many validation images")
     _add_common(ride)
 
     for name, help_text, default_n in (

@@ -438,5 +438,5 @@ def experiment(which: str, options: dict[str, Any], *, device: str, progress: bo
             **common, whitebox_images=o["whitebox_images"], val_images=o["val_images"],
             attack_steps=o["attack_steps"], sweep_checkpoints=o["sweep_checkpoints"],
             sweep_iterations=_numbers(o["sweep_iterations"], int, "--sweep-iterations"), ride_lr=o["ride_lr"],
-            paper_budget_images=o["paper_budget_images"]))
+            paper_budget_images=o["paper_budget_images"], paper_budget_mode_images=o["paper_budget_mode_images"]))
     raise InputError(f"unknown experiment {which!r}")

@@ -156,12 +156,13 @@ class ResultsStore:
     def arrays(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
         if "arrays" not in record:
             return {}
-        key = (record["arrays"], record.get("arrays_sha256"))
-        loaded = self._loaded.get(key) if key[1] is not None else None
+        digest = record.get("arrays_sha256")
+        key = (str(record["arrays"]), str(digest))
+        loaded = self._loaded.get(key) if digest is not None else None
         if loaded is None:
             with np.load(self.out_dir / record["arrays"], allow_pickle=False) as f:
                 loaded = {k: f[k] for k in f.files}
-            if key[1] is not None:
+            if digest is not None:
                 if len(self._loaded) >= ARRAYS_KEPT:
                     self._loaded.pop(next(iter(self._loaded)))
                 self._loaded[key] = loaded

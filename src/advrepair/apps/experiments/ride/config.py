@@ -46,7 +46,8 @@ class RideConfig(RunConfig):
     fits ``sweep_checkpoints`` checkpoints for each K in ``sweep_iterations``. With
     ``paper_budget_images`` > 0, that many gray-box images are also defended by RIDE at the
     paper's own budget (``paper_budget``: K, T and learning rate; 2000 x 5 steps at 1e-4), paired
-    with the chosen stop on the same images.
+    with the chosen stop on the same images; with ``paper_budget_mode_images`` > 0, that many
+    validation images get Fig. 5a's comparison of the modes at that budget.
 
     Example:
         >>> cfg = RideConfig(out=Path("/tmp/runs/ride"), sweep_iterations=(50, 100), threads=1)
@@ -71,6 +72,7 @@ class RideConfig(RunConfig):
     sweep_iterations: tuple[int, ...] = (100,)
     sweep_checkpoints: int = 5
     paper_budget_images: int = 0
+    paper_budget_mode_images: int = 0
     paper_budget: tuple[int, int, float] = (2000, 5, 1e-4)
     # -- baselines
     median_kernel: int = 3
@@ -94,6 +96,10 @@ class RideConfig(RunConfig):
                      "bpda_analysis_images"):
             check_int_at_least(getattr(self, name), name, 1)
         check_int_at_least(self.paper_budget_images, "paper_budget_images", 0)
+        check_int_at_least(self.paper_budget_mode_images, "paper_budget_mode_images", 0)
+        if self.paper_budget_mode_images > self.val_images:
+            raise InputError(f"paper_budget_mode_images ({self.paper_budget_mode_images}) cannot exceed val_images "
+                             f"({self.val_images}): they are a subset of the validation images")
         if self.paper_budget_images > self.n_images:
             raise InputError(f"paper_budget_images ({self.paper_budget_images}) cannot exceed n_images "
                              f"({self.n_images}): they are a subset of the gray-box images")

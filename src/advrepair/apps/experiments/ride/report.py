@@ -151,12 +151,13 @@ def _paper_section(store: ResultsStore, paper: list[dict[str, Any]], subset: str
     return lines + [""]
 
 
-def _modes_section(modes: list[dict[str, Any]], subset: str, path: Path) -> list[str]:
+def _modes_section(modes: list[dict[str, Any]], subset: str, path: Path, budget: str = "the sweep's K and T"
+                   ) -> list[str]:
     """Fig. 5a: DIP, I-DIP, DAE and RIDE against the steps, on the same validation images."""
     fig, axes = plt.subplots(1, len({_attack_name(r["attack"]) for r in modes}), figsize=(10, 3.8), squeeze=False)
     names = list(dict.fromkeys(_attack_name(r["attack"]) for r in modes))
-    lines = ["## DIP, I-DIP, DAE and RIDE (cf. Fig. 5a)", "",
-             f"{subset}. Each mode with the sweep's K and T (dropout at the paper's layers in every mode; DIP fits the "
+    lines = [f"## DIP, I-DIP, DAE and RIDE (cf. Fig. 5a){'' if budget.startswith('the sweep') else ', ' + budget}", "",
+             f"{subset}. Each mode with {budget} (dropout at the paper's layers in every mode; DIP fits the "
              "adversarial image from fixed noise, I-DIP adds the interpolation, DAE fits noisy copies of the input, "
              "RIDE adds the interpolation to DAE). Accuracy after t * K steps.", "",
              "| Attack | mode | " + " | ".join(f"{st} steps" for st in modes[0]["steps"]) + " | s/image |",
@@ -288,6 +289,8 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
         f"Made by `advrepair experiment ride --n-images {cfg['n_images']} --val-images "
         f"{cfg['val_images']} --whitebox-images {cfg['whitebox_images']} "
         + (f"--paper-budget-images {cfg['paper_budget_images']} " if cfg.get("paper_budget_images") else "")
+        + (f"--paper-budget-mode-images {cfg['paper_budget_mode_images']} "
+           if cfg.get("paper_budget_mode_images") else "")
         + "--sweep-iterations "
         f"{','.join(str(k) for k in cfg['sweep_iterations'])} --sweep-checkpoints {cfg['sweep_checkpoints']} "
         f"--ride-lr {cfg['ride_lr']:g}` (the full configuration is in results.json's ride-summary record).", "",
@@ -360,6 +363,11 @@ def write_ride_report(out_dir: str | os.PathLike[str], wall_seconds: float | Non
     modes = recs(s.get("modes", []))
     if modes:
         lines += _modes_section(modes, s["subsets"]["validation"], out / "ride_modes.png")
+    paper_modes = recs(s.get("paper_modes", []))
+    if paper_modes:
+        iterations, checkpoints, lr = cfg["paper_budget"]
+        lines += _modes_section(paper_modes, s["subsets"]["paper_modes"], out / "ride_modes_paper_budget.png",
+                                f"the paper's budget (K = {iterations} x T = {checkpoints}, lr {lr:g})")
     traces = recs(s.get("traces", []))
     if traces:
         lines += _trace_section(traces, out / "ride_scores.png")

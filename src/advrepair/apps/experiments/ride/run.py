@@ -49,9 +49,11 @@ def _subsample(values: torch.Tensor) -> tuple[list[int], list[float]]:
 
 
 def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str, Any], val: ImageDataset,
-           subset: str, device: torch.device, runs: list[tuple[int, str]] | None = None) -> list[dict[str, Any]]:
+           subset: str, device: torch.device, runs: list[tuple[int, str]] | None = None,
+           budget: tuple[int, float] | None = None) -> list[dict[str, Any]]:
     """The stopping sweep (one record per (attack, K) with the accuracy after every
-    checkpoint), or with ``runs`` = [(K, mode), ...] Fig. 5a's comparison of the modes."""
+    checkpoint), or with ``runs`` = [(K, mode), ...] Fig. 5a's comparison of the modes;
+    ``budget`` = (T, learning rate) instead of the sweep's."""
     x: torch.Tensor | None = None
     y: torch.Tensor | None = None
     records: list[dict[str, Any]] = []
@@ -60,7 +62,8 @@ def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str,
         desc = spec.describe(clf)
         adv = None
         for k, mode in runs:
-            ride = cfg.ride(k, cfg.sweep_checkpoints, mode=mode)
+            ride = (cfg.ride(k, cfg.sweep_checkpoints, mode=mode) if budget is None
+                    else cfg.ride(k, budget[0], mode=mode, lr=budget[1]))
             key = record_key(kind="ride-sweep", dataset=val.name, subset=subset, n_images=len(val),
                              model_weights=weights_id(card), attack=desc, defense=ride.params())
             if store.has(key):
@@ -72,7 +75,7 @@ def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str,
             if adv is None:
                 assert x is not None and y is not None
                 adv = _craft(spec, clf, x, y, cfg.batch_size)
-            _log(f"sweep: {mode} K={k} x T={cfg.sweep_checkpoints} on {len(val)} {desc['name']} images")
+            _log(f"sweep: {mode} K={k} x T={ride.checkpoints} on {len(val)} {desc['name']} images")
             t0 = time.perf_counter()
             result = ride.fit(adv, clean=x, trajectory=True)
             seconds = time.perf_counter() - t0
@@ -86,7 +89,7 @@ def _sweep(cfg: RideConfig, store: ResultsStore, clf: nn.Module, card: dict[str,
             record = {"kind": "ride-sweep", "key": key, "protocol": PROTOCOL, "dataset": val.name, "subset": subset,
                       "n_images": len(val), "model": cfg.classifier_name, "model_weights": weights_id(card),
                       "attack": desc, "defense": {"label": "ride", **ride.params()}, "iterations": k, "mode": mode,
-                      "steps": [k * t for t in range(cfg.sweep_checkpoints + 1)],
+                      "steps": [k * t for t in range(ride.checkpoints + 1)],
                       "accuracy": correct.float().mean(1).tolist(),
                       "stderr": [accuracy_of(c).stderr for c in correct],
                       "trajectory_steps": t_steps, "to_clean": to_clean, "to_adv": to_adv,
@@ -323,6 +326,14 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
     params = _param_sweep(cfg, store, clf, card, val, val_desc, device, k_star, t_star)
     modes = _sweep(cfg, store, clf, card, val, val_desc, device,
                    runs=[(max(cfg.sweep_iterations), m) for m in cfg.compare_modes])
+    paper_modes: list[dict[str, Any]] = []
+    paper_modes_desc = None
+    if cfg.paper_budget_mode_images:
+        mode_images = balanced_subset(val, cfg.paper_budget_mode_images, seed=cfg.seed)
+        paper_modes_desc = f"ride paper budget, modes: balanced {len(mode_images)} of the validation images (seed {cfg.seed})"
+        iterations, checkpoints, lr = cfg.paper_budget
+        paper_modes = _sweep(cfg, store, clf, card, mode_images, paper_modes_desc, device,
+                             runs=[(int(iterations), m) for m in cfg.compare_modes], budget=(int(checkpoints), float(lr)))
     traces = _traces(cfg, store, clf, card, val, val_desc, device)
     analysis = balanced_subset(whitebox, min(cfg.bpda_analysis_images, len(whitebox)), seed=cfg.seed)
     fig7 = _bpda_distances(cfg, store, clf, card, analysis,
@@ -333,7 +344,7 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
                              baselines=[r["key"] for r in baselines],
                              params=[[r["param"], r["value"], r["key"]] for r in params],
                              modes=[r["key"] for r in modes], traces=traces, fig7=fig7,
-                             paper=[r["key"] for r in paper])
+                             paper=[r["key"] for r in paper], paper_modes=[r["key"] for r in paper_modes])
     if not store.has(summary_key):
         store.add({"kind": "ride-summary", "key": summary_key, "protocol": PROTOCOL, "model": cfg.classifier_name,
                    "model_weights": weights_id(card), "classifier_recipe": card.get("recipe"),
@@ -345,8 +356,9 @@ def run_ride_experiment(cfg: RideConfig) -> Path:
                    "baselines": [[r["sweep_label"], r["key"]] for r in baselines],
                    "params": [[r["param"], r["value"], r["key"]] for r in params],
                    "modes": [r["key"] for r in modes], "traces": traces, "fig7": fig7,
-                   "paper": [r["key"] for r in paper],
-                   "subsets": {"validation": val_desc, "gray": eval_desc, "white": wb_desc, "paper": paper_desc},
+                   "paper": [r["key"] for r in paper], "paper_modes": [r["key"] for r in paper_modes],
+                   "subsets": {"validation": val_desc, "gray": eval_desc, "white": wb_desc, "paper": paper_desc,
+                               "paper_modes": paper_modes_desc},
                    "run_seconds": time.perf_counter() - start})
     added = len(store.records) - n_before
     report = write_ride_report(cfg.out, wall_seconds=time.perf_counter() - start, records_added=added)
