@@ -30,7 +30,6 @@ every native kernel); results record whether it was on and built (:func:`fused_c
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import types
 from typing import Any
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_weight
 
-from advrepair.engine.native import load_kernel, run_on_pytorch_threads
+from advrepair.engine.native import bound_kernel
 
 #: set to ``0`` to keep the convolution and the max-pool apart
 SWITCH = "ADVREPAIR_FUSED_CONV_POOL"
@@ -57,18 +56,14 @@ def fused_conv_pool_enabled() -> bool:
     return os.environ.get(SWITCH, "1") != "0"
 
 
-@functools.lru_cache(maxsize=None)
-def _prepared(library: ctypes.CDLL) -> ctypes.CDLL:
+def _declare(library: ctypes.CDLL) -> None:
     library.conv_pool_forward.argtypes = [_POINTER] * 5 + [_INT64] + [_INT] * 6
     library.conv_pool_backward.argtypes = [_POINTER] * 4 + [_INT64] + [_INT] * 7
     library.conv_pool_forward.restype = library.conv_pool_backward.restype = _INT
-    run_on_pytorch_threads(library, "conv_pool_use_openmp")
-    return library
 
 
 def _library() -> ctypes.CDLL | None:
-    library = load_kernel("conv_pool")
-    return None if library is None else _prepared(library)
+    return bound_kernel("conv_pool", _declare, "conv_pool_use_openmp")
 
 
 def fused_conv_pool_available() -> bool:

@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 #: set to ``0`` to use PyTorch's operations only (results record the choice)
 SWITCH = "ADVREPAIR_NATIVE_KERNELS"
@@ -133,15 +134,25 @@ def load_kernel(name: str) -> ctypes.CDLL | None:
     return _load(name)
 
 
-def run_on_pytorch_threads(library: ctypes.CDLL, entry: str) -> None:
-    """Hand PyTorch's OpenMP runtime to a kernel through its ``entry(parallel, thread_num,
-    num_threads)`` function (``kernels/team.h``); without one the kernel keeps its pthreads."""
-    function = getattr(library, entry)
+def bound_kernel(name: str, declare: Callable[[ctypes.CDLL], None], openmp_entry: str) -> ctypes.CDLL | None:
+    """:func:`load_kernel` with the library's functions declared by ``declare`` (argument and
+    result types, once per library) and PyTorch's OpenMP runtime handed to it through its
+    ``openmp_entry(parallel, thread_num, num_threads)`` (``kernels/team.h``; without a runtime
+    the kernel keeps its pthreads)."""
+    library = load_kernel(name)
+    return None if library is None else _bound(library, declare, openmp_entry)
+
+
+@functools.lru_cache(maxsize=None)
+def _bound(library: ctypes.CDLL, declare: Callable[[ctypes.CDLL], None], openmp_entry: str) -> ctypes.CDLL:
+    declare(library)
+    function = getattr(library, openmp_entry)
     function.argtypes = [ctypes.c_void_p] * 3
     function.restype = None
     runtime = openmp_runtime()
     if runtime is not None:
         function(*runtime)
+    return library
 
 
 def openmp_runtime() -> tuple[int, int, int] | None:

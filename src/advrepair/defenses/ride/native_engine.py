@@ -15,7 +15,6 @@ dtypes, ``ADVREPAIR_NATIVE_KERNELS=0`` and machines without a C compiler use the
 from __future__ import annotations
 
 import ctypes
-import functools
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,7 +22,7 @@ import torch
 from advrepair.defenses.ride.loop import run_fit
 from advrepair.defenses.ride.networks import DIP_NOISE_SCALE, RideNetSpec, _draw_init, dropout_draw_buffer, dropout_units
 from advrepair.defenses.ride.results import RideResult
-from advrepair.engine.native import load_kernel, run_on_pytorch_threads
+from advrepair.engine.native import bound_kernel
 
 if TYPE_CHECKING:
     from advrepair.defenses.ride.defense import RIDE
@@ -33,21 +32,17 @@ WIDTH, CHANNELS, MAX_DEPTH = 16, 1, 32
 _POINTER, _INT64, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 
 
-@functools.lru_cache(maxsize=None)
-def _prepared(library: ctypes.CDLL) -> ctypes.CDLL:
+def _declare(library: ctypes.CDLL) -> None:
     train_arguments: list[Any] = [_POINTER] * 3 + [_INT64] + [_POINTER] * 3  # four ctypes: mypy finds no join
     train_arguments += [_INT64, _POINTER, _INT64] + [_INT] * 5 + [_FLOAT] * 7 + [_INT]
     library.ride_train_step.argtypes = train_arguments
     forward_arguments: list[Any] = [_POINTER, _INT64, _POINTER, _POINTER, _INT64] + [_INT] * 5
     library.ride_forward.argtypes = forward_arguments
     library.ride_train_step.restype = library.ride_forward.restype = _INT
-    run_on_pytorch_threads(library, "ride_use_openmp")
-    return library
 
 
 def _library() -> ctypes.CDLL | None:
-    library = load_kernel("ride_step")
-    return None if library is None else _prepared(library)
+    return bound_kernel("ride_step", _declare, "ride_use_openmp")
 
 
 def native_engine_covers(spec: RideNetSpec, channels: int, dropout: float, device: torch.device,

@@ -605,12 +605,17 @@ static void forward_hidden(const job_t *job, const shape_t *s, const float *w, w
     }
 }
 
+/* a thread's geometry and workspace for the job; nonzero when memory ran out */
+static int start_networks(const job_t *job, shape_t *s, workspace_t *ws) {
+    make_shape(job, s);
+    return make_workspace(job, s, ws);
+}
+
 static int train_networks(const void *arg, int64_t first, int64_t last) {
     const job_t *job = (const job_t *)arg;
     shape_t s;
-    make_shape(job, &s);
     workspace_t ws;
-    if (make_workspace(job, &s, &ws)) return -1;
+    if (start_networks(job, &s, &ws)) return -1;
     const int depth = job->depth, n = job->samples;
     const int64_t pixels = (int64_t)s.H * s.W, count = parameter_count(depth);
     const float per_value = 1.0f / (float)(n * pixels);
@@ -677,9 +682,8 @@ static int train_networks(const void *arg, int64_t first, int64_t last) {
 static int forward_networks(const void *arg, int64_t first, int64_t last) {
     const job_t *job = (const job_t *)arg;
     shape_t s;
-    make_shape(job, &s);
     workspace_t ws;
-    if (make_workspace(job, &s, &ws)) return -1;
+    if (start_networks(job, &s, &ws)) return -1;
     const int depth = job->depth, n = job->samples;
     const int64_t pixels = (int64_t)s.H * s.W;
     for (int64_t g = first; g < last; g++) {
