@@ -174,7 +174,8 @@ def _modes_section(modes: list[dict[str, Any]], subset: str, path: Path, budget:
         ax.set_xlabel("Adam steps (t * K)")
         ax.set_ylabel("validation accuracy (%)")
         ax.legend(fontsize=8)
-    fig.suptitle("Dropout, DAE and interpolation (cf. Fig. 5a)", fontsize=10)
+    fig.suptitle("Dropout, DAE and interpolation (cf. Fig. 5a)"
+                 + ("" if budget.startswith("the sweep") else f" at {budget}"), fontsize=10)
     save_figure(fig, path)
     return lines + ["", f"![modes]({path.name})", ""]
 
