@@ -63,8 +63,10 @@ def pack_parameters(flat: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _check(status: int, what: str) -> None:
+    # the kernel refuses shapes it does not take, which native_engine_covers keeps away: what is
+    # left is memory for its per-thread workspace
     if status != 0:
-        raise MemoryError(f"RIDE's native {what} failed (out of memory)")
+        raise MemoryError(f"RIDE's native {what} failed: no memory for its workspace")
 
 
 class _Networks:
