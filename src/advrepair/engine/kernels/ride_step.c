@@ -537,21 +537,25 @@ static int make_workspace(const job_t *job, const shape_t *s, workspace_t *ws) {
     const int64_t kernel = TAPS * WIDTH * WIDTH, transformed = XI * WIDTH * WIDTH, hidden = job->depth - 2;
     const int64_t tiles = s->winograd ? XI * s->tiles * WIDTH : 0;
     const size_t total = 2 * plane + (size_t)(job->depth - 1 + 2) * planes16 + params
-        + hidden * (kernel + (s->winograd ? 3 * transformed : 0)) + (hidden + 2) * tiles;
+        + hidden * (s->winograd ? 3 * transformed : kernel) + (hidden + 2) * tiles;
+    const size_t planes = 2 * plane + (size_t)(job->depth - 1 + 2) * planes16;
     float *m = workspace_memory(total);
     if (!m) return -1;
-    memset(m, 0, total * sizeof(float));  /* the borders stay zero from here on */
+    /* the planes' borders stay zero from here on; everything after them is written before it
+     * is read (the gradients and transformed gradients are cleared per network) */
+    memset(m, 0, planes * sizeof(float));
     ws->input = m; m += plane;
     ws->grad_out = m; m += plane;
     for (int l = 1; l < job->depth; l++) { ws->act[l] = m; m += planes16; }
     ws->grad[0] = m; m += planes16;
     ws->grad[1] = m; m += planes16;
     ws->grads = m; m += params;
-    ws->flipped = m; m += hidden * kernel;
     if (s->winograd) {
         ws->transformed = m; m += hidden * transformed;
         ws->transformed_flipped = m; m += hidden * transformed;
         ws->transformed_grad = m; m += hidden * transformed;
+    } else {
+        ws->flipped = m; m += hidden * kernel;
     }
     for (int l = 2; l < job->depth; l++) { ws->layer_tiles[l] = m; m += tiles; }
     ws->tiles_in = m; m += tiles;
